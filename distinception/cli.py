@@ -1,0 +1,204 @@
+"""The `distinception` command: parse arguments, then call one library function.
+
+A user mistake (bad config value, missing path, malformed data) ends with one line on stderr and
+exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from distinception.config import ConfigError
+
+    errors: list[type[BaseException]] = [ConfigError, FileNotFoundError]
+    try:
+        from distinception.data.shards import DataError
+
+        errors.append(DataError)
+    except ImportError:  # pragma: no cover - data room not importable
+        pass
+    return tuple(errors)
+
+
+def _job_config(args: argparse.Namespace):
+    from distinception.config import apply_overrides, load_yaml
+    from distinception.recipes import get_recipe
+
+    cfg = get_recipe(args.recipe)
+    if args.config:
+        cfg = load_yaml(args.config, base=cfg)
+    cfg = apply_overrides(cfg, args.set or [])
+    if args.checkpoint_dir:
+        from distinception.config import from_dict
+
+        cfg = from_dict({"run": {"checkpoint_dir": args.checkpoint_dir}}, cfg)
+    return cfg
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from distinception.train import format_report, train
+
+    if args.resume and (args.config or args.set):
+        from distinception.config import ConfigError
+
+        raise ConfigError("--resume: continues a checkpointed job as it was; drop --config/--set")
+    cfg = _job_config(args)
+    if args.print_config:
+        print(cfg.to_yaml(), end="")
+        return 0
+    result = train(cfg, address=args.address, resume=args.resume)
+    if args.resume:
+        from distinception.ps.coordinator import load_progress_config
+
+        cfg = load_progress_config(args.resume)
+    print(format_report(cfg, result))
+    return 0
+
+
+def cmd_model_summary(args: argparse.Namespace) -> int:
+    from distinception.config import ModelConfig
+    from distinception.model.accounting import format_summary, summarize
+
+    ModelConfig(variant=args.variant, width=args.width, input_size=args.input_size)
+    summary = summarize(
+        variant=args.variant,
+        input_size=args.input_size,
+        width=args.width,
+        num_classes=args.num_classes,
+    )
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return 0
+
+
+def cmd_data_generate(args: argparse.Namespace) -> int:
+    from distinception.config import DataConfig
+    from distinception.data.generated import generate_dataset
+
+    DataConfig(
+        classes=args.classes,
+        per_class=args.per_class,
+        val_per_class=args.val_per_class,
+        image_size=args.size,
+    )
+    manifest = generate_dataset(
+        args.out,
+        classes=args.classes,
+        per_class=args.per_class,
+        val_per_class=args.val_per_class,
+        size=args.size,
+        seed=args.seed,
+        progress=True,
+    )
+    print(f"wrote {args.out}: {manifest.num_classes} classes, counts {manifest.counts}")
+    return 0
+
+
+def cmd_data_import(args: argparse.Namespace) -> int:
+    from distinception.data.importer import import_tree
+
+    report = import_tree(
+        args.src,
+        args.out,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        workers=args.workers,
+        progress=True,
+    )
+    print(report.format())
+    return 0
+
+
+def cmd_data_inspect(args: argparse.Namespace) -> int:
+    from distinception.data.shards import inspect_dataset
+
+    print(inspect_dataset(args.path, args.grid))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="distinception",
+        description="GoogLeNet trained with asynchronous SGD on a Ray parameter server, "
+        "Polyak-averaged, every run in MLflow.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train one model on the parameter server")
+    p.add_argument(
+        "--recipe", default="demo", help="named run recipe: demo (default), paper, cluster, tiny"
+    )
+    p.add_argument("--config", help="YAML file overlaid on the recipe")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.KEY=VALUE",
+        help="override one value, e.g. --set ps.num_replicas=4 (repeatable)",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join (auto, ray://host:10001 or host:port); "
+        "default: start a local Ray on 127.0.0.1",
+    )
+    p.add_argument("--checkpoint-dir", help="checkpoint here (a directory or pyarrow.fs URI)")
+    p.add_argument("--resume", metavar="DIR", help="continue the job checkpointed in DIR")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config")
+    p.set_defaults(func=cmd_train)
+
+    model = sub.add_parser("model", help="inspect the model").add_subparsers(
+        dest="model_command", required=True, metavar="SUBCOMMAND"
+    )
+    p = model.add_parser("summary", help="params and multiply-adds per Table-1 row")
+    p.add_argument("--variant", default="faithful", choices=["faithful", "bn"])
+    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--json", action="store_true", help="one machine-readable JSON object")
+    p.set_defaults(func=cmd_model_summary)
+
+    data = sub.add_parser("data", help="create and inspect Parquet data shards").add_subparsers(
+        dest="data_command", required=True, metavar="SUBCOMMAND"
+    )
+    p = data.add_parser("generate", help="write the built-in generated data set")
+    p.add_argument("--out", default="data/generated")
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--per-class", type=int, default=500)
+    p.add_argument("--val-per-class", type=int, default=100)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_data_generate)
+
+    p = data.add_parser("import", help="turn an ImageFolder/ImageNet-style tree into shards")
+    p.add_argument("src")
+    p.add_argument("--out", required=True)
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(func=cmd_data_import)
+
+    p = data.add_parser("inspect", help="print a manifest summary and write a sample grid PNG")
+    p.add_argument("path")
+    p.add_argument("--grid", default=None, help="where to write the sample grid PNG")
+    p.set_defaults(func=cmd_data_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except _user_errors() as err:
+        print(f"distinception: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("distinception: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,476 @@
+"""Validated run configuration: one small frozen dataclass per part, composed into `JobConfig`.
+
+Every value is checked where it enters (YAML, ``--set``, Tune samples), so a typo fails at load
+with one line naming the field, the value and what is allowed, never halfway through a run.
+Nothing here imports torch, ray or mlflow: every room may depend on this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user mistake in a configuration value; its message is one line meant for the user."""
+
+
+def _fail(name: str, value: Any, expected: str) -> None:
+    raise ConfigError(f"{name}={value!r}: expected {expected}")
+
+
+def _check(ok: bool, name: str, value: Any, expected: str) -> None:
+    if not ok:
+        _fail(name, value, expected)
+
+
+def _choice(name: str, value: str, allowed: Iterable[str]) -> None:
+    allowed = tuple(allowed)
+    _check(value in allowed, name, value, "one of " + ", ".join(allowed))
+
+
+INTERPOLATIONS = ("bilinear", "area", "nearest", "bicubic", "random")
+VARIANTS = ("faithful", "bn")
+OPTIMIZERS = ("sgd", "adagrad", "adam", "adamw", "rmsprop")
+POLYAK_MODES = ("uniform", "ema", "off")
+TRANSFER_DTYPES = ("float32", "bfloat16")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which GoogLeNet to build: `width` scales every channel count, `input_size` the input."""
+
+    variant: str = "faithful"
+    width: float = 1.0
+    input_size: int = 224
+    aux: bool = True
+    aux_weight: float = 0.3
+    dropout: float = 0.4
+    aux_dropout: float = 0.7
+
+    def __post_init__(self) -> None:
+        _choice("variant", self.variant, VARIANTS)
+        _check(0 < self.width <= 4, "width", self.width, "a number in (0, 4]")
+        _check(self.input_size >= 32, "input_size", self.input_size, "an integer >= 32")
+        _check(self.aux_weight >= 0, "aux_weight", self.aux_weight, "a number >= 0")
+        _check(0 <= self.dropout < 1, "dropout", self.dropout, "a number in [0, 1)")
+        _check(0 <= self.aux_dropout < 1, "aux_dropout", self.aux_dropout, "a number in [0, 1)")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the Parquet shards are; an empty `path` means the built-in generated data set."""
+
+    path: str = ""
+    cache_dir: str = "~/.cache/distinception"
+    classes: int = 10
+    per_class: int = 500
+    val_per_class: int = 100
+    image_size: int = 64
+    seed: int = 0
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    val_limit: int = 0
+
+    def __post_init__(self) -> None:
+        _check(2 <= self.classes <= 1000, "classes", self.classes, "an integer in [2, 1000]")
+        _check(self.per_class >= 1, "per_class", self.per_class, "an integer >= 1")
+        _check(self.val_per_class >= 1, "val_per_class", self.val_per_class, "an integer >= 1")
+        _check(self.image_size >= 16, "image_size", self.image_size, "an integer >= 16")
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        _check(
+            self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, "an integer >= 1"
+        )
+        _check(self.val_limit >= 0, "val_limit", self.val_limit, "an integer >= 0 (0 = all)")
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """The sampling and photometric recipe of training images (paper Section 6, Howard 2013).
+
+    `photometric` is the strength s of brightness/contrast/saturation factors drawn from
+    U[1-s, 1+s] in a random order (0 turns them off); `lighting` is the std of AlexNet's PCA
+    lighting noise (0 turns it off). `interpolation` is one fixed mode or `random` per image.
+    """
+
+    area_min: float = 0.08
+    area_max: float = 1.0
+    aspect_min: float = 3 / 4
+    aspect_max: float = 4 / 3
+    flip: bool = True
+    photometric: float = 0.5
+    lighting: float = 0.1
+    interpolation: str = "random"
+
+    def __post_init__(self) -> None:
+        _check(0 < self.area_min <= 1, "area_min", self.area_min, "a number in (0, 1]")
+        _check(
+            self.area_min <= self.area_max <= 1,
+            "area_max",
+            self.area_max,
+            f"a number in [area_min={self.area_min}, 1]",
+        )
+        _check(0 < self.aspect_min <= 1, "aspect_min", self.aspect_min, "a number in (0, 1]")
+        _check(1 <= self.aspect_max <= 10, "aspect_max", self.aspect_max, "a number in [1, 10]")
+        _check(0 <= self.photometric < 1, "photometric", self.photometric, "a number in [0, 1)")
+        _check(0 <= self.lighting <= 1, "lighting", self.lighting, "a number in [0, 1]")
+        _choice("interpolation", self.interpolation, INTERPOLATIONS)
+
+
+#: Named sampling/photometric recipes: the paper's, the BVLC Caffe reproduction's, and none.
+AUGMENT_PRESETS: dict[str, RecipeConfig] = {
+    "paper": RecipeConfig(),
+    "caffe": RecipeConfig(
+        area_min=1.0,
+        aspect_min=1.0,
+        aspect_max=1.0,
+        photometric=0.0,
+        lighting=0.0,
+        interpolation="bilinear",
+    ),
+    "none": RecipeConfig(
+        area_min=1.0,
+        aspect_min=1.0,
+        aspect_max=1.0,
+        flip=False,
+        photometric=0.0,
+        lighting=0.0,
+        interpolation="bilinear",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class PSConfig:
+    """The asynchronous parameter server: shards, replicas, optimizer, staleness, averaging.
+
+    Learning-rate schedule: multiplied by `lr_decay` every `lr_decay_epochs` epochs counted in
+    examples seen (paper: 0.96 every 8), after a linear warm-up of `warmup_examples`.
+    """
+
+    num_shards: int = 2
+    num_replicas: int = 2
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    lr_decay: float = 0.96
+    lr_decay_epochs: float = 8.0
+    warmup_examples: int = 0
+    n_fetch: int = 1
+    n_push: int = 1
+    staleness: str = "none"
+    transfer_dtype: str = "float32"
+    clip_norm: float = 0.0
+    warm_start_updates: int = 0
+    replica_cpus: float = 1.0
+    replica_gpus: float = 0.0
+    shard_cpus: float = 0.25
+    averager_cpus: float = 0.25
+    max_replica_restarts: int = 5
+    max_shard_restarts: int = 5
+    polyak: str = "uniform"
+    polyak_start: int = 0
+    ema_decay: float = 0.999
+    averager_interval_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.num_shards <= 256, "num_shards", self.num_shards, "an integer in [1, 256]")
+        _check(self.num_replicas >= 1, "num_replicas", self.num_replicas, "an integer >= 1")
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "a finite number > 0")
+        _check(0 <= self.momentum < 1, "momentum", self.momentum, "a number in [0, 1)")
+        _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
+        _check(0 < self.lr_decay <= 1, "lr_decay", self.lr_decay, "a number in (0, 1]")
+        _check(self.lr_decay_epochs > 0, "lr_decay_epochs", self.lr_decay_epochs, "a number > 0")
+        _check(
+            self.warmup_examples >= 0, "warmup_examples", self.warmup_examples, "an integer >= 0"
+        )
+        _check(self.n_fetch >= 1, "n_fetch", self.n_fetch, "an integer >= 1")
+        _check(self.n_push >= 1, "n_push", self.n_push, "an integer >= 1")
+        parse_staleness(self.staleness)
+        _choice("transfer_dtype", self.transfer_dtype, TRANSFER_DTYPES)
+        _check(self.clip_norm >= 0, "clip_norm", self.clip_norm, "a number >= 0 (0 = off)")
+        _check(
+            self.warm_start_updates >= 0,
+            "warm_start_updates",
+            self.warm_start_updates,
+            "an integer >= 0",
+        )
+        for name in ("replica_cpus", "shard_cpus", "averager_cpus"):
+            value = getattr(self, name)
+            _check(0 < value <= 64, name, value, "a number of CPUs in (0, 64]")
+        _check(0 <= self.replica_gpus <= 8, "replica_gpus", self.replica_gpus, "a number in [0, 8]")
+        _check(
+            self.max_replica_restarts >= -1,
+            "max_replica_restarts",
+            self.max_replica_restarts,
+            "an integer >= -1 (-1 = unlimited)",
+        )
+        _check(
+            self.max_shard_restarts >= -1,
+            "max_shard_restarts",
+            self.max_shard_restarts,
+            "an integer >= -1 (-1 = unlimited)",
+        )
+        _choice("polyak", self.polyak, POLYAK_MODES)
+        _check(
+            self.polyak_start >= 0, "polyak_start", self.polyak_start, "an integer >= 0 (updates)"
+        )
+        _check(0 < self.ema_decay < 1, "ema_decay", self.ema_decay, "a number in (0, 1)")
+        _check(
+            self.averager_interval_s > 0,
+            "averager_interval_s",
+            self.averager_interval_s,
+            "a number > 0",
+        )
+
+
+def parse_staleness(spec: str) -> tuple[str, int]:
+    """`none` (Downpour), `scale` (lr / staleness) or `bound:k` (refuse pushes staler than k)."""
+    if spec in ("none", "scale"):
+        return spec, 0
+    kind, _, k = spec.partition(":")
+    if kind == "bound" and k.isdigit():
+        return "bound", int(k)
+    _fail("staleness", spec, "none, scale or bound:K with K an integer >= 0")
+    raise AssertionError  # unreachable
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow: an empty `tracking_uri` means the local sqlite store under `./mlruns`."""
+
+    tracking_uri: str = ""
+    experiment: str = "distinception"
+    run_name: str = ""
+    log_model: bool = True
+    register_as: str = ""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.experiment.strip()), "experiment", self.experiment, "a non-empty name")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Budget, evaluation and checkpoint cadence of one training job.
+
+    The job stops at the first budget reached; 0 means that budget is not set, and at least one
+    must be. `epochs` counts passes over the training split by all replicas together.
+    """
+
+    epochs: float = 0.0
+    max_examples: int = 0
+    max_seconds: float = 0.0
+    eval_interval_s: float = 30.0
+    checkpoint_dir: str = ""
+    checkpoint_interval_s: float = 60.0
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 0, "epochs", self.epochs, "a number >= 0")
+        _check(self.max_examples >= 0, "max_examples", self.max_examples, "an integer >= 0")
+        _check(self.max_seconds >= 0, "max_seconds", self.max_seconds, "a number >= 0")
+        _check(
+            self.epochs > 0 or self.max_examples > 0 or self.max_seconds > 0,
+            "epochs",
+            self.epochs,
+            "a budget: one of epochs, max_examples or max_seconds > 0",
+        )
+        _check(self.eval_interval_s > 0, "eval_interval_s", self.eval_interval_s, "a number > 0")
+        _check(
+            self.checkpoint_interval_s > 0,
+            "checkpoint_interval_s",
+            self.checkpoint_interval_s,
+            "a number > 0",
+        )
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """One whole job: the parts above, each validated on its own."""
+
+    name: str = "custom"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    ps: PSConfig = field(default_factory=PSConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    run: RunConfig = field(default_factory=lambda: RunConfig(epochs=1.0))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys, for MLflow params and Tune search spaces."""
+        return dict(_flatten(self.to_dict()))
+
+    def replace(self, **sections: Any) -> JobConfig:
+        return dataclasses.replace(self, **sections)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
+    for key, value in d.items():
+        if isinstance(value, Mapping):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+_SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "recipe": RecipeConfig,
+    "ps": PSConfig,
+    "tracking": TrackingConfig,
+    "run": RunConfig,
+}
+
+
+def _unknown(name: str, key: str, allowed: Iterable[str]) -> ConfigError:
+    allowed = sorted(allowed)
+    hint = difflib.get_close_matches(key, allowed, n=1)
+    also = f" (did you mean {hint[0]!r}?)" if hint else ""
+    return ConfigError(f"{name}: unknown key{also}; expected one of " + ", ".join(allowed))
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    """Turn YAML/CLI values into the field's type, refusing anything that would need a guess."""
+    target = annotation if isinstance(annotation, type) else type(None)
+    if target in (int, float) and isinstance(value, str):
+        # YAML 1.1 reads "1e-3" as a string; accept any spelling Python parses as a number.
+        try:
+            value = float(value)
+        except ValueError:
+            _fail(name, value, "an integer" if target is int else "a number")
+    if target is bool:
+        if isinstance(value, bool):
+            return value
+        _fail(name, value, "true or false")
+    if target is int:
+        if isinstance(value, bool) or not (
+            isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        ):
+            _fail(name, value, "an integer")
+        return int(value)
+    if target is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(name, value, "a number")
+        if not math.isfinite(float(value)):
+            _fail(name, value, "a finite number")
+        return float(value)
+    if target is str:
+        if isinstance(value, (dict, list)) or value is None:
+            _fail(name, value, "a string")
+        return str(value)
+    return value
+
+
+def _build_section(section: str, cls: type, values: Any, base: Any) -> Any:
+    if isinstance(values, cls):
+        return values
+    if section == "recipe" and isinstance(values, str):
+        if values not in AUGMENT_PRESETS:
+            _fail("recipe", values, "one of " + ", ".join(AUGMENT_PRESETS) + " or a mapping")
+        return AUGMENT_PRESETS[values]
+    if not isinstance(values, Mapping):
+        _fail(section, values, "a mapping of " + ", ".join(f.name for f in dataclasses.fields(cls)))
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = dataclasses.asdict(base)
+    for key, value in values.items():
+        if key not in names:
+            raise _unknown(f"{section}.{key}", key, names)
+        kwargs[key] = _coerce(f"{section}.{key}", value, hints[key])
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{section}.{err}") from None
+
+
+def from_dict(values: Mapping[str, Any], base: JobConfig | None = None) -> JobConfig:
+    """Overlay a nested mapping (a YAML document) on `base`; unknown keys and bad values fail."""
+    base = base or JobConfig()
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"config={type(values).__name__}: expected a mapping of sections")
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key == "name":
+            out["name"] = _coerce("name", value, str)
+        elif key in _SECTIONS:
+            out[key] = _build_section(key, _SECTIONS[key], value, getattr(base, key))
+        else:
+            raise _unknown(str(key), str(key), ["name", *_SECTIONS])
+    return dataclasses.replace(base, **out)
+
+
+def load_yaml(path: str | Path, base: JobConfig | None = None) -> JobConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config={str(path)!r}: expected an existing YAML file")
+    try:
+        doc = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"--config={str(path)!r}: not valid YAML{where}") from None
+    return from_dict(doc, base)
+
+
+def apply_overrides(cfg: JobConfig, overrides: Iterable[str]) -> JobConfig:
+    """Apply `section.key=value` strings; values parse as YAML scalars (1e-3, true, bound:2)."""
+    nested: dict[str, Any] = {}
+    presets: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        parts = key.split(".")
+        if len(parts) == 1:
+            # A whole section by name (recipe=caffe) applies before that section's fields.
+            (presets if parts[0] in _SECTIONS else nested)[parts[0]] = value
+        elif len(parts) == 2:
+            nested.setdefault(parts[0], {})[parts[1]] = value
+        else:
+            raise ConfigError(f"--set {item!r}: expected section.key=value (two levels)")
+    if presets:
+        cfg = from_dict(presets, cfg)
+    return from_dict(nested, cfg)
+
+
+def section_fields(section: str) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(_SECTIONS[section]))
+
+
+__all__ = [
+    "AUGMENT_PRESETS",
+    "ConfigError",
+    "DataConfig",
+    "JobConfig",
+    "ModelConfig",
+    "PSConfig",
+    "RecipeConfig",
+    "RunConfig",
+    "TrackingConfig",
+    "apply_overrides",
+    "from_dict",
+    "load_yaml",
+    "parse_staleness",
+    "section_fields",
+]

@@ -1,0 +1,118 @@
+"""Named run recipes: whole `JobConfig`s a user starts from, each derived from a base.
+
+`demo` fits a 2-core laptop in a few minutes; `paper` is the paper's setup (faithful model at
+224 px, async SGD with momentum 0.9 and the 0.96-every-8-epochs schedule, the paper's sampling and
+photometric recipe) and needs real data; `cluster` is `paper` spread over many replicas.
+`tiny` exists for tests only: the real code paths at the smallest sizes that still learn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from distinception.config import (
+    AUGMENT_PRESETS,
+    ConfigError,
+    DataConfig,
+    JobConfig,
+    ModelConfig,
+    PSConfig,
+    RunConfig,
+)
+
+
+def paper() -> JobConfig:
+    return JobConfig(
+        name="paper",
+        model=ModelConfig(variant="faithful", width=1.0, input_size=224),
+        data=DataConfig(image_size=256, batch_size=32, eval_batch_size=64),
+        recipe=AUGMENT_PRESETS["paper"],
+        ps=PSConfig(
+            num_shards=4,
+            num_replicas=8,
+            optimizer="sgd",
+            lr=0.01,
+            momentum=0.9,
+            weight_decay=2e-4,
+            lr_decay=0.96,
+            lr_decay_epochs=8.0,
+            warm_start_updates=1000,
+        ),
+        run=RunConfig(epochs=250.0, eval_interval_s=1800.0, checkpoint_interval_s=600.0),
+    )
+
+
+def cluster() -> JobConfig:
+    base = paper()
+    return base.replace(
+        name="cluster",
+        ps=PSConfig(**{**base.ps.__dict__, "num_shards": 8, "num_replicas": 32}),
+    )
+
+
+def demo() -> JobConfig:
+    # The BN variant at width 1/4 on 64 px images: it learns the generated set in minutes on
+    # two cores, where the faithful variant needs far longer to leave its plateau.
+    return JobConfig(
+        name="demo",
+        model=ModelConfig(variant="bn", width=0.25, input_size=64),
+        data=DataConfig(image_size=64, batch_size=32, eval_batch_size=128),
+        recipe=AUGMENT_PRESETS["caffe"],
+        ps=PSConfig(
+            num_shards=2,
+            num_replicas=2,
+            lr=0.05,
+            momentum=0.9,
+            weight_decay=1e-4,
+            lr_decay=0.96,
+            lr_decay_epochs=1.0,
+            replica_cpus=0.75,
+            shard_cpus=0.125,
+            averager_cpus=0.25,
+            polyak="ema",
+            ema_decay=0.99,
+        ),
+        run=RunConfig(epochs=12.0, max_seconds=240.0, eval_interval_s=30.0),
+    )
+
+
+def tiny() -> JobConfig:
+    """For tests only: a width-1/8 model on 32 px images, a few hundred updates."""
+    base = demo()
+    return base.replace(
+        name="tiny",
+        model=ModelConfig(variant="bn", width=0.125, input_size=32),
+        data=DataConfig(
+            classes=4,
+            per_class=64,
+            val_per_class=16,
+            image_size=32,
+            batch_size=16,
+            eval_batch_size=64,
+        ),
+        ps=PSConfig(
+            **{
+                **base.ps.__dict__,
+                "replica_cpus": 0.5,
+                "shard_cpus": 0.1,
+                "averager_cpus": 0.1,
+                "lr": 0.05,
+                "ema_decay": 0.95,
+            }
+        ),
+        run=RunConfig(max_examples=4000, eval_interval_s=5.0, progress=False),
+    )
+
+
+RECIPES: dict[str, Callable[[], JobConfig]] = {
+    "demo": demo,
+    "paper": paper,
+    "cluster": cluster,
+    "tiny": tiny,
+}
+
+
+def get_recipe(name: str) -> JobConfig:
+    if name not in RECIPES:
+        raise ConfigError(f"--recipe={name!r}: expected one of " + ", ".join(RECIPES))
+    return RECIPES[name]()

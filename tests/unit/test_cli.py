@@ -1,0 +1,64 @@
+import subprocess
+import sys
+
+import pytest
+
+from distinception.cli import build_parser, main
+
+SUBCOMMANDS = [
+    ["train"],
+    ["model", "summary"],
+    ["data", "generate"],
+    ["data", "import"],
+    ["data", "inspect"],
+]
+
+
+def test_top_level_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for cmd in ("train", "model", "data"):
+        assert cmd in out
+
+
+@pytest.mark.parametrize("words", SUBCOMMANDS, ids=" ".join)
+def test_each_subcommand_has_help(words, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*words, "--help"])
+    assert exit_.value.code == 0
+    assert "usage: distinception " + " ".join(words) in capsys.readouterr().out
+
+
+def test_console_script_runs():
+    proc = subprocess.run(
+        [sys.executable, "-m", "distinception.cli", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0 and "train" in proc.stdout
+
+
+def test_bad_override_is_one_line_and_exit_2(capsys):
+    assert main(["train", "--set", "ps.num_replicas=0", "--print-config"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "distinception: error: ps.num_replicas=0: expected an integer >= 1"
+
+
+def test_unknown_recipe_and_missing_config(capsys, tmp_path):
+    assert main(["train", "--recipe", "nope"]) == 2
+    assert "--recipe='nope': expected one of demo, paper" in capsys.readouterr().err
+    assert main(["train", "--config", str(tmp_path / "x.yaml")]) == 2
+    assert "expected an existing YAML file" in capsys.readouterr().err
+
+
+def test_print_config_shows_the_resolved_recipe(capsys):
+    assert main(["train", "--recipe", "paper", "--set", "ps.num_replicas=3", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "num_replicas: 3" in out and "variant: faithful" in out
+
+
+def test_parser_defaults_to_demo():
+    assert build_parser().parse_args(["train"]).recipe == "demo"
