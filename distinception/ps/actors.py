@@ -1,0 +1,429 @@
+"""The Ray shell around the plain shard, replica and averager cores.
+
+This is the only module that turns classes into actors. The data plane is replica <-> shard and
+averager <-> shard, directly: the driver never handles weights or gradients while training.
+
+Wire protocol of a shard:
+- `pull()` -> (version, incarnation, [ref]): the weights of `version` as one object-store ref,
+  put at most once per version and cached, so any number of pulls of one version cost one copy.
+  The ref is wrapped in a list so the caller decides when to fetch it.
+- `push(grad, base_version, examples, fingerprint, incarnation)` -> a `PushResult` as a dict.
+The incarnation changes whenever a shard actor is restarted (and reloads its checkpoint), so a
+gradient computed on weights of a previous incarnation is refused rather than misapplied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from ray.exceptions import GetTimeoutError, RayActorError, RayError
+
+from distinception.config import JobConfig
+from distinception.ps import checkpoint as ckpt
+from distinception.ps.averager import AveragerCore
+from distinception.ps.layout import ParamLayout
+from distinception.ps.replica import ReplicaCore, from_wire, to_wire
+from distinception.ps.shard import ShardCore
+
+#: A pull or push that takes longer than this is treated as a failure of that shard.
+RPC_TIMEOUT_S = 120.0
+
+
+def _threads(cpus: float) -> None:
+    torch.set_num_threads(max(1, int(cpus)))
+
+
+def _reconstructed() -> bool:
+    return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+
+
+class ShardActor:
+    def __init__(
+        self,
+        index: int,
+        start: int,
+        stop: int,
+        layout: ParamLayout,
+        init: list[ray.ObjectRef],
+        cfg: JobConfig,
+        examples_per_epoch: int,
+        checkpoint_uri: str,
+        resume: bool,
+    ) -> None:
+        torch.set_num_threads(1)
+        values = ray.get(init[0])
+        self.core = ShardCore(index, start, stop, layout, values, cfg.ps, examples_per_epoch)
+        self.core.incarnation = uuid.uuid4().hex[:12]
+        self.dtype = cfg.ps.transfer_dtype
+        self.checkpoint_uri = checkpoint_uri
+        self.restored_from = -1
+        self.restarts = 1 if _reconstructed() else 0
+        if (resume or self.restarts) and checkpoint_uri and ckpt.exists(checkpoint_uri):
+            self.core.load_state_dict(ckpt.load_state(checkpoint_uri))
+            self.restored_from = self.core.version
+        self._published: tuple[int, ray.ObjectRef] | None = None
+
+    def ready(self) -> dict[str, Any]:
+        return {
+            "index": self.core.index,
+            "version": self.core.version,
+            "incarnation": self.core.incarnation,
+            "restored_from": self.restored_from,
+            "restarts": self.restarts,
+        }
+
+    def pull(self) -> tuple[int, str, list[ray.ObjectRef]]:
+        version = self.core.version
+        if self._published is None or self._published[0] != version:
+            # Dropping the previous ref lets the object store free that version once no
+            # replica still holds it, which keeps object-store memory flat over a long run.
+            self._published = (version, ray.put(to_wire(self.core.flat, self.dtype)))
+        return version, self.core.incarnation, [self._published[1]]
+
+    def push(
+        self,
+        grad: np.ndarray,
+        base_version: int,
+        examples: int,
+        fingerprint: str,
+        incarnation: str,
+    ) -> dict[str, Any]:
+        result = self.core.apply(
+            from_wire(grad),
+            base_version,
+            examples=examples,
+            fingerprint=fingerprint,
+            incarnation=incarnation,
+        )
+        return dataclasses.asdict(result)
+
+    def stats(self) -> dict[str, Any]:
+        return self.core.stats() | {"restarts": self.restarts}
+
+    def save(self) -> int:
+        """Checkpoint weights, optimizer and scheduler state, version; returns the version."""
+        if self.checkpoint_uri:
+            ckpt.save_state(self.checkpoint_uri, self.core.state_dict())
+        return self.core.version
+
+    def crash(self) -> None:
+        """Fault injection for tests: die as a process would."""
+        import os
+
+        os._exit(1)
+
+
+class ReplicaActor:
+    def __init__(
+        self,
+        index: int,
+        cfg: JobConfig,
+        data_path: str,
+        num_classes: int,
+        shards: list[Any],
+        ranges: list[tuple[int, int]],
+        num_consumers: int,
+        position: dict | None = None,
+    ) -> None:
+        from distinception.data.loader import TrainStream
+
+        _threads(cfg.ps.replica_cpus)
+        self.index = index
+        self.cfg = cfg
+        self.shards = shards
+        self.ranges = ranges
+        self.restarted = _reconstructed()
+        device = "cuda" if cfg.ps.replica_gpus > 0 and torch.cuda.is_available() else "cpu"
+        self.stream = TrainStream(
+            data_path,
+            consumer=index,
+            num_consumers=num_consumers,
+            batch_size=cfg.data.batch_size,
+            recipe=cfg.recipe,
+            input_size=cfg.model.input_size,
+            seed=cfg.run.seed,
+            position=position,
+        )
+        self._stream_args = (data_path, num_consumers)
+        self.core = ReplicaCore(cfg, num_classes, iter(self.stream), device=device)
+        self.fingerprint = self.core.layout.fingerprint
+        self.versions = [0] * len(shards)
+        self.incarnations = [""] * len(shards)
+        self.step = 0
+        self.prefetched: list[ray.ObjectRef] | None = None
+        self.in_flight: list[ray.ObjectRef] = []
+        self.counters: Counter[str] = Counter()
+
+    # -- communication -------------------------------------------------------------------
+    def _issue_pull(self) -> list[ray.ObjectRef]:
+        return [s.pull.remote() for s in self.shards]
+
+    def _finish_pull(self, refs: list[ray.ObjectRef]) -> None:
+        for attempt in range(60):
+            try:
+                metas = ray.get(refs, timeout=RPC_TIMEOUT_S)
+                arrays = ray.get([m[2][0] for m in metas], timeout=RPC_TIMEOUT_S)
+                break
+            except (RayActorError, GetTimeoutError, RayError):
+                # A shard is restarting: count it and pull again once it is back.
+                self.counters["pull_failed"] += 1
+                time.sleep(min(2.0, 0.2 * (attempt + 1)))
+                refs = self._issue_pull()
+        else:
+            raise RuntimeError(f"replica {self.index}: shards unreachable for 60 pull attempts")
+        for s, ((version, incarnation, _), values) in enumerate(zip(metas, arrays, strict=True)):
+            start, stop = self.ranges[s]
+            self.core.load_slice(start, stop, from_wire(values))
+            self.versions[s] = version
+            self.incarnations[s] = incarnation
+        self.counters["pulls"] += 1
+
+    def _collect(self, keep: int) -> None:
+        """Collect finished pushes, waiting only while more than `keep` are in flight."""
+        if not self.in_flight:
+            return
+        need = len(self.in_flight) - keep
+        if need > 0:
+            ready, self.in_flight = ray.wait(
+                self.in_flight, num_returns=need, timeout=RPC_TIMEOUT_S
+            )
+        else:
+            ready, self.in_flight = ray.wait(
+                self.in_flight, num_returns=len(self.in_flight), timeout=0
+            )
+        for ref in ready:
+            try:
+                result = ray.get(ref)
+            except RayError:
+                self.counters["push_lost"] += 1
+                continue
+            if result["accepted"]:
+                self.counters["accepted"] += 1
+                self.counters["staleness_sum"] += result["staleness"]
+            else:
+                self.counters[f"refused_{result['reason']}"] += 1
+
+    def _push(self) -> None:
+        grad, examples = self.core.take_gradient()
+        for s, shard in enumerate(self.shards):
+            start, stop = self.ranges[s]
+            self.in_flight.append(
+                shard.push.remote(
+                    to_wire(grad[start:stop], self.cfg.ps.transfer_dtype),
+                    self.versions[s],
+                    examples,
+                    self.fingerprint,
+                    self.incarnations[s],
+                )
+            )
+        self.counters["pushes"] += 1
+        # Bounded in-flight pushes: a fast replica cannot flood a slow shard's queue.
+        self._collect(keep=2 * len(self.shards))
+
+    # -- the loop --------------------------------------------------------------------------
+    def train(self, steps: int) -> dict[str, Any]:
+        """Run `steps` batches; return what happened, for the coordinator's bookkeeping."""
+        cfg = self.cfg.ps
+        t0 = time.perf_counter()
+        timings: Counter[str] = Counter()
+        losses: list[float] = []
+        examples = 0
+        for _ in range(steps):
+            if self.step % cfg.n_fetch == 0 or self.prefetched is not None:
+                refs = self.prefetched if self.prefetched is not None else self._issue_pull()
+                self.prefetched = None
+                t = time.perf_counter()
+                batch = self.core.next_batch()  # decoding overlaps the shards' work
+                timings["data_s"] += time.perf_counter() - t
+                t = time.perf_counter()
+                self._finish_pull(refs)
+                timings["pull_wait_s"] += time.perf_counter() - t
+            else:
+                t = time.perf_counter()
+                batch = self.core.next_batch()
+                timings["data_s"] += time.perf_counter() - t
+            t = time.perf_counter()
+            losses.append(self.core.compute(batch))
+            timings["compute_s"] += time.perf_counter() - t
+            examples += int(batch[1].shape[0])
+            self.step += 1
+            if self.step % cfg.n_push == 0:
+                t = time.perf_counter()
+                self._push()
+                if self.step % cfg.n_fetch == 0:
+                    # Issued after our push, so the shard applies our gradient first.
+                    self.prefetched = self._issue_pull()
+                timings["push_s"] += time.perf_counter() - t
+        self._collect(keep=2 * len(self.shards))
+        finite = [v for v in losses if np.isfinite(v)]
+        return {
+            "index": self.index,
+            "steps": steps,
+            "examples": examples,
+            "loss": float(np.mean(finite)) if finite else float("nan"),
+            "wall_s": time.perf_counter() - t0,
+            "timings": dict(timings),
+            "counters": dict(self.counters),
+            "skipped": int(self.stream.skipped),
+            "position": self.stream.position(),
+            "restarted": self.restarted,
+        }
+
+    def seek(self, position: dict) -> None:
+        """Continue from a recorded data position (after a restart of this actor)."""
+        from distinception.data.loader import TrainStream
+
+        path, n = self._stream_args
+        self.stream = TrainStream(
+            path,
+            consumer=self.index,
+            num_consumers=n,
+            batch_size=self.cfg.data.batch_size,
+            recipe=self.cfg.recipe,
+            input_size=self.cfg.model.input_size,
+            seed=self.cfg.run.seed,
+            position=position,
+        )
+        self.core.batches = iter(self.stream)
+        self.restarted = False
+
+    def crash(self) -> None:
+        import os
+
+        os._exit(1)
+
+
+class AveragerActor:
+    def __init__(
+        self,
+        cfg: JobConfig,
+        data_path: str,
+        num_classes: int,
+        shards: list[Any],
+        ranges: list[tuple[int, int]],
+        checkpoint_uri: str,
+        resume: bool,
+    ) -> None:
+        _threads(cfg.ps.averager_cpus)
+        self.cfg = cfg
+        self.data_path = data_path
+        self.shards = shards
+        self.ranges = ranges
+        self.core = AveragerCore(cfg, num_classes)
+        self.checkpoint_uri = checkpoint_uri
+        self.restarts = 1 if _reconstructed() else 0
+        if (resume or self.restarts) and checkpoint_uri and ckpt.exists(checkpoint_uri):
+            self.core.load_state_dict(ckpt.load_state(checkpoint_uri))
+        self.lock = threading.Lock()
+        self.running = False
+        self.thread: threading.Thread | None = None
+        self.errors = 0
+
+    def _sample(self) -> bool:
+        metas = ray.get([s.pull.remote() for s in self.shards], timeout=RPC_TIMEOUT_S)
+        arrays = ray.get([m[2][0] for m in metas], timeout=RPC_TIMEOUT_S)
+        values = torch.cat([from_wire(a) for a in arrays])
+        version = sum(m[0] for m in metas) // len(metas)
+        with self.lock:
+            return self.core.observe(version, values)
+
+    def _loop(self) -> None:
+        while self.running:
+            try:
+                self._sample()
+            except RayError:
+                self.errors += 1
+            time.sleep(self.cfg.ps.averager_interval_s)
+
+    def start(self) -> bool:
+        if not self.running:
+            self.running = True
+            self.thread = threading.Thread(target=self._loop, daemon=True)
+            self.thread.start()
+        return True
+
+    def stop(self) -> dict[str, Any]:
+        """Stop sampling, then take one last sample so the average includes the final weights."""
+        self.running = False
+        if self.thread is not None:
+            self.thread.join(timeout=RPC_TIMEOUT_S)
+        try:
+            self._sample()
+        except RayError:
+            self.errors += 1
+        return {"version": self.core.version, "samples": self.core.samples}
+
+    def _val(self):
+        from distinception.data.loader import eval_batches
+
+        return eval_batches(
+            self.data_path,
+            split="val",
+            input_size=self.cfg.model.input_size,
+            batch_size=self.cfg.data.eval_batch_size,
+            scheme="center",
+            limit=self.cfg.data.val_limit,
+        )
+
+    def _bn(self):
+        from distinception.data.loader import eval_batches
+
+        batches = eval_batches(
+            self.data_path,
+            split="train",
+            input_size=self.cfg.model.input_size,
+            batch_size=self.cfg.data.eval_batch_size,
+            scheme="center",
+            limit=max(256, 4 * self.cfg.data.eval_batch_size),
+        )
+        return (views[:, 0] for views, _ in batches)
+
+    def evaluate(self) -> dict[str, Any]:
+        with self.lock:
+            return self.core.evaluate(self._val, self._bn) | {"sampler_errors": self.errors}
+
+    def inference_state(self) -> dict[str, torch.Tensor]:
+        with self.lock:
+            model = self.core.inference_model(self._bn)
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def save(self) -> int:
+        with self.lock:
+            if self.checkpoint_uri:
+                ckpt.save_state(self.checkpoint_uri, self.core.state_dict())
+            return self.core.version
+
+
+def remote_shard(cfg: JobConfig) -> Any:
+    return ray.remote(ShardActor).options(
+        num_cpus=cfg.ps.shard_cpus,
+        max_restarts=cfg.ps.max_shard_restarts,
+        max_task_retries=0,
+    )
+
+
+def remote_replica(cfg: JobConfig, resources: dict[str, float] | None = None) -> Any:
+    return ray.remote(ReplicaActor).options(
+        num_cpus=cfg.ps.replica_cpus,
+        num_gpus=cfg.ps.replica_gpus,
+        max_restarts=cfg.ps.max_replica_restarts,
+        max_task_retries=0,
+        resources=resources or {},
+    )
+
+
+def remote_averager(cfg: JobConfig) -> Any:
+    return ray.remote(AveragerActor).options(
+        num_cpus=cfg.ps.averager_cpus,
+        max_restarts=2,
+        max_task_retries=0,
+        max_concurrency=4,
+    )

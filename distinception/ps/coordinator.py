@@ -1,0 +1,500 @@
+"""The coordinator: the control plane of one training job.
+
+It starts the shards, the averager and the replicas, keeps the replicas busy, watches and
+restarts them, checkpoints, and reports what happened through `Hooks` (tracking plugs in there;
+this module never imports MLflow). It never touches weights or gradients while training: those
+flow between replicas, shards and the averager directly.
+
+The loop is a plain `while`: collect finished replica calls, resubmit, and on their own clocks
+gather shard statistics, ask the averager for an evaluation, and checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+import torch
+from ray.exceptions import GetTimeoutError, RayActorError, RayError
+
+from distinception.config import JobConfig, from_dict
+from distinception.ps import checkpoint as ckpt
+from distinception.ps.actors import (
+    RPC_TIMEOUT_S,
+    remote_averager,
+    remote_replica,
+    remote_shard,
+)
+from distinception.ps.replica import build_flat_model
+from distinception.ps.shard import histogram_quantile
+
+log = logging.getLogger(__name__)
+
+#: Each replica call runs about this long: short enough to react to faults and budgets quickly,
+#: long enough that the driver's round trips cost nothing measurable.
+CALL_SECONDS = 1.0
+STATS_EVERY_S = 2.0
+
+
+class Hooks:
+    """Callbacks the coordinator calls; each does nothing by default."""
+
+    def on_start(self, cfg: JobConfig, info: dict[str, Any]) -> str | None:
+        """Called once; may return a run id that is stored with checkpoints for `--resume`."""
+        return None
+
+    def on_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def on_checkpoint(self, directory: str, progress: dict[str, Any]) -> None: ...
+
+    def on_end(self, result: TrainResult, model: torch.nn.Module | None) -> None: ...
+
+    def on_failure(self, error: BaseException) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    run_id: str | None
+    examples: int
+    epochs: float
+    seconds: float
+    updates: int
+    final: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    faults: dict[str, int] = field(default_factory=dict)
+    refused: dict[str, int] = field(default_factory=dict)
+    staleness_hist: dict[int, int] = field(default_factory=dict)
+    replica_stats: dict[int, dict[str, Any]] = field(default_factory=dict)
+    checkpoint_dir: str = ""
+    data_path: str = ""
+
+    @property
+    def examples_per_s(self) -> float:
+        return self.examples / self.seconds if self.seconds else 0.0
+
+
+def object_store_bytes() -> int:
+    """Bytes in use in the object store of this node (-1 when Ray cannot say)."""
+    try:
+        from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+        state = get_state_from_address(ray.get_runtime_context().gcs_address)
+        return int(get_memory_info_reply(state).store_stats.object_store_bytes_used)
+    except Exception:  # private API: metrics must never kill a run
+        return -1
+
+
+def resolve_data(cfg: JobConfig) -> tuple[str, int, int]:
+    """(shard path, number of classes, training examples), generating the built-in set if needed."""
+    from distinception.data.generated import ensure_generated
+    from distinception.data.shards import open_manifest
+
+    path = cfg.data.path or ensure_generated(cfg.data)
+    manifest = open_manifest(path)
+    return path, manifest.num_classes, int(manifest.counts["train"])
+
+
+def init_ray(address: str | None, cfg: JobConfig) -> bool:
+    """Connect to `address`, or start a local Ray bound to 127.0.0.1; True if started here."""
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return False
+    ray.init(
+        num_cpus=max(2, os.cpu_count() or 2),
+        include_dashboard=False,
+        log_to_driver=False,
+        _node_ip_address="127.0.0.1",
+    )
+    return True
+
+
+class Coordinator:
+    def __init__(
+        self,
+        cfg: JobConfig,
+        hooks: Hooks | None = None,
+        *,
+        checkpoint_dir: str | None = None,
+        resume: bool = False,
+    ) -> None:
+        self.cfg = cfg
+        self.hooks = hooks or Hooks()
+        self.resume = resume
+        self.checkpoint_dir = checkpoint_dir or cfg.run.checkpoint_dir
+        self.faults: Counter[str] = Counter()
+        self.history: list[dict[str, Any]] = []
+        self.replica_stats: dict[int, dict[str, Any]] = {}
+        self.positions: dict[int, dict] = {}
+        self.examples = 0
+        self.run_id: str | None = None
+        self.elapsed_before = 0.0
+
+    # -- setup ---------------------------------------------------------------------------------
+    def _start_shards(self, resume: bool) -> None:
+        cfg = self.cfg
+        _, flat, _, layout = build_flat_model(cfg, self.num_classes, seed=cfg.run.seed)
+        self.layout = layout
+        self.ranges = layout.shard_ranges(cfg.ps.num_shards)
+        # Held for the whole run: a restarted shard re-reads its initial slice from these refs
+        # before loading its checkpoint.
+        self.init_refs = [ray.put(flat[a:b].numpy().copy()) for a, b in self.ranges]
+        actor = remote_shard(cfg)
+        self.shards = [
+            actor.remote(
+                i,
+                a,
+                b,
+                layout,
+                [self.init_refs[i]],
+                cfg,
+                self.train_examples,
+                self._ckpt_uri(f"shard-{i}.pt"),
+                resume,
+            )
+            for i, (a, b) in enumerate(self.ranges)
+        ]
+        self.shard_info = ray.get([s.ready.remote() for s in self.shards], timeout=RPC_TIMEOUT_S)
+
+    def _ckpt_uri(self, name: str) -> str:
+        return ckpt.join(self.checkpoint_dir, name) if self.checkpoint_dir else ""
+
+    def _new_replica(self, index: int) -> Any:
+        actor = remote_replica(self.cfg).remote(
+            index,
+            self.cfg,
+            self.data_path,
+            self.num_classes,
+            self.shards,
+            self.ranges,
+            self.cfg.ps.num_replicas,
+            self.positions.get(index),
+        )
+        return actor
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self, address: str | None = None) -> TrainResult:
+        cfg = self.cfg
+        started_ray = init_ray(address, cfg)
+        try:
+            return self._run()
+        except BaseException as err:
+            self.hooks.on_failure(err)
+            raise
+        finally:
+            self._teardown()
+            if started_ray:
+                ray.shutdown()
+
+    def _load_progress(self) -> dict[str, Any]:
+        progress = ckpt.load_json(self._ckpt_uri("progress.json"))
+        self.examples = int(progress["examples"])
+        self.positions = {int(k): v for k, v in progress["positions"].items()}
+        self.run_id = progress.get("run_id")
+        self.elapsed_before = float(progress.get("seconds", 0.0))
+        self.faults.update(progress.get("faults", {}))
+        return progress
+
+    def _run(self) -> TrainResult:
+        cfg = self.cfg
+        self.actors_started = False
+        self.data_path, self.num_classes, self.train_examples = resolve_data(cfg)
+        if self.resume:
+            self._load_progress()
+        self._start_shards(self.resume)
+        self.averager = remote_averager(cfg).remote(
+            cfg,
+            self.data_path,
+            self.num_classes,
+            self.shards,
+            self.ranges,
+            self._ckpt_uri("averager.pt"),
+            self.resume,
+        )
+        ray.get(self.averager.start.remote(), timeout=RPC_TIMEOUT_S)
+        info = {
+            "params": self.layout.total,
+            "num_classes": self.num_classes,
+            "train_examples": self.train_examples,
+            "data_path": self.data_path,
+            "ranges": self.ranges,
+            "resumed_from_examples": self.examples,
+            "run_id": self.run_id,
+        }
+        self.run_id = self.hooks.on_start(cfg, info) or self.run_id
+        self.actors_started = True
+
+        budget = self._budget_examples()
+        warm = cfg.ps.warm_start_updates if self.examples == 0 else 0
+        n_active = 1 if warm else cfg.ps.num_replicas
+        self.replicas: dict[int, Any] = {i: self._new_replica(i) for i in range(n_active)}
+        steps = dict.fromkeys(self.replicas, 2)
+        pending: dict[ray.ObjectRef, int] = {}
+        for i, r in self.replicas.items():
+            for _ in range(2):  # two calls queued: the replica never waits for the driver
+                pending[r.train.remote(steps[i])] = i
+
+        t_start = time.perf_counter()
+        last_stats = last_eval = last_ckpt = t_start
+        eval_ref: ray.ObjectRef | None = None
+        losses: deque[float] = deque(maxlen=4 * cfg.ps.num_replicas)
+        last_versions = self._shard_versions()
+        last_examples = self.examples
+        progress = self._progress_bar(budget)
+        stopping = False
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+            now = time.perf_counter()
+            for ref in ready:
+                i = pending.pop(ref)
+                try:
+                    stats = ray.get(ref)
+                except RayActorError as err:
+                    self._replica_failed(i, err, pending, stopping)
+                    continue
+                self._record(i, stats, losses)
+                # Aim each call at CALL_SECONDS of work.
+                per_step = stats["wall_s"] / max(1, stats["steps"])
+                steps[i] = max(1, min(256, int(CALL_SECONDS / max(per_step, 1e-4))))
+                if not stopping:
+                    pending[self.replicas[i].train.remote(steps[i])] = i
+                if progress is not None:
+                    progress.update(min(stats["examples"], max(0, budget - progress.n)))
+            elapsed = self.elapsed_before + (now - t_start)
+            if warm and n_active < cfg.ps.num_replicas and min(last_versions) >= warm:
+                for i in range(n_active, cfg.ps.num_replicas):
+                    self.replicas[i] = self._new_replica(i)
+                    steps[i] = 2
+                    for _ in range(2):
+                        pending[self.replicas[i].train.remote(2)] = i
+                n_active = cfg.ps.num_replicas
+            if now - last_stats >= STATS_EVERY_S:
+                metrics, last_versions = self._shard_metrics(
+                    last_versions, now - last_stats, self.examples - last_examples, losses
+                )
+                last_examples, last_stats = self.examples, now
+                metrics["epoch"] = self.examples / self.train_examples
+                self.hooks.on_metrics(metrics, self.examples)
+                self.history.append(metrics | {"examples": self.examples, "seconds": elapsed})
+                if progress is not None:
+                    progress.set_postfix(
+                        ex_s=f"{metrics['examples_per_s']:.0f}",
+                        upd_s=f"{metrics['updates_per_s']:.1f}",
+                        loss=f"{metrics.get('loss', float('nan')):.3f}",
+                        stale=f"{metrics['staleness_mean']:.1f}",
+                        refresh=False,
+                    )
+            if eval_ref is None and now - last_eval >= cfg.run.eval_interval_s and not stopping:
+                eval_ref = self.averager.evaluate.remote()
+                last_eval = now
+            if eval_ref is not None and ray.wait([eval_ref], timeout=0)[0]:
+                self._eval_done(eval_ref)
+                eval_ref = None
+            if self.checkpoint_dir and now - last_ckpt >= cfg.run.checkpoint_interval_s:
+                self._checkpoint(elapsed)
+                last_ckpt = now
+            if not stopping and (
+                self.examples >= budget or (cfg.run.max_seconds and elapsed >= cfg.run.max_seconds)
+            ):
+                stopping = True  # let the calls in flight finish, submit no more
+        if progress is not None:
+            progress.close()
+        seconds = self.elapsed_before + (time.perf_counter() - t_start)
+        if eval_ref is not None:
+            with contextlib.suppress(RayError):
+                ray.get(eval_ref, timeout=RPC_TIMEOUT_S)
+        return self._finish(seconds)
+
+    def _budget_examples(self) -> int:
+        run = self.cfg.run
+        budgets = []
+        if run.epochs:
+            budgets.append(math.ceil(run.epochs * self.train_examples))
+        if run.max_examples:
+            budgets.append(run.max_examples)
+        return min(budgets) if budgets else 2**62
+
+    def _progress_bar(self, budget: int):
+        if not self.cfg.run.progress:
+            return None
+        from tqdm import tqdm
+
+        total = budget if budget < 2**62 else None
+        return tqdm(
+            total=total,
+            initial=min(self.examples, total or self.examples),
+            unit="img",
+            dynamic_ncols=True,
+            desc="train",
+        )
+
+    def _record(self, i: int, stats: dict[str, Any], losses: deque[float]) -> None:
+        self.examples += stats["examples"]
+        self.positions[i] = stats["position"]
+        self.replica_stats[i] = stats
+        if math.isfinite(stats["loss"]):
+            losses.append(stats["loss"])
+
+    def _replica_failed(self, i: int, err: BaseException, pending: dict, stopping: bool) -> None:
+        """A replica died mid-call: Ray restarts it; seek it to its data position and go on."""
+        self.faults["replica_failures"] += 1
+        log.warning("replica %d failed (%s); restarting", i, type(err).__name__)
+        if any(v == i for v in pending.values()):
+            return  # its other queued call will fail too; recover once, from that one
+        actor = self.replicas[i]
+        try:
+            ray.get(
+                actor.seek.remote(self.positions.get(i) or {"epoch": 0, "offset": 0}),
+                timeout=RPC_TIMEOUT_S,
+            )
+        except (RayActorError, GetTimeoutError):
+            # Out of restarts: replace it with a fresh actor at the same data position.
+            self.faults["replica_replaced"] += 1
+            actor = self.replicas[i] = self._new_replica(i)
+        if not stopping:
+            for _ in range(2):
+                pending[actor.train.remote(2)] = i
+
+    def _shard_versions(self) -> list[int]:
+        try:
+            infos = ray.get([s.stats.remote() for s in self.shards], timeout=RPC_TIMEOUT_S)
+        except RayError:
+            return [0] * len(self.shards)
+        return [int(x["version"]) for x in infos]
+
+    def _shard_metrics(
+        self, last_versions: list[int], dt: float, examples: int, losses: deque[float]
+    ) -> tuple[dict[str, float], list[int]]:
+        try:
+            infos = ray.get([s.stats.remote() for s in self.shards], timeout=RPC_TIMEOUT_S)
+        except RayError:
+            self.faults["shard_stats_failed"] += 1
+            return {
+                "examples_per_s": examples / dt,
+                "updates_per_s": 0.0,
+                "staleness_mean": 0.0,
+            }, last_versions
+        versions = [int(x["version"]) for x in infos]
+        recent: Counter[int] = Counter()
+        for x in infos:
+            recent.update({int(k): v for k, v in x["recent_hist"].items()})
+        n = sum(recent.values())
+        mean = sum(k * v for k, v in recent.items()) / n if n else 0.0
+        deltas = [max(0, v - lv) for v, lv in zip(versions, last_versions, strict=True)]
+        metrics = {
+            "examples_per_s": examples / dt,
+            "updates_per_s": sum(deltas) / len(deltas) / dt,
+            "staleness_mean": mean,
+            "staleness_p50": histogram_quantile(recent, 0.5),
+            "staleness_p95": histogram_quantile(recent, 0.95),
+            "lr": float(infos[0]["lr"]),
+            "version": float(min(versions)),
+            "refused": float(sum(sum(x["refused"].values()) for x in infos)),
+        }
+        if losses:
+            metrics["loss"] = sum(losses) / len(losses)
+        store = object_store_bytes()
+        if store >= 0:
+            metrics["object_store_bytes"] = float(store)
+        return metrics, versions
+
+    def _eval_done(self, ref: ray.ObjectRef) -> dict[str, Any] | None:
+        try:
+            res = ray.get(ref, timeout=RPC_TIMEOUT_S)
+        except RayError as err:
+            self.faults["eval_failed"] += 1
+            log.warning("evaluation failed: %s", err)
+            return None
+        metrics = {k: float(v) for k, v in res.items() if k.endswith("_error")}
+        self.hooks.on_metrics(metrics, self.examples)
+        self.history.append(metrics | {"examples": self.examples})
+        return res
+
+    def _checkpoint(self, elapsed: float) -> None:
+        """Shards and averager write their own files; progress.json last, so it never points at
+        state newer than what was saved."""
+        try:
+            versions = ray.get([s.save.remote() for s in self.shards], timeout=RPC_TIMEOUT_S)
+            ray.get(self.averager.save.remote(), timeout=RPC_TIMEOUT_S)
+        except RayError as err:
+            self.faults["checkpoint_failed"] += 1
+            log.warning("checkpoint failed: %s", err)
+            return
+        progress = {
+            "examples": self.examples,
+            "positions": {str(k): v for k, v in self.positions.items()},
+            "versions": versions,
+            "run_id": self.run_id,
+            "seconds": elapsed,
+            "faults": dict(self.faults),
+            "config": self.cfg.to_dict(),
+            "time": time.time(),
+        }
+        ckpt.save_json(self._ckpt_uri("progress.json"), progress)
+        self.hooks.on_checkpoint(self.checkpoint_dir, progress)
+
+    def _finish(self, seconds: float) -> TrainResult:
+        ray.get(self.averager.stop.remote(), timeout=RPC_TIMEOUT_S)
+        final = ray.get(self.averager.evaluate.remote(), timeout=10 * RPC_TIMEOUT_S)
+        infos = ray.get([s.stats.remote() for s in self.shards], timeout=RPC_TIMEOUT_S)
+        if self.checkpoint_dir:
+            self._checkpoint(seconds)
+        refused: Counter[str] = Counter()
+        hist: Counter[int] = Counter()
+        for x in infos:
+            refused.update(x["refused"])
+            hist.update({int(k): v for k, v in x["staleness_hist"].items()})
+            self.faults["shard_restarts"] += int(x.get("restarts", 0))
+        state = ray.get(self.averager.inference_state.remote(), timeout=10 * RPC_TIMEOUT_S)
+        model = _plain_model(self.cfg, self.num_classes, state)
+        result = TrainResult(
+            run_id=self.run_id,
+            examples=self.examples,
+            epochs=self.examples / self.train_examples,
+            seconds=seconds,
+            updates=min(int(x["version"]) for x in infos),
+            final=final,
+            history=self.history,
+            faults=dict(self.faults),
+            refused=dict(refused),
+            staleness_hist=dict(hist),
+            replica_stats=self.replica_stats,
+            checkpoint_dir=self.checkpoint_dir or "",
+            data_path=self.data_path,
+        )
+        self.hooks.on_metrics(
+            {f"final_{k}": float(v) for k, v in final.items() if k.endswith("_error")},
+            self.examples,
+        )
+        self.hooks.on_end(result, model)
+        return result
+
+    def _teardown(self) -> None:
+        for name in ("replicas",):
+            for actor in getattr(self, name, {}).values():
+                ray.kill(actor, no_restart=True)
+        for actor in [*getattr(self, "shards", []), getattr(self, "averager", None)]:
+            if actor is not None:
+                ray.kill(actor, no_restart=True)
+
+
+def _plain_model(cfg: JobConfig, num_classes: int, state: dict[str, torch.Tensor]):
+    from distinception.model.googlenet import build_model
+
+    model = build_model(cfg.model, num_classes)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def load_progress_config(checkpoint_dir: str) -> JobConfig:
+    """The config a checkpointed job ran with, for `--resume`."""
+    progress = ckpt.load_json(ckpt.join(checkpoint_dir, "progress.json"))
+    return from_dict(progress["config"])

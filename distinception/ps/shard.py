@@ -1,0 +1,208 @@
+"""A parameter shard: one contiguous slice of the flat vector, its optimizer and its version.
+
+Plain Python (no Ray) so the update rule is unit-tested directly; `actors.ShardActor` wraps it.
+*Update* = one gradient applied; *version* = the number of updates applied so far.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from distinception.config import PSConfig
+from distinception.ps.layout import ParamLayout
+from distinception.ps.policies import StalenessPolicy
+
+#: Reasons a push is refused; every refusal is counted under its reason and never applied.
+REFUSALS = ("layout", "length", "nonfinite", "stale", "restarted")
+
+
+@dataclass(frozen=True)
+class PushResult:
+    accepted: bool
+    reason: str
+    staleness: int
+    version: int
+
+
+def build_optimizer(
+    params_decay: list[torch.nn.Parameter], params_plain: list[torch.nn.Parameter], ps: PSConfig
+) -> torch.optim.Optimizer:
+    groups: list[dict[str, Any]] = []
+    if params_decay:
+        groups.append({"params": params_decay, "weight_decay": ps.weight_decay})
+    if params_plain:
+        groups.append({"params": params_plain, "weight_decay": 0.0})
+    if ps.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=ps.lr, momentum=ps.momentum)
+    if ps.optimizer == "adagrad":
+        return torch.optim.Adagrad(groups, lr=ps.lr)
+    if ps.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=ps.lr)
+    if ps.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=ps.lr)
+    if ps.optimizer == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=ps.lr, momentum=ps.momentum)
+    raise ValueError(f"optimizer={ps.optimizer!r}")
+
+
+def lr_factor(examples: int, ps: PSConfig, examples_per_epoch: int) -> float:
+    """Linear warm-up over `warmup_examples`, then x`lr_decay` every `lr_decay_epochs` epochs."""
+    warm = min(1.0, (examples + 1) / ps.warmup_examples) if ps.warmup_examples else 1.0
+    period = max(1.0, ps.lr_decay_epochs * examples_per_epoch)
+    return warm * ps.lr_decay ** math.floor(examples / period)
+
+
+class ShardCore:
+    def __init__(
+        self,
+        index: int,
+        start: int,
+        stop: int,
+        layout: ParamLayout,
+        init: np.ndarray | torch.Tensor,
+        ps: PSConfig,
+        examples_per_epoch: int,
+    ) -> None:
+        if len(init) != stop - start:
+            raise ValueError(f"shard {index}: init has {len(init)} values, range {stop - start}")
+        self.index, self.start, self.stop = index, start, stop
+        self.fingerprint = layout.fingerprint
+        self.ps = ps
+        self.policy = StalenessPolicy.parse(ps.staleness)
+        self.examples_per_epoch = max(1, examples_per_epoch)
+        self.flat = torch.as_tensor(np.asarray(init, dtype=np.float32)).clone()
+        self.grad = torch.zeros_like(self.flat)
+        decay, plain = [], []
+        # One Parameter per layout piece, each a view of the flat slice, so torch optimizers
+        # update the slice in place and weight decay skips biases and normalisation terms.
+        for a, b, use_decay in layout.decay_mask(start, stop):
+            p = torch.nn.Parameter(torch.empty(0))
+            p.data = self.flat[a:b]
+            p.grad = self.grad[a:b]
+            (decay if use_decay else plain).append(p)
+        self.optimizer = build_optimizer(decay, plain, ps)
+        self.examples = 0
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda _: lr_factor(self.examples, self.ps, self.examples_per_epoch)
+        )
+        self.version = 0
+        self.incarnation = 0
+        self.staleness_hist: Counter[int] = Counter()
+        self.recent_hist: Counter[int] = Counter()
+        self.refused: Counter[str] = Counter()
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def apply(
+        self,
+        grad: torch.Tensor,
+        base_version: int,
+        *,
+        examples: int,
+        fingerprint: str,
+        incarnation: int = 0,
+    ) -> PushResult:
+        """Validate, then apply one gradient slice computed on weights of `base_version`."""
+        staleness = max(0, self.version - base_version)
+        reason = ""
+        if fingerprint != self.fingerprint:
+            reason = "layout"
+        elif grad.dim() != 1 or grad.numel() != self.size:
+            reason = "length"
+        elif incarnation != self.incarnation:
+            reason = "restarted"
+        elif not bool(torch.isfinite(grad).all()):
+            reason = "nonfinite"
+        accept, scale = self.policy.decide(staleness) if not reason else (False, 0.0)
+        if not reason and not accept:
+            reason = "stale"
+        if reason:
+            self.refused[reason] += 1
+            return PushResult(False, reason, staleness, self.version)
+        self.grad.copy_(grad)
+        if scale != 1.0:
+            self.grad.mul_(scale)
+        self.optimizer.step()
+        self.examples += int(examples)
+        self.scheduler.step()
+        self.version += 1
+        self.staleness_hist[staleness] += 1
+        self.recent_hist[staleness] += 1
+        return PushResult(True, "", staleness, self.version)
+
+    def stats(self, reset_recent: bool = True) -> dict[str, Any]:
+        out = {
+            "index": self.index,
+            "version": self.version,
+            "examples": self.examples,
+            "lr": self.lr,
+            "incarnation": self.incarnation,
+            "refused": dict(self.refused),
+            "staleness_hist": dict(self.staleness_hist),
+            "recent_hist": dict(self.recent_hist),
+        }
+        if reset_recent:
+            self.recent_hist = Counter()
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "start": self.start,
+            "stop": self.stop,
+            "fingerprint": self.fingerprint,
+            "flat": self.flat.clone(),
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "scheduler": self.scheduler.state_dict(),
+            "version": self.version,
+            "examples": self.examples,
+            "staleness_hist": dict(self.staleness_hist),
+            "refused": dict(self.refused),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if (state["start"], state["stop"], state["fingerprint"]) != (
+            self.start,
+            self.stop,
+            self.fingerprint,
+        ):
+            raise ValueError(
+                f"shard {self.index}: checkpoint covers [{state['start']}, {state['stop']}) of "
+                f"layout {state['fingerprint']}, expected [{self.start}, {self.stop}) of "
+                f"{self.fingerprint}"
+            )
+        with torch.no_grad():
+            self.flat.copy_(state["flat"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.version = int(state["version"])
+        self.examples = int(state["examples"])
+        self.staleness_hist = Counter({int(k): v for k, v in state["staleness_hist"].items()})
+        self.refused = Counter(state["refused"])
+
+
+def histogram_quantile(hist: dict[int, int], q: float) -> float:
+    """The q-quantile of a {value: count} histogram (0 for an empty one)."""
+    total = sum(hist.values())
+    if not total:
+        return 0.0
+    target = q * (total - 1)
+    seen = 0
+    for value in sorted(hist):
+        seen += hist[value]
+        if seen > target:
+            return float(value)
+    return float(max(hist))

@@ -1,0 +1,53 @@
+"""`distinception train`: one asynchronous parameter-server job, recorded in MLflow."""
+
+from __future__ import annotations
+
+from distinception.config import JobConfig
+from distinception.ps.coordinator import Coordinator, TrainResult, load_progress_config
+from distinception.tracking import MlflowHooks, tracking_uri, ui_command
+
+
+def train(
+    cfg: JobConfig,
+    *,
+    address: str | None = None,
+    resume: str | None = None,
+    parent_run_id: str | None = None,
+) -> TrainResult:
+    """Train `cfg` (or continue the job checkpointed in `resume`) and log it to MLflow."""
+    if resume:
+        cfg = load_progress_config(resume)
+    hooks = MlflowHooks(cfg, parent_run_id=parent_run_id)
+    coordinator = Coordinator(cfg, hooks, checkpoint_dir=resume or None, resume=bool(resume))
+    return coordinator.run(address=address)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:5.1f}%"
+
+
+def format_report(cfg: JobConfig, result: TrainResult) -> str:
+    f = result.final
+    lines = [
+        f"distinception train: {cfg.name} — {result.examples:,} examples "
+        f"({result.epochs:.2f} epochs) in {result.seconds:.0f} s, "
+        f"{result.examples_per_s:.0f} img/s, {result.updates:,} updates per shard",
+        f"  validation ({f.get('val_images', 0)} images, center crop)   top-1 err   top-5 err",
+        f"    raw weights                          {_pct(f['raw_top1_error'])}      "
+        f"{_pct(f['raw_top5_error'])}",
+        f"    Polyak-averaged weights ({f.get('polyak_samples', 0)} samples)   "
+        f"{_pct(f['polyak_top1_error'])}      {_pct(f['polyak_top5_error'])}",
+    ]
+    if result.refused:
+        lines.append(
+            "  pushes refused: " + ", ".join(f"{k} {v}" for k, v in result.refused.items())
+        )
+    faults = {k: v for k, v in result.faults.items() if v}
+    if faults:
+        lines.append("  faults survived: " + ", ".join(f"{k} {v}" for k, v in faults.items()))
+    if result.checkpoint_dir:
+        lines.append(f"  checkpoint: {result.checkpoint_dir} (resume with --resume)")
+    uri = tracking_uri(cfg)
+    lines.append(f"  MLflow run {result.run_id} in {uri}")
+    lines.append(f"  open it with: {ui_command(uri)}")
+    return "\n".join(lines)

@@ -1,0 +1,231 @@
+"""The whole parameter server on a real local Ray, real Parquet shards and a real MLflow store."""
+
+from __future__ import annotations
+
+import time
+
+import mlflow
+import pytest
+import ray
+import torch
+from mlflow.tracking import MlflowClient
+
+from distinception.config import from_dict
+from distinception.ps.coordinator import Coordinator, Hooks
+from distinception.recipes import get_recipe
+from distinception.tracking import MlflowHooks
+from distinception.train import train
+
+pytestmark = pytest.mark.integration
+
+
+def tiny_cfg(data: str, uri: str, **sections):
+    base = get_recipe("tiny")
+    values = {"data": {"path": data}, "tracking": {"tracking_uri": uri}}
+    for key, value in sections.items():
+        values.setdefault(key, {}).update(value)
+    return from_dict(values, base)
+
+
+class Chaos(Hooks):
+    """Wraps the MLflow hooks and injects one fault once the run has seen `after` examples."""
+
+    def __init__(self, inner: Hooks, action, after: int) -> None:
+        self.inner, self.action, self.after = inner, action, after
+        self.coordinator: Coordinator | None = None
+        self.fired_at: int | None = None
+
+    def on_start(self, cfg, info):
+        return self.inner.on_start(cfg, info)
+
+    def on_metrics(self, metrics, step):
+        self.inner.on_metrics(metrics, step)
+        if self.fired_at is None and step >= self.after and self.coordinator is not None:
+            self.fired_at = step
+            self.action(self.coordinator)
+
+    def on_checkpoint(self, directory, progress):
+        self.inner.on_checkpoint(directory, progress)
+
+    def on_end(self, result, model):
+        self.inner.on_end(result, model)
+
+    def on_failure(self, error):
+        self.inner.on_failure(error)
+
+
+def run_with(cfg, hooks, **kwargs):
+    coordinator = Coordinator(cfg, hooks, **kwargs)
+    if isinstance(hooks, Chaos):
+        hooks.coordinator = coordinator
+    return coordinator.run()
+
+
+def test_training_learns_and_is_recorded(ray_local, tiny_data, mlflow_uri):
+    cfg = tiny_cfg(tiny_data, mlflow_uri, run={"max_examples": 6000, "eval_interval_s": 3.0})
+    result = run_with(cfg, MlflowHooks(cfg))
+
+    assert result.examples >= 6000
+    losses = [h["loss"] for h in result.history if "loss" in h]
+    assert len(losses) >= 3 and losses[-1] < losses[0] - 0.2, losses
+    # Both replicas contributed accepted updates; staleness was recorded on the shards.
+    assert sorted(result.replica_stats) == [0, 1]
+    for stats in result.replica_stats.values():
+        assert stats["counters"]["accepted"] > 10
+    assert sum(result.staleness_hist.values()) > 20
+    assert not result.refused
+    # Polyak weights differ from the raw ones and score at least as well (within noise).
+    f = result.final
+    assert f["polyak_samples"] > 5
+    assert f["polyak_top1_error"] < 0.6  # 4 classes: chance is 0.75
+    assert f["polyak_top1_error"] <= f["raw_top1_error"] + 0.1
+
+    client = MlflowClient(mlflow_uri)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["ps.num_replicas"] == "2"
+    assert run.data.params["model.variant"] == "bn"
+    for key in (
+        "loss",
+        "examples_per_s",
+        "updates_per_s",
+        "staleness_p95",
+        "lr",
+        "polyak_top1_error",
+        "raw_top5_error",
+    ):
+        assert key in run.data.metrics, key
+    assert len(client.get_metric_history(result.run_id, "loss")) >= 3
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"config.yaml", "result.json", "training.png"} <= artifacts
+
+    mlflow.set_tracking_uri(mlflow_uri)
+    model = mlflow.pytorch.load_model(f"runs:/{result.run_id}/model")
+    x = torch.randn(3, 3, 32, 32)
+    logits = model.eval()(x)
+    assert logits.shape == (3, 4) and torch.isfinite(logits).all()
+
+
+def _kill_replica(coordinator: Coordinator) -> None:
+    ray.kill(coordinator.replicas[0], no_restart=False)
+
+
+def test_replica_killed_mid_run_restarts_and_training_continues(ray_local, tiny_data, mlflow_uri):
+    cfg = tiny_cfg(tiny_data, mlflow_uri, run={"max_examples": 5000})
+    hooks = Chaos(MlflowHooks(cfg), _kill_replica, after=1000)
+    result = run_with(cfg, hooks)
+    assert hooks.fired_at is not None
+    assert result.faults["replica_failures"] >= 1
+    assert result.examples >= 5000
+    assert result.replica_stats[0]["examples"] > 0  # the restarted replica works again
+    assert MlflowClient(mlflow_uri).get_run(result.run_id).info.status == "FINISHED"
+
+
+def _kill_shard(coordinator: Coordinator) -> None:
+    ray.kill(coordinator.shards[1], no_restart=False)
+
+
+def test_shard_killed_mid_run_reloads_its_checkpoint(ray_local, tiny_data, mlflow_uri, tmp_path):
+    cfg = tiny_cfg(tiny_data, mlflow_uri, run={"max_examples": 6000, "checkpoint_interval_s": 1.0})
+    hooks = Chaos(MlflowHooks(cfg), _kill_shard, after=2500)
+    coordinator = Coordinator(cfg, hooks, checkpoint_dir=str(tmp_path / "ckpt"))
+    hooks.coordinator = coordinator
+    # Watch the shard from outside: it must come back from its checkpoint, not from scratch.
+    result = coordinator.run()
+    assert hooks.fired_at is not None
+    assert result.examples >= 6000
+    assert result.faults.get("shard_restarts", 0) >= 1
+    lost = sum(
+        s["counters"].get("pull_failed", 0)
+        + s["counters"].get("push_lost", 0)
+        + s["counters"].get("refused_restarted", 0)
+        for s in result.replica_stats.values()
+    )
+    assert lost >= 1
+    assert result.refused.get("restarted", 0) + lost >= 1
+    assert result.final["polyak_top1_error"] < 0.75
+
+
+def test_bad_pushes_are_refused_through_the_real_actor(ray_local, tiny_data, mlflow_uri):
+    import numpy as np
+
+    from distinception.ps.actors import remote_shard
+    from distinception.ps.layout import ParamLayout
+
+    cfg = tiny_cfg(tiny_data, mlflow_uri)
+    layout = ParamLayout.from_module(torch.nn.Linear(4, 2))
+    init = ray.put(np.zeros(layout.total, dtype=np.float32))
+    shard = remote_shard(cfg).remote(0, 0, layout.total, layout, [init], cfg, 100, "", False)
+    info = ray.get(shard.ready.remote())
+    good = np.ones(layout.total, dtype=np.float32)
+    cases = {
+        "nonfinite": (np.full(layout.total, np.nan, dtype=np.float32), layout.fingerprint),
+        "length": (np.ones(layout.total + 1, dtype=np.float32), layout.fingerprint),
+        "layout": (good, "0123456789abcdef"),
+    }
+    for reason, (grad, fp) in cases.items():
+        r = ray.get(shard.push.remote(grad, 0, 1, fp, info["incarnation"]))
+        assert not r["accepted"] and r["reason"] == reason
+    r = ray.get(shard.push.remote(good, 0, 1, layout.fingerprint, info["incarnation"]))
+    assert r["accepted"]
+    stats = ray.get(shard.stats.remote())
+    assert stats["version"] == 1
+    assert stats["refused"] == {"nonfinite": 1, "length": 1, "layout": 1}
+    ray.kill(shard)
+
+
+def test_object_store_stays_flat_over_many_versions(ray_local, tiny_data, mlflow_uri):
+    cfg = tiny_cfg(tiny_data, mlflow_uri, run={"max_examples": 10000, "eval_interval_s": 1000.0})
+    result = run_with(cfg, Hooks())
+    used = [h["object_store_bytes"] for h in result.history if "object_store_bytes" in h]
+    assert len(used) >= 4, result.history
+    assert result.updates > 200
+    # Hundreds of versions were published; the store holds a bounded handful of them.
+    half = len(used) // 2
+    assert max(used[half:]) <= max(used[:half]) * 1.5 + 8 * 1024 * 1024, used
+
+
+class StopAfterCheckpoint(Hooks):
+    """Simulates the driver being killed right after its first checkpoint."""
+
+    def __init__(self, inner: Hooks) -> None:
+        self.inner = inner
+
+    def on_start(self, cfg, info):
+        return self.inner.on_start(cfg, info)
+
+    def on_metrics(self, metrics, step):
+        self.inner.on_metrics(metrics, step)
+
+    def on_checkpoint(self, directory, progress):
+        self.inner.on_checkpoint(directory, progress)
+        raise KeyboardInterrupt
+
+    def on_failure(self, error):
+        self.inner.on_failure(error)
+
+
+def test_driver_killed_then_resumed_into_the_same_run(ray_local, tiny_data, mlflow_uri, tmp_path):
+    ckpt = str(tmp_path / "ckpt")
+    cfg = tiny_cfg(
+        tiny_data,
+        mlflow_uri,
+        run={"max_examples": 5000, "checkpoint_dir": ckpt, "checkpoint_interval_s": 2.0},
+    )
+    with pytest.raises(KeyboardInterrupt):
+        run_with(cfg, StopAfterCheckpoint(MlflowHooks(cfg)), checkpoint_dir=ckpt)
+    client = MlflowClient(mlflow_uri)
+    runs = client.search_runs([client.get_experiment_by_name("distinception").experiment_id])
+    first = runs[0]
+    assert first.info.status == "KILLED"
+    steps_before = [m.step for m in client.get_metric_history(first.info.run_id, "loss")]
+
+    time.sleep(0.5)
+    result = train(cfg, resume=ckpt)
+    assert result.run_id == first.info.run_id
+    assert result.examples >= 5000
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    steps_after = [m.step for m in client.get_metric_history(result.run_id, "loss")]
+    assert len(steps_after) > len(steps_before)
+    assert min(s for s in steps_after if s not in steps_before) >= max(steps_before)
