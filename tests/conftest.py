@@ -31,7 +31,6 @@ def ray_local(tmp_path_factory):
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,
-        _node_ip_address="127.0.0.1",
         _temp_dir=str(tmp),
         object_store_memory=400 * 1024 * 1024,
     )

@@ -102,7 +102,7 @@ def resolve_data(cfg: JobConfig) -> tuple[str, int, int]:
 
 
 def init_ray(address: str | None, cfg: JobConfig) -> bool:
-    """Connect to `address`, or start a local Ray bound to 127.0.0.1; True if started here."""
+    """Connect to `address`, or start a local Ray (no dashboard, token auth on); True if started."""
     if ray.is_initialized():
         return False
     if address:
@@ -112,7 +112,6 @@ def init_ray(address: str | None, cfg: JobConfig) -> bool:
         num_cpus=max(2, os.cpu_count() or 2),
         include_dashboard=False,
         log_to_driver=False,
-        _node_ip_address="127.0.0.1",
     )
     return True
 

@@ -7,6 +7,7 @@ the accumulated gradient is already the flat vector that is cut into per-shard s
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,7 +39,11 @@ def to_wire(t: torch.Tensor, dtype: str) -> np.ndarray:
 
 
 def from_wire(a: np.ndarray) -> torch.Tensor:
-    t = torch.from_numpy(np.asarray(a))
+    """A tensor over the received buffer, without a copy: callers only read it."""
+    with warnings.catch_warnings():
+        # Object-store buffers are read-only; torch warns but reading them is safe.
+        warnings.simplefilter("ignore", UserWarning)
+        t = torch.from_numpy(np.asarray(a))
     if t.dtype == torch.int16:
         return t.view(torch.bfloat16).float()
     return t
