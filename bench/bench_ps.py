@@ -65,9 +65,13 @@ class DocsPatternPS:
 
 def bench_p1(repeats: int, num_shards: int) -> dict[str, float]:
     model_cfg = ModelConfig(variant="faithful", width=1.0, input_size=224)
-    cfg = from_dict({"model": model_cfg.__dict__, "ps": {"num_shards": num_shards,
-                                                         "momentum": 0.0, "lr": 1e-4,
-                                                         "weight_decay": 0.0}}, JobConfig())
+    cfg = from_dict(
+        {
+            "model": model_cfg.__dict__,
+            "ps": {"num_shards": num_shards, "momentum": 0.0, "lr": 1e-4, "weight_decay": 0.0},
+        },
+        JobConfig(),
+    )
     _, flat, _, layout = build_flat_model(cfg, 1000, seed=0)
     nbytes = layout.nbytes
 
@@ -90,8 +94,9 @@ def bench_p1(repeats: int, num_shards: int) -> dict[str, float]:
         for (a, b), arr in zip(ranges, arrays, strict=True):
             local[a:b].copy_(from_wire(arr))
         refs = [
-            s.push.remote(to_wire(grad[a:b], "float32"), m[0], 32, layout.fingerprint,
-                          info["incarnation"])
+            s.push.remote(
+                to_wire(grad[a:b], "float32"), m[0], 32, layout.fingerprint, info["incarnation"]
+            )
             for s, (a, b), m, info in zip(shards, ranges, metas, infos, strict=True)
         ]
         assert all(r["accepted"] for r in ray.get(refs))
@@ -125,8 +130,15 @@ def _local_rate(cfg: JobConfig, data: str, num_classes: int, steps: int) -> floa
     from distinception.data.loader import TrainStream
 
     torch.set_num_threads(max(1, int(cfg.ps.replica_cpus)))
-    stream = TrainStream(data, consumer=0, num_consumers=1, batch_size=cfg.data.batch_size,
-                         recipe=cfg.recipe, input_size=cfg.model.input_size, seed=0)
+    stream = TrainStream(
+        data,
+        consumer=0,
+        num_consumers=1,
+        batch_size=cfg.data.batch_size,
+        recipe=cfg.recipe,
+        input_size=cfg.model.input_size,
+        seed=0,
+    )
     core = ReplicaCore(cfg, num_classes, iter(stream))
     opt = torch.optim.SGD(core.model.parameters(), lr=cfg.ps.lr, momentum=cfg.ps.momentum)
 
@@ -147,8 +159,9 @@ def bench_p2(steps: int) -> dict[str, float]:
     from distinception.data.generated import ensure_generated
     from distinception.data.shards import open_manifest
 
-    cfg = from_dict({"ps": {"num_replicas": 1, "num_shards": 2, "replica_cpus": 1.0}},
-                    get_recipe("demo"))
+    cfg = from_dict(
+        {"ps": {"num_replicas": 1, "num_shards": 2, "replica_cpus": 1.0}}, get_recipe("demo")
+    )
     data = ensure_generated(cfg.data)
     num_classes = open_manifest(data).num_classes
     _, flat, _, layout = build_flat_model(cfg, num_classes, seed=0)

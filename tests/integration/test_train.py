@@ -186,7 +186,7 @@ def test_object_store_stays_flat_over_many_versions(ray_local, tiny_data, mlflow
 
 
 class StopAfterCheckpoint(Hooks):
-    """Simulates the driver being killed right after its first checkpoint."""
+    """Simulates the driver being killed right after a checkpoint past 1,500 examples."""
 
     def __init__(self, inner: Hooks) -> None:
         self.inner = inner
@@ -199,7 +199,8 @@ class StopAfterCheckpoint(Hooks):
 
     def on_checkpoint(self, directory, progress):
         self.inner.on_checkpoint(directory, progress)
-        raise KeyboardInterrupt
+        if progress["examples"] >= 1500:
+            raise KeyboardInterrupt
 
     def on_failure(self, error):
         self.inner.on_failure(error)
@@ -219,6 +220,7 @@ def test_driver_killed_then_resumed_into_the_same_run(ray_local, tiny_data, mlfl
     first = runs[0]
     assert first.info.status == "KILLED"
     steps_before = [m.step for m in client.get_metric_history(first.info.run_id, "loss")]
+    assert steps_before
 
     time.sleep(0.5)
     result = train(cfg, resume=ckpt)
