@@ -152,16 +152,22 @@ class MlflowHooks(Hooks):
 
 
 def log_model(run_id: str, model: torch.nn.Module, cfg: JobConfig) -> None:
-    """The averaged model as an MLflow PyTorch model, loadable with `mlflow.pytorch.load_model`."""
+    """The averaged model as an MLflow PyTorch model, loadable with `mlflow.pytorch.load_model`.
+
+    Saved as a `torch.export` program ("pt2"), not a pickle: loading it runs no arbitrary code,
+    and the loaded model is the inference graph (logits only, eval mode). The example has a
+    batch of 2 so the exported batch dimension stays dynamic.
+    """
     import numpy as np
 
     size = cfg.model.input_size
-    example = np.zeros((1, 3, size, size), dtype=np.float32)
+    example = np.zeros((2, 3, size, size), dtype=np.float32)
     with mlflow.start_run(run_id=run_id):
         mlflow.pytorch.log_model(
             model,
             name="model",
             input_example=example,
+            serialization_format="pt2",
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "torchvision"],
             registered_model_name=cfg.tracking.register_as or None,
         )

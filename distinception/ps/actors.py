@@ -133,8 +133,6 @@ class ReplicaActor:
         num_consumers: int,
         position: dict | None = None,
     ) -> None:
-        from distinception.data.loader import TrainStream
-
         _threads(cfg.ps.replica_cpus)
         self.index = index
         self.cfg = cfg
@@ -142,17 +140,8 @@ class ReplicaActor:
         self.ranges = ranges
         self.restarted = _reconstructed()
         device = "cuda" if cfg.ps.replica_gpus > 0 and torch.cuda.is_available() else "cpu"
-        self.stream = TrainStream(
-            data_path,
-            consumer=index,
-            num_consumers=num_consumers,
-            batch_size=cfg.data.batch_size,
-            recipe=cfg.recipe,
-            input_size=cfg.model.input_size,
-            seed=cfg.run.seed,
-            position=position,
-        )
         self._stream_args = (data_path, num_consumers)
+        self.stream = self._open_stream(position)
         self.core = ReplicaCore(cfg, num_classes, iter(self.stream), device=device)
         self.fingerprint = self.core.layout.fingerprint
         self.versions = [0] * len(shards)
@@ -277,12 +266,11 @@ class ReplicaActor:
             "restarted": self.restarted,
         }
 
-    def seek(self, position: dict) -> None:
-        """Continue from a recorded data position (after a restart of this actor)."""
+    def _open_stream(self, position: dict | None) -> Any:
         from distinception.data.loader import TrainStream
 
         path, n = self._stream_args
-        self.stream = TrainStream(
+        return TrainStream(
             path,
             consumer=self.index,
             num_consumers=n,
@@ -292,6 +280,10 @@ class ReplicaActor:
             seed=self.cfg.run.seed,
             position=position,
         )
+
+    def seek(self, position: dict) -> None:
+        """Continue from a recorded data position (after a restart of this actor)."""
+        self.stream = self._open_stream(position)
         self.core.batches = iter(self.stream)
         self.restarted = False
 
@@ -326,6 +318,8 @@ class AveragerActor:
         self.running = False
         self.thread: threading.Thread | None = None
         self.errors = 0
+        if self.restarts:
+            self.start()  # a restarted averager resumes sampling on its own
 
     def _sample(self) -> bool:
         metas = ray.get([s.pull.remote() for s in self.shards], timeout=RPC_TIMEOUT_S)

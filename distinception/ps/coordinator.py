@@ -24,7 +24,7 @@ import ray
 import torch
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
-from distinception.config import JobConfig, from_dict
+from distinception.config import ConfigError, JobConfig, from_dict
 from distinception.ps import checkpoint as ckpt
 from distinception.ps.actors import (
     RPC_TIMEOUT_S,
@@ -495,5 +495,10 @@ def _plain_model(cfg: JobConfig, num_classes: int, state: dict[str, torch.Tensor
 
 def load_progress_config(checkpoint_dir: str) -> JobConfig:
     """The config a checkpointed job ran with, for `--resume`."""
-    progress = ckpt.load_json(ckpt.join(checkpoint_dir, "progress.json"))
+    uri = ckpt.join(checkpoint_dir, "progress.json")
+    if not ckpt.exists(uri):
+        raise ConfigError(
+            f"--resume={checkpoint_dir!r}: expected a checkpoint directory holding progress.json"
+        )
+    progress = ckpt.load_json(uri)
     return from_dict(progress["config"])
