@@ -1,0 +1,348 @@
+"""Data-path benchmark: is one CPU core of decoding and augmentation fast enough for a replica?
+
+Measured on ONE thread (torch.set_num_threads(1)), as a replica actor runs with one CPU:
+
+- training images/s of `TrainStream` (read share, decode, `paper` recipe) at 64 px from the
+  built-in 64 px set, and at 224 px from 256 px sources;
+- evaluation images/s of `eval_batches(scheme="paper144")`, 144 views per image;
+- beside each, what a replica consumes on the same thread: forward + backward + SGD step of the
+  BN GoogLeNet (width 0.25) at 64 px, batch 32, and the faithful one (width 1) at 224, batch 8;
+  forward-only over the 144 views for the evaluation rows.
+
+The goal is data/consumer >= 2. With --linear and --learn it also measures how hard the built-in
+set is: a linear classifier on raw pixels, and the small GoogLeNet trained for a few minutes.
+
+    python bench/bench_data.py [--quick] [--linear] [--learn SECONDS] [--out results.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pyarrow
+import torch
+import torchvision
+
+from distinception.config import AUGMENT_PRESETS, DataConfig, ModelConfig
+from distinception.data.generated import generate_dataset
+from distinception.data.loader import TrainStream, decode, eval_batches
+from distinception.data.shards import iter_batches, open_manifest
+from distinception.model.googlenet import build_model
+from distinception.model.loss import googlenet_loss
+
+
+def _rate(step: Callable[[], int], seconds: float, warmup: int = 2) -> float:
+    """Items per second of `step` (which returns how many items it handled)."""
+    for _ in range(warmup):
+        step()
+    done, start = 0, time.perf_counter()
+    while True:
+        done += step()
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return done / elapsed
+
+
+def train_stream_rate(path: str, size: int, batch: int, seconds: float) -> float:
+    stream = TrainStream(
+        path,
+        consumer=0,
+        num_consumers=1,
+        batch_size=batch,
+        recipe=AUGMENT_PRESETS["paper"],
+        input_size=size,
+        seed=0,
+    )
+    it = iter(stream)
+    return _rate(lambda: len(next(it)[1]), seconds)
+
+
+def eval_rate(path: str, size: int, scheme: str, seconds: float) -> float:
+    def batches() -> Iterator[int]:
+        while True:
+            for _, y in eval_batches(
+                path, split="train", input_size=size, batch_size=1, scheme=scheme
+            ):
+                yield len(y)
+
+    it = batches()
+    return _rate(lambda: next(it), seconds)
+
+
+def replica_rate(cfg: ModelConfig, batch: int, seconds: float, classes: int = 10) -> float:
+    torch.manual_seed(0)
+    model = build_model(cfg, classes).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(batch, 3, cfg.input_size, cfg.input_size)
+    y = torch.randint(0, classes, (batch,))
+
+    def step() -> int:
+        loss = googlenet_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return batch
+
+    return _rate(step, seconds, warmup=1)
+
+
+def eval_model_rate(cfg: ModelConfig, views: int, seconds: float, classes: int = 10) -> float:
+    """Images/s the evaluator scores when each image is `views` crops (forward only)."""
+    model = build_model(cfg, classes).eval()
+    x = torch.randn(views, 3, cfg.input_size, cfg.input_size)
+
+    def step() -> int:
+        with torch.no_grad():
+            model(x)
+        return 1
+
+    return _rate(step, seconds, warmup=1)
+
+
+def _pixels(path: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    m = open_manifest(path)
+    xs, ys = [], []
+    for b in iter_batches(m, split):
+        for data, label in zip(
+            b.column("image").to_pylist(), b.column("label").to_pylist(), strict=True
+        ):
+            xs.append(decode(data).flatten().double() / 255)
+            ys.append(label)
+    return torch.stack(xs), torch.tensor(ys)
+
+
+def linear_baseline(path: str) -> list[tuple[str, float, float]]:
+    """Train/val accuracy of linear classifiers on standardised raw pixels."""
+    xtr, ytr = _pixels(path, "train")
+    xva, yva = _pixels(path, "val")
+    mu, sd = xtr.mean(0), xtr.std(0) + 1e-3
+    xtr, xva = (xtr - mu) / sd, (xva - mu) / sd
+    k = int(ytr.max()) + 1
+    rows = []
+    gram = xtr @ xtr.T
+    for lam in (1e2, 1e3, 1e4):
+        alpha = torch.linalg.solve(
+            gram + lam * torch.eye(len(xtr), dtype=gram.dtype), torch.eye(k, dtype=gram.dtype)[ytr]
+        )
+        w = xtr.T @ alpha
+        rows.append(
+            (
+                f"ridge least squares, lambda={lam:g}",
+                float(((xtr @ w).argmax(1) == ytr).double().mean()),
+                float(((xva @ w).argmax(1) == yva).double().mean()),
+            )
+        )
+    torch.manual_seed(0)
+    xtr32, xva32 = xtr.float(), xva.float()
+    for wd in (1e-4, 1e-2):
+        lin = torch.nn.Linear(xtr.shape[1], k)
+        opt = torch.optim.Adam(lin.parameters(), lr=1e-3, weight_decay=wd)
+        for _ in range(30):
+            perm = torch.randperm(len(xtr32))
+            for i in range(0, len(perm), 128):
+                idx = perm[i : i + 128]
+                loss = torch.nn.functional.cross_entropy(lin(xtr32[idx]), ytr[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        with torch.no_grad():
+            rows.append(
+                (
+                    f"logistic regression (Adam, 30 epochs), weight decay {wd:g}",
+                    float((lin(xtr32).argmax(1) == ytr).float().mean()),
+                    float((lin(xva32).argmax(1) == yva).float().mean()),
+                )
+            )
+    return rows
+
+
+def learnability(path: str, seconds: float, recipe: str) -> list[tuple[float, int, float, float]]:
+    """(elapsed s, examples seen, running train accuracy, val accuracy) checkpoints of the demo
+    model trained on one thread: BN GoogLeNet width 0.25 at 64 px, batch 32, SGD 0.05 m 0.9."""
+    torch.manual_seed(0)
+    classes = open_manifest(path).num_classes
+    model = build_model(ModelConfig(variant="bn", width=0.25, input_size=64), classes)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    stream = TrainStream(
+        path,
+        consumer=0,
+        num_consumers=1,
+        batch_size=32,
+        recipe=AUGMENT_PRESETS[recipe],
+        input_size=64,
+        seed=0,
+    )
+
+    def val_acc() -> float:
+        model.eval()
+        right = total = 0
+        with torch.no_grad():
+            for x, y in eval_batches(path, input_size=64, batch_size=200):
+                right += int((model(x[:, 0]).argmax(1) == y).sum())
+                total += len(y)
+        model.train()
+        return right / total
+
+    rows: list[tuple[float, int, float, float]] = []
+    start, seen, recent = time.perf_counter(), 0, []
+    next_mark = seconds / 4
+    for x, y in stream:
+        out = model(x)
+        loss = googlenet_loss(out, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        seen += len(y)
+        recent = [*recent[-49:], float((out[0].argmax(1) == y).float().mean())]
+        elapsed = time.perf_counter() - start
+        if elapsed >= next_mark:
+            rows.append((elapsed, seen, sum(recent) / len(recent), val_acc()))
+            print(f"  learn[{recipe}]: {rows[-1]}", file=sys.stderr, flush=True)
+            next_mark += seconds / 4
+            if elapsed >= seconds:
+                return rows
+    return rows
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short timings, small sets")
+    parser.add_argument("--linear", action="store_true", help="linear classifier on raw pixels")
+    parser.add_argument("--learn", type=float, default=0, help="seconds of the learnability loop")
+    parser.add_argument("--out", default="", help="also write the markdown report here")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    secs = 2.0 if args.quick else 8.0
+    lines: list[str] = []
+
+    def emit(s: str = "") -> None:
+        print(s, flush=True)
+        lines.append(s)
+
+    work = tempfile.mkdtemp(prefix="bench-data-")
+    per = 20 if args.quick else 100
+    small = os.path.join(work, "s64")
+    generate_dataset(small, classes=10, per_class=per, val_per_class=2, size=64)
+    large = os.path.join(work, "s256")
+    generate_dataset(large, classes=10, per_class=per // 4, val_per_class=1, size=256)
+
+    cmd = "python bench/bench_data.py " + " ".join(sys.argv[1:])
+    emit(f"Command: `{cmd.strip()}`  ")
+    emit(f"Date: {datetime.date.today().isoformat()}  ")
+    cpu = _cpu_name()
+    emit(
+        f"Machine: {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()};"
+        f" load average {os.getloadavg()[0]:.1f} at start  "
+    )
+    emit(
+        f"Versions: Python {platform.python_version()}, torch {torch.__version__},"
+        f" torchvision {torchvision.__version__}, pyarrow {pyarrow.__version__},"
+        f" numpy {np.__version__}; torch threads {torch.get_num_threads()}"
+    )
+    emit()
+
+    start = time.perf_counter()
+    cfg = DataConfig()
+    gen_dir = os.path.join(work, "default")
+    if not args.quick:
+        generate_dataset(
+            gen_dir,
+            classes=cfg.classes,
+            per_class=cfg.per_class,
+            val_per_class=cfg.val_per_class,
+            size=cfg.image_size,
+        )
+        emit(
+            f"Generating the default built-in set ({cfg.classes} classes x"
+            f" ({cfg.per_class} + {cfg.val_per_class}) images, {cfg.image_size} px JPEG):"
+            f" {time.perf_counter() - start:.1f} s on one core"
+        )
+        emit()
+
+    small_model = ModelConfig(variant="bn", width=0.25, input_size=64)
+    paper_model = ModelConfig(variant="faithful", width=1.0, input_size=224)
+    emit("| path (one thread) | data images/s | consumer | consumer images/s | data / consumer |")
+    emit("|---|---:|---|---:|---:|")
+    rows = [
+        (
+            "decode + `paper` recipe, 64 px from 64 px JPEG, batch 32",
+            lambda: train_stream_rate(small, 64, 32, secs),
+            "train step, bn GoogLeNet w0.25 @64, batch 32",
+            lambda: replica_rate(small_model, 32, secs),
+        ),
+        (
+            "decode + `paper` recipe, 224 px from 256 px JPEG, batch 8",
+            lambda: train_stream_rate(large, 224, 8, secs),
+            "train step, faithful GoogLeNet w1.0 @224, batch 8",
+            lambda: replica_rate(paper_model, 8, secs),
+        ),
+        (
+            "decode + `paper144` views @64 (144 views/image)",
+            lambda: eval_rate(small, 64, "paper144", secs),
+            "forward of 144 views, bn w0.25 @64",
+            lambda: eval_model_rate(small_model, 144, secs),
+        ),
+        (
+            "decode + `paper144` views @224 (144 views/image)",
+            lambda: eval_rate(large, 224, "paper144", secs),
+            "forward of 144 views, faithful w1.0 @224",
+            lambda: eval_model_rate(paper_model, 144, secs),
+        ),
+    ]
+    for name, data, consumer, consume in rows:
+        d, c = data(), consume()
+        emit(f"| {name} | {d:.0f} | {consumer} | {c:.1f} | {d / c:.1f}x |")
+    emit()
+
+    if args.linear:
+        path = gen_dir if not args.quick else small
+        emit("Linear classifiers on standardised raw pixels of the built-in set (chance 0.10):")
+        emit()
+        emit("| classifier | train acc | val acc |")
+        emit("|---|---:|---:|")
+        for name, tr, va in linear_baseline(path):
+            emit(f"| {name} | {tr:.3f} | {va:.3f} |")
+        emit()
+
+    if args.learn > 0:
+        path = gen_dir if not args.quick else small
+        for recipe in ("caffe", "paper"):
+            emit(
+                f"Learnability, recipe `{recipe}`: bn GoogLeNet w0.25 @64, batch 32, SGD lr 0.05"
+                " momentum 0.9, one thread (train acc = mean of the last 50 batches):"
+            )
+            emit()
+            emit("| seconds | examples seen | train acc | val acc (center crop) |")
+            emit("|---:|---:|---:|---:|")
+            for elapsed, seen, tr, va in learnability(path, args.learn, recipe):
+                emit(f"| {elapsed:.0f} | {seen} | {tr:.3f} | {va:.3f} |")
+            emit()
+
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("\n".join(lines) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""The data room: Parquet shards, the built-in generated set, import, recipes, crops, streams.
+
+Nothing here imports ray or mlflow; consumers are plain iterators that an actor can own.
+"""
+
+from distinception.data.augment import (
+    MEAN,
+    STD,
+    build_eval_transform,
+    build_train_transform,
+)
+from distinception.data.crops import SCHEMES, view_boxes, views
+from distinception.data.generated import ensure_generated, generate_dataset, resolve_data
+from distinception.data.importer import ImportReport, import_tree, inspect_dataset
+from distinception.data.loader import TrainStream, eval_batches, num_classes
+from distinception.data.shards import (
+    DataError,
+    DatasetWriter,
+    Manifest,
+    ShardWriter,
+    open_manifest,
+    verify,
+)
+
+__all__ = [
+    "MEAN",
+    "SCHEMES",
+    "STD",
+    "DataError",
+    "DatasetWriter",
+    "ImportReport",
+    "Manifest",
+    "ShardWriter",
+    "TrainStream",
+    "build_eval_transform",
+    "build_train_transform",
+    "ensure_generated",
+    "eval_batches",
+    "generate_dataset",
+    "import_tree",
+    "inspect_dataset",
+    "num_classes",
+    "open_manifest",
+    "resolve_data",
+    "verify",
+    "view_boxes",
+    "views",
+]

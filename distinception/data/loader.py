@@ -1,0 +1,309 @@
+"""Feeding consumers: disjoint per-epoch shares for training, multi-crop batches for evaluation.
+
+Epoch e orders every row of the split by one permutation drawn from (seed, e); consumer i of N
+takes positions i, i+N, i+2N, ... of it. Every consumer computes the same permutation without
+talking to the others, so the shares are disjoint, together cover the split, and change every
+epoch, as the paper's replicas each saw a different slice in a different order. A position
+(epoch, offset into the share) is all a consumer needs to continue exactly where it stopped:
+the augmentation randomness of each batch is seeded from the position it starts at, so a
+resumed stream yields the very same tensors.
+
+A consumer holds only its share of the current epoch in memory, as encoded bytes (a few MB for
+the built-in set), and reads it row group by row group. It decodes and augments on the calling
+thread: it lives in a one-CPU actor, where worker processes would only compete for that CPU.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms.v2 import functional as F
+
+from distinception.config import RecipeConfig
+from distinception.data.augment import build_train_transform, normalize
+from distinception.data.crops import SCHEMES, views
+from distinception.data.shards import (
+    DataError,
+    Manifest,
+    check_labels,
+    iter_batches,
+    num_classes,
+    open_manifest,
+    open_parquet,
+)
+
+__all__ = ["TrainStream", "decode", "eval_batches", "num_classes"]
+
+log = logging.getLogger(__name__)
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def decode(data: bytes) -> torch.Tensor | None:
+    """Encoded image -> uint8 [3, H, W] RGB, or None when it cannot be decoded.
+
+    JPEG goes through torchvision's libjpeg-turbo decoder, which fails cleanly on damaged
+    data. Everything else goes through PIL: torchvision's PNG decoder (0.29) crashes the
+    process on some corrupt PNG streams, and one damaged file must not kill a consumer.
+    """
+    if data[:3] == JPEG_MAGIC:
+        try:
+            img = decode_image(
+                torch.frombuffer(bytearray(data), dtype=torch.uint8), ImageReadMode.RGB
+            )
+        except (RuntimeError, ValueError):
+            return None
+        return img if img.dtype == torch.uint8 else F.to_dtype(img, torch.uint8, scale=True)
+    return decode_pil(data)
+
+
+def decode_pil(data: bytes) -> torch.Tensor | None:
+    """Decode with PIL to uint8 [3, H, W] RGB (16-bit images scaled, not clipped), or None."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+                if im.mode.startswith("I"):  # 16/32-bit grey: scale to 8 bits before RGB
+                    grey = np.asarray(im).astype(np.float64)
+                    grey = grey / (65535.0 if grey.max() > 255 else 255.0) * 255.0
+                    rgb = np.repeat(np.rint(grey).astype(np.uint8)[..., None], 3, axis=2)
+                else:
+                    rgb = np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError):
+        return None
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+
+
+def _parse_position(position: dict | None, share: int) -> tuple[int, int]:
+    if position is None:
+        return 0, 0
+    try:
+        epoch, offset = position["epoch"], position["offset"]
+    except (KeyError, TypeError):
+        raise DataError(f"position={position!r}: expected {{'epoch': E, 'offset': O}}") from None
+    if not (isinstance(epoch, int) and isinstance(offset, int) and epoch >= 0):
+        raise DataError(f"position={position!r}: expected integers epoch >= 0 and offset >= 0")
+    if not 0 <= offset <= share:
+        raise DataError(f"position={position!r}: offset must be in 0..{share} (the share size)")
+    return (epoch + 1, 0) if offset == share else (epoch, offset)
+
+
+class TrainStream:
+    """An endless stream of augmented training batches for consumer `consumer` of
+    `num_consumers`: float32 [B, 3, S, S] normalised images and int64 [B] labels.
+
+    Batches have exactly `batch_size` images and run on across epoch boundaries. Undecodable
+    images are skipped and counted in `skipped` (each distinct row once), never raised.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        consumer: int,
+        num_consumers: int,
+        batch_size: int,
+        recipe: RecipeConfig,
+        input_size: int,
+        seed: int,
+        split: str = "train",
+        position: dict | None = None,
+    ) -> None:
+        if num_consumers < 1 or not 0 <= consumer < num_consumers:
+            raise DataError(
+                f"consumer={consumer}, num_consumers={num_consumers}:"
+                " expected 0 <= consumer < num_consumers"
+            )
+        if batch_size < 1:
+            raise DataError(f"batch_size={batch_size}: expected an integer >= 1")
+        self.manifest: Manifest = open_manifest(path)
+        self.split = split
+        self._files = self.manifest.shard_files(split)
+        self.total = self.manifest.counts[split]
+        if self.total < num_consumers:
+            raise DataError(
+                f"split {split!r} of {path!r} has {self.total} images:"
+                f" too few for num_consumers={num_consumers}"
+            )
+        self.consumer, self.num_consumers = consumer, num_consumers
+        self.batch_size, self.seed = batch_size, seed
+        self.examples_per_epoch = len(range(consumer, self.total, num_consumers))
+        self.epoch, self._offset = _parse_position(position, self.examples_per_epoch)
+        self.skipped = 0
+        self._bad: set[int] = set()
+        self._transform = build_train_transform(recipe, input_size)
+        self._groups: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._share_epoch = -1
+        self._images: list[bytes] = []
+        self._labels = np.zeros(0, dtype=np.int64)
+        self._rows = np.zeros(0, dtype=np.int64)
+
+    def position(self) -> dict:
+        """Where the next batch starts; a stream built with it continues exactly from here."""
+        return {"epoch": self.epoch, "offset": self._offset}
+
+    def share(self, epoch: int) -> np.ndarray:
+        """This consumer's row indices (into the split, in stored order) for `epoch`."""
+        perm = np.random.default_rng([self.seed, epoch]).permutation(self.total)
+        return perm[self.consumer :: self.num_consumers]
+
+    def _row_groups(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(first split row, file index, group index in file) of every row group, from footers."""
+        if self._groups is None:
+            fs, root = self.manifest.filesystem()
+            starts, files, groups, start = [], [], [], 0
+            for i, shard in enumerate(self._files):
+                meta = open_parquet(fs, f"{root.rstrip('/')}/{shard.name}").metadata
+                if meta.num_rows != shard.rows:
+                    raise DataError(
+                        f"shard {shard.name}: {meta.num_rows} rows, the manifest says {shard.rows}"
+                    )
+                for g in range(meta.num_row_groups):
+                    starts.append(start)
+                    files.append(i)
+                    groups.append(g)
+                    start += meta.row_group(g).num_rows
+            self._groups = (np.asarray(starts), np.asarray(files), np.asarray(groups))
+        return self._groups
+
+    def _load(self, epoch: int) -> None:
+        """Read this epoch's share, one row group at a time, keeping only the rows it owns."""
+        rows = self.share(epoch)
+        order = np.argsort(rows, kind="stable")
+        wanted = rows[order]
+        starts, file_of, group_of = self._row_groups()
+        where = np.searchsorted(starts, wanted, side="right") - 1
+        fs, root = self.manifest.filesystem()
+        images: list[bytes] = []
+        labels: list[np.ndarray] = []
+        open_file, pf = -1, None
+        for g in np.unique(where):
+            if file_of[g] != open_file:
+                open_file = int(file_of[g])
+                path = f"{root.rstrip('/')}/{self._files[open_file].name}"
+                pf = open_parquet(fs, path)
+            assert pf is not None
+            table = pf.read_row_group(int(group_of[g]), columns=["image", "label"])
+            take = wanted[where == g] - starts[g]
+            part = table.take(take)
+            values = part.column("label").to_numpy().astype(np.int64)
+            check_labels(values, self.manifest.num_classes, self._files[open_file].name)
+            images += part.column("image").to_pylist()
+            labels.append(values)
+        # Back from stored order to share order.
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        self._images = [images[k] for k in inverse]
+        self._labels = np.concatenate(labels)[inverse] if labels else np.zeros(0, np.int64)
+        self._rows = rows
+        self._share_epoch = epoch
+
+    def _batch_seed(self) -> int:
+        ss = np.random.SeedSequence(
+            [self.seed, self.num_consumers, self.consumer, self.epoch, self._offset]
+        )
+        return int(ss.generate_state(1, dtype=np.uint64)[0] >> 1)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        while True:
+            yield self._next_batch()
+
+    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        images: list[torch.Tensor] = []
+        labels: list[int] = []
+        misses = 0
+        # Seeded from the start position, in a forked RNG so the caller's torch RNG (dropout,
+        # init) is neither consumed nor reset by augmentation.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self._batch_seed())
+            while len(images) < self.batch_size:
+                if self._share_epoch != self.epoch:
+                    self._load(self.epoch)
+                k = self._offset
+                row = int(self._rows[k])
+                img = None if row in self._bad else decode(self._images[k])
+                self._offset += 1
+                if self._offset == self.examples_per_epoch:
+                    self.epoch, self._offset = self.epoch + 1, 0
+                if img is None:
+                    if row not in self._bad:
+                        self._bad.add(row)
+                        self.skipped += 1
+                    misses += 1
+                    if misses >= self.examples_per_epoch:
+                        raise DataError(
+                            f"split {self.split!r}: no decodable image in consumer"
+                            f" {self.consumer}'s share ({self.examples_per_epoch} rows)"
+                        )
+                    continue
+                misses = 0
+                images.append(self._transform(img))
+                labels.append(int(self._labels[k]))
+        return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
+
+
+def eval_batches(
+    path: str,
+    *,
+    split: str = "val",
+    input_size: int,
+    batch_size: int,
+    scheme: str = "center",
+    limit: int = 0,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The split in stored order as (views float32 [B, V, 3, S, S], labels int64 [B]).
+
+    V is 1, 10 or 144 by `scheme`; `limit` > 0 stops after that many rows. Memory is one row
+    group of encoded images plus one batch of views (B * V * 3 * S * S floats: keep B small
+    for `paper144`). Undecodable images are skipped and logged, as in training.
+    """
+    if scheme not in SCHEMES:
+        raise DataError(f"scheme={scheme!r}: expected one of {', '.join(SCHEMES)}")
+    if batch_size < 1:
+        raise DataError(f"batch_size={batch_size}: expected an integer >= 1")
+    if limit < 0:
+        raise DataError(f"limit={limit}: expected an integer >= 0 (0 = all)")
+    manifest = open_manifest(path)
+    manifest.shard_files(split)
+    return _eval_batches(manifest, split, input_size, batch_size, scheme, limit)
+
+
+def _eval_batches(
+    manifest: Manifest, split: str, size: int, batch_size: int, scheme: str, limit: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    seen = skipped = 0
+    crops: list[torch.Tensor] = []
+    labels: list[int] = []
+    for batch in iter_batches(manifest, split, rows=256):
+        values = batch.column("label").to_numpy().astype(np.int64)
+        check_labels(values, manifest.num_classes, f"{manifest.path} ({split})")
+        for data, label in zip(batch.column("image").to_pylist(), values, strict=True):
+            if limit and seen >= limit:
+                break
+            seen += 1
+            img = decode(data)
+            if img is None:
+                skipped += 1
+                continue
+            crops.append(views(img, scheme, size))
+            labels.append(int(label))
+            if len(crops) == batch_size:
+                yield normalize(torch.stack(crops)), torch.tensor(labels, dtype=torch.int64)
+                crops, labels = [], []
+        if limit and seen >= limit:
+            break
+    if crops:
+        yield normalize(torch.stack(crops)), torch.tensor(labels, dtype=torch.int64)
+    if skipped:
+        log.warning(
+            "skipped %d undecodable images in split %r of %s", skipped, split, manifest.path
+        )

@@ -1,0 +1,154 @@
+import io
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from distinception.data.importer import (
+    CORRUPT,
+    EMPTY,
+    NOT_IMAGE,
+    OUTSIDE,
+    TRUNCATED,
+    UNKNOWN_CLASS,
+    import_tree,
+    inspect_dataset,
+)
+from distinception.data.loader import decode, eval_batches
+from distinception.data.shards import DataError, iter_batches, open_manifest, verify
+
+
+def _picture(seed: int, size=(24, 20)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+
+
+def _save(path, seed, fmt, **kw):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    _picture(seed).save(path, fmt, **kw)
+
+
+def _bytes(seed, fmt) -> bytes:
+    buf = io.BytesIO()
+    _picture(seed).save(buf, fmt)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """A class-folder tree with one file of every kind the importer must handle."""
+    src = tmp_path / "src"
+    _save(src / "cat" / "a.jpg", 1, "JPEG", quality=90)
+    _save(src / "cat" / "b.png", 2, "PNG")
+    _save(src / "cat" / "c.gif", 3, "GIF")
+    _save(src / "cat" / "d.bmp", 4, "BMP")
+    _save(src / "cat" / "e.JPEG", 5, "JPEG")
+    (src / "cat" / "empty.jpg").write_bytes(b"")
+    (src / "cat" / "notes.jpg").write_text("this is a text file, not a picture\n")
+    jpeg = _bytes(6, "JPEG")
+    (src / "cat" / "half.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    bmp = _bytes(7, "BMP")
+    (src / "cat" / "broken.bmp").write_bytes(bmp[:60])
+    (src / "cat" / ".DS_Store").write_bytes(b"\0\0")
+    for i in range(10):
+        _save(src / "dog" / f"{i:02d}.jpg", 100 + i, "JPEG")
+    _save(src / "dog" / "nested" / "deep.png", 200, "PNG")
+    _picture(8).convert("CMYK").save(src / "dog" / "cmyk.jpg", "JPEG")
+    Image.fromarray((np.arange(24 * 20).reshape(24, 20) * 97 % 65535).astype(np.uint16)).save(
+        src / "dog" / "sixteen.png"
+    )
+    (src / "README.txt").write_text("not in a class folder")
+    return src
+
+
+def test_import_counts_every_file_and_skips_by_reason(tree, tmp_path):
+    out = str(tmp_path / "out")
+    report = import_tree(str(tree), out, val_fraction=0.25, seed=1, workers=1, progress=False)
+    assert report.classes == ["cat", "dog"] and report.layout == "class folders"
+    assert report.read == 9 + 13 + 1
+    assert dict(report.skipped) == {EMPTY: 1, NOT_IMAGE: 1, TRUNCATED: 1, CORRUPT: 1, OUTSIDE: 1}
+    # cat: 5 good files (jpg, png, gif, bmp, JPEG); dog: 13 (10 jpg, nested png, cmyk, 16-bit).
+    assert report.per_class["train"][0] + report.per_class["val"][0] == 5
+    assert report.per_class["train"][1] + report.per_class["val"][1] == 13
+    assert report.per_class["val"] == [1, 3]  # round(0.25 * files found) per class
+    assert report.reencoded == 2  # GIF and BMP; CMYK JPEG and 16-bit PNG are kept as they are
+    text = report.format()
+    for needle in (
+        "files read: 23",
+        "truncated: 1",
+        "empty file: 1",
+        "not an image: 1",
+        "cat",
+        "dog",
+    ):
+        assert needle in text
+    m = open_manifest(out)
+    verify(m)
+    assert m.counts == {"train": 14, "val": 4}
+    # Every stored image decodes with the training decoder.
+    for split in ("train", "val"):
+        for batch in iter_batches(m, split, columns=("image", "key")):
+            for data in batch.column("image").to_pylist():
+                img = decode(data)
+                assert img is not None and img.dtype == torch.uint8 and img.shape[0] == 3
+    keys = [
+        k for b in iter_batches(m, "train", columns=("key",)) for k in b.column("key").to_pylist()
+    ]
+    assert "dog/nested/deep.png" in keys + [
+        k for b in iter_batches(m, "val", columns=("key",)) for k in b.column("key").to_pylist()
+    ]
+
+
+def test_val_draw_is_deterministic_and_seeded(tree, tmp_path):
+    def val_keys(seed, name):
+        import_tree(
+            str(tree), str(tmp_path / name), val_fraction=0.3, seed=seed, workers=1, progress=False
+        )
+        m = open_manifest(str(tmp_path / name))
+        return sorted(
+            k for b in iter_batches(m, "val", columns=("key",)) for k in b.column("key").to_pylist()
+        )
+
+    first = val_keys(0, "a")
+    assert first == val_keys(0, "b")
+    assert first != val_keys(5, "c")
+
+
+def test_train_val_layout_and_worker_pool(tmp_path):
+    src = tmp_path / "imagenet"
+    for split, n in (("train", 6), ("val", 2)):
+        for c in ("n01", "n02"):
+            for i in range(n):
+                _save(src / split / c / f"{i}.JPEG", hash((split, c, i)) % 1000, "JPEG")
+    _save(src / "val" / "n99" / "x.JPEG", 9, "JPEG")  # a class train/ does not have
+    (src / "val" / "n01" / "zero.JPEG").write_bytes(b"")
+    report = import_tree(str(src), str(tmp_path / "out"), workers=2, shard_rows=5, progress=False)
+    assert report.layout == "train/val"
+    assert report.written == {"train": 12, "val": 4}
+    assert report.per_class == {"train": [6, 6], "val": [2, 2]}
+    assert dict(report.skipped) == {UNKNOWN_CLASS: 1, EMPTY: 1}
+    m = open_manifest(str(tmp_path / "out"))
+    assert len(m.files["train"]) == 3
+    assert (
+        sum(len(y) for _, y in eval_batches(str(tmp_path / "out"), input_size=16, batch_size=3))
+        == 4
+    )
+
+
+def test_bad_source_fails_clearly(tmp_path):
+    with pytest.raises(DataError, match="expected a directory"):
+        import_tree(str(tmp_path / "missing"), str(tmp_path / "o"), progress=False)
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "a.jpg").write_bytes(_bytes(1, "JPEG"))
+    with pytest.raises(DataError, match="no class folders"):
+        import_tree(str(tmp_path / "flat"), str(tmp_path / "o"), progress=False)
+
+
+def test_inspect_summarises_and_writes_a_grid(tiny_set, tmp_path):
+    grid = tmp_path / "grid" / "sample.png"
+    text = inspect_dataset(tiny_set, str(grid), per_class=4)
+    assert "3 classes" in text and "train: 24 images" in text and "8 / 4" in text
+    img = Image.open(grid)
+    assert img.size[0] > 4 * 64 and img.size[1] > 3 * 64

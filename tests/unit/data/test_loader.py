@@ -1,0 +1,222 @@
+import itertools
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from distinception.config import AUGMENT_PRESETS, RecipeConfig
+from distinception.data.loader import TrainStream, eval_batches, num_classes
+from distinception.data.shards import DataError, DatasetWriter, open_manifest
+
+
+def _stream(path, consumer=0, n=1, batch=4, position=None, seed=3):
+    return TrainStream(
+        path,
+        consumer=consumer,
+        num_consumers=n,
+        batch_size=batch,
+        recipe=RecipeConfig(),
+        input_size=24,
+        seed=seed,
+        position=position,
+    )
+
+
+def test_shares_are_disjoint_cover_the_split_and_change_every_epoch(tiny_set):
+    streams = [_stream(tiny_set, i, 3) for i in range(3)]
+    assert [s.examples_per_epoch for s in streams] == [8, 8, 8]
+    for epoch in (0, 1):
+        shares = [s.share(epoch) for s in streams]
+        rows = np.concatenate(shares)
+        assert sorted(rows.tolist()) == list(range(24))
+    assert not np.array_equal(streams[0].share(0), streams[0].share(1))
+    # Deterministic: a new stream computes the same shares.
+    assert np.array_equal(_stream(tiny_set, 1, 3).share(5), streams[1].share(5))
+    # Uneven splits differ by at most one row per consumer.
+    assert sorted(_stream(tiny_set, i, 5).examples_per_epoch for i in range(5)) == [4, 5, 5, 5, 5]
+
+
+def test_batches_have_the_contract_shapes_and_labels_follow_the_share(tiny_set):
+    s = _stream(tiny_set, 1, 3, batch=5)
+    x, y = next(iter(s))
+    assert x.shape == (5, 3, 24, 24) and x.dtype == torch.float32
+    assert y.dtype == torch.int64 and y.shape == (5,)
+    # The generator stores labels as row index mod classes (train rows 0..23, 3 classes).
+    assert y.tolist() == (s.share(0)[:5] % 3).tolist()
+    assert -3 < float(x.mean()) < 3  # normalised, not 0..255
+    assert s.position() == {"epoch": 0, "offset": 5}
+
+
+def test_batches_run_across_epoch_boundaries(tiny_set):
+    s = _stream(tiny_set, 0, 3, batch=5)  # share of 8
+    it = iter(s)
+    next(it)
+    _, y2 = next(it)
+    assert s.epoch == 1 and s.position() == {"epoch": 1, "offset": 2}
+    expected = np.concatenate([s.share(0), s.share(1)[:2]])[5:10] % 3
+    assert y2.tolist() == expected.tolist()
+
+
+def test_resume_from_a_position_continues_exactly(tiny_set):
+    a = _stream(tiny_set, 2, 3, batch=3)
+    it = iter(a)
+    for _ in range(4):
+        next(it)
+    pos = a.position()
+    rest = [next(it) for _ in range(3)]
+    b = _stream(tiny_set, 2, 3, batch=3, position=pos)
+    again = list(itertools.islice(iter(b), 3))
+    for (x1, y1), (x2, y2) in zip(rest, again, strict=True):
+        assert torch.equal(y1, y2)
+        assert torch.equal(x1, x2)
+
+
+def test_augmentation_does_not_touch_the_callers_rng(tiny_set):
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    next(iter(_stream(tiny_set)))
+    assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize(
+    "position, match",
+    [
+        ({"epoch": 0}, "expected"),
+        ({"epoch": -1, "offset": 0}, "epoch >= 0"),
+        ({"epoch": 0, "offset": 99}, "offset must be in 0..8"),
+    ],
+)
+def test_bad_positions_fail_clearly(tiny_set, position, match):
+    with pytest.raises(DataError, match=match):
+        _stream(tiny_set, 0, 3, position=position)
+
+
+def test_bad_consumer_and_missing_path(tiny_set, tmp_path):
+    with pytest.raises(DataError, match="consumer=3, num_consumers=3"):
+        _stream(tiny_set, 3, 3)
+    with pytest.raises(DataError, match="does not exist"):
+        _stream(str(tmp_path / "none"))
+
+
+def _set_with_corrupt_images(out, good: bytes):
+    with DatasetWriter(out, ["a", "b"], shard_rows=4) as w:
+        for i in range(10):
+            bad = i in (2, 5, 7)
+            data = (good[: len(good) // 2] if i == 5 else b"not an image") if bad else good
+            w.write("train", data, i % 2, f"k{i}")
+            w.write("val", data, i % 2, f"v{i}")
+
+
+def test_undecodable_images_are_skipped_and_counted(tiny_set, tmp_path):
+    good = pq.read_table(open_manifest(tiny_set).path + "/train-00000.parquet")["image"][0].as_py()
+    out = str(tmp_path / "bad")
+    _set_with_corrupt_images(out, good)
+    s = _stream(out, batch=4)
+    it = iter(s)
+    batches = [next(it) for _ in range(5)]  # 20 images = three epochs of 7 good rows
+    assert all(x.shape[0] == 4 for x, _ in batches)
+    assert s.skipped == 3  # each bad row counted once, however often it comes round
+    views = list(eval_batches(out, input_size=24, batch_size=4))
+    assert sum(len(y) for _, y in views) == 7
+
+
+def test_a_share_without_any_decodable_image_fails_clearly(tmp_path):
+    out = str(tmp_path / "allbad")
+    with DatasetWriter(out, ["a"]) as w:
+        for i in range(3):
+            w.write("train", b"junk", 0, f"k{i}")
+    with pytest.raises(DataError, match="no decodable image"):
+        next(iter(_stream(out)))
+
+
+def test_labels_out_of_range_in_shards_fail_when_read(tiny_set, tmp_path):
+    import json
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(tiny_set, out)
+    doc = json.loads((out / "manifest.json").read_text())
+    doc["classes"] = ["a", "b"]
+    doc["class_counts"] = {k: [v[0], sum(v[1:])] for k, v in doc["class_counts"].items()}
+    (out / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=r"label 2, expected 0\.\.1"):
+        next(iter(_stream(str(out), batch=24)))
+
+
+@pytest.mark.parametrize("scheme, v", [("center", 1), ("ten", 10), ("paper144", 144)])
+def test_eval_batches_shapes(tiny_set, scheme, v):
+    batches = list(eval_batches(tiny_set, input_size=24, batch_size=5, scheme=scheme, limit=7))
+    assert [tuple(x.shape) for x, _ in batches] == [(5, v, 3, 24, 24), (2, v, 3, 24, 24)]
+    assert batches[0][0].dtype == torch.float32 and batches[0][1].dtype == torch.int64
+    assert torch.cat([y for _, y in batches]).tolist() == [0, 1, 2, 0, 1, 2, 0]
+
+
+def test_eval_batches_all_rows_and_errors(tiny_set):
+    assert sum(len(y) for _, y in eval_batches(tiny_set, input_size=24, batch_size=5)) == 12
+    with pytest.raises(DataError, match="scheme='five'"):
+        eval_batches(tiny_set, input_size=24, batch_size=5, scheme="five")
+    assert num_classes(tiny_set) == 3
+
+
+def test_every_preset_recipe_streams(tiny_set):
+    for recipe in AUGMENT_PRESETS.values():
+        s = TrainStream(
+            tiny_set,
+            consumer=0,
+            num_consumers=2,
+            batch_size=3,
+            recipe=recipe,
+            input_size=24,
+            seed=0,
+        )
+        x, _ = next(iter(s))
+        assert torch.isfinite(x).all()
+
+
+def _damaged_png() -> bytes:
+    """A PNG whose compressed pixels are garbage but whose chunk checksums are all valid."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (24, 20, 3), np.uint8)).save(
+        buf, "PNG"
+    )
+    data = bytearray(buf.getvalue())
+    data[100:140] = bytes(40)
+    out, i = bytearray(data[:8]), 8
+    while i + 12 <= len(data):
+        n = struct.unpack(">I", data[i : i + 4])[0]
+        kind, body = data[i + 4 : i + 8], data[i + 8 : i + 8 + n]
+        out += data[i : i + 8] + body + struct.pack(">I", zlib.crc32(kind + body))
+        i += 12 + n
+    return bytes(out)
+
+
+def test_a_damaged_png_is_skipped_not_fatal(tiny_set, tmp_path):
+    good = pq.read_table(open_manifest(tiny_set).path + "/train-00000.parquet")["image"][0].as_py()
+    out = str(tmp_path / "png")
+    with DatasetWriter(out, ["a"]) as w:
+        w.write("train", _damaged_png(), 0, "bad")
+        for i in range(3):
+            w.write("train", good, 0, f"k{i}")
+    s = _stream(out, batch=4)  # a batch of 4 from 3 good rows: the damaged one is met
+    x, _ = next(iter(s))
+    assert x.shape[0] == 4 and s.skipped == 1
+
+
+def test_a_shard_missing_under_a_stream_fails_with_one_line(tiny_set, tmp_path):
+    import os
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(tiny_set, out)
+    os.remove(out / open_manifest(str(out)).files["train"][1].name)
+    with pytest.raises(DataError, match=r"train-00001\.parquet: missing file") as err:
+        next(iter(_stream(str(out))))
+    assert "\n" not in str(err.value)
