@@ -70,9 +70,11 @@ def demo() -> JobConfig:
             shard_cpus=0.125,
             averager_cpus=0.25,
             polyak="ema",
-            ema_decay=0.99,
+            ema_decay=0.97,
         ),
-        run=RunConfig(epochs=12.0, max_seconds=240.0, eval_interval_s=30.0),
+        # The set sits near chance for its first ~40k examples, then learns quickly: 30 epochs
+        # (150k examples) reach about 86% top-1 accuracy in a little over four minutes.
+        run=RunConfig(epochs=30.0, max_seconds=280.0, eval_interval_s=30.0),
     )
 
 

@@ -11,7 +11,7 @@ image repeat the same parts (outlines of every shape, textured patches without a
 outline, strokes, soft blobs). That is the situation Inception's parallel 1x1/3x3/5x5 branches
 and its depth are built for. Colours, rotation, lighting gradients, colour casts and sensor
 noise are random, so neither colour, position nor any single patch gives the class away: a
-linear classifier on raw pixels stays near chance (bench/results_data.md has the figures).
+linear classifier on raw pixels stays near chance (BENCHMARKS.md has the figures).
 
 Generation is seeded per image (seed, split, index), so the bytes are the same for the same
 parameters on any machine with the same JPEG encoder, in any order.
