@@ -238,3 +238,28 @@ def test_driver_killed_then_resumed_into_the_same_run(ray_local, easy_data, mlfl
     steps_after = [m.step for m in client.get_metric_history(result.run_id, "loss")]
     assert len(steps_after) > len(steps_before)
     assert min(s for s in steps_after if s not in steps_before) >= max(steps_before)
+
+
+def test_warm_start_bounded_staleness_and_bf16_transfer(ray_local, easy_data, mlflow_uri):
+    """DistBelief's warm start (one replica first), SSP's bound, and half-size transfers."""
+    cfg = tiny_cfg(
+        easy_data,
+        mlflow_uri,
+        ps={
+            "warm_start_updates": 40,
+            "staleness": "bound:0",
+            "transfer_dtype": "bfloat16",
+            "optimizer": "adagrad",
+            "lr": 0.02,
+        },
+        run={"max_examples": 3000},
+    )
+    result = run_with(cfg, Hooks())
+    assert result.examples >= 3000
+    # Replica 1 joined only after the warm start, so it saw fewer examples than replica 0.
+    r0, r1 = result.replica_stats[0], result.replica_stats[1]
+    assert r1["counters"]["pushes"] < r0["counters"]["pushes"]
+    # With a bound of 0, concurrent replicas' stale pushes are refused and counted.
+    assert result.refused.get("stale", 0) > 0
+    assert set(result.staleness_hist) == {0}
+    assert result.final["polyak_top1_error"] < 0.75

@@ -70,3 +70,15 @@ def test_fingerprint_tells_layouts_apart():
     b = ParamLayout.from_module(nn.Sequential(nn.Linear(4, 3)))
     assert a.fingerprint == ParamLayout.from_module(_net()).fingerprint
     assert a.fingerprint != b.fingerprint
+
+
+def test_wire_formats_round_trip():
+    import numpy as np
+
+    from distinception.ps.replica import from_wire, to_wire
+
+    t = torch.linspace(-3, 3, 101)
+    torch.testing.assert_close(from_wire(to_wire(t, "float32")), t)
+    half = to_wire(t, "bfloat16")
+    assert half.dtype == np.int16 and half.nbytes == t.numel() * 2
+    torch.testing.assert_close(from_wire(half), t, atol=0.02, rtol=0.01)
