@@ -12,14 +12,6 @@ from distinception.model.accounting import format_summary, load_table1, summariz
 ROW_NAMES = ["conv1", "conv2", "3a", "3b", "4a", "4b", "4c", "4d", "4e", "5a", "5b", "fc"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def faithful() -> dict:
     return summarize()

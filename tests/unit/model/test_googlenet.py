@@ -28,15 +28,6 @@ from distinception.model.googlenet import AuxPool, scale_channels
 REFERENCE = Path(__file__).resolve().parents[3].parent / "shared" / "reference"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Small convolutions lose more to thread hand-offs than they gain on a 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def faithful() -> GoogLeNet:
     torch.manual_seed(0)
