@@ -454,10 +454,6 @@ def apply_overrides(cfg: JobConfig, overrides: Iterable[str]) -> JobConfig:
     return from_dict(nested, cfg)
 
 
-def section_fields(section: str) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(_SECTIONS[section]))
-
-
 __all__ = [
     "AUGMENT_PRESETS",
     "ConfigError",
@@ -472,5 +468,4 @@ __all__ = [
     "from_dict",
     "load_yaml",
     "parse_staleness",
-    "section_fields",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import platform
+import time
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +116,6 @@ class MlflowHooks(Hooks):
     def on_metrics(self, metrics: dict[str, float], step: int) -> None:
         if not (self.client and self.run_id):
             return
-        import time
-
         ts = int(time.time() * 1000)
         batch = [
             mlflow.entities.Metric(k, float(v), ts, int(step))

@@ -114,12 +114,6 @@ class ShardActor:
             ckpt.save_state(self.checkpoint_uri, self.core.state_dict())
         return self.core.version
 
-    def crash(self) -> None:
-        """Fault injection for tests: die as a process would."""
-        import os
-
-        os._exit(1)
-
 
 class ReplicaActor:
     def __init__(
@@ -286,11 +280,6 @@ class ReplicaActor:
         self.stream = self._open_stream(position)
         self.core.batches = iter(self.stream)
         self.restarted = False
-
-    def crash(self) -> None:
-        import os
-
-        os._exit(1)
 
 
 class AveragerActor:

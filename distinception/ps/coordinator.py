@@ -93,15 +93,15 @@ def object_store_bytes() -> int:
 
 def resolve_data(cfg: JobConfig) -> tuple[str, int, int]:
     """(shard path, number of classes, training examples), generating the built-in set if needed."""
-    from distinception.data.generated import ensure_generated
+    from distinception.data.generated import resolve_data as data_path
     from distinception.data.shards import open_manifest
 
-    path = cfg.data.path or ensure_generated(cfg.data)
+    path = data_path(cfg.data)
     manifest = open_manifest(path)
     return path, manifest.num_classes, int(manifest.counts["train"])
 
 
-def init_ray(address: str | None, cfg: JobConfig) -> bool:
+def init_ray(address: str | None) -> bool:
     """Connect to `address`, or start a local Ray (no dashboard, token auth on); True if started."""
     if ray.is_initialized():
         return False
@@ -161,7 +161,7 @@ class Coordinator:
             )
             for i, (a, b) in enumerate(self.ranges)
         ]
-        self.shard_info = ray.get([s.ready.remote() for s in self.shards], timeout=RPC_TIMEOUT_S)
+        ray.get([s.ready.remote() for s in self.shards], timeout=RPC_TIMEOUT_S)
 
     def _ckpt_uri(self, name: str) -> str:
         return ckpt.join(self.checkpoint_dir, name) if self.checkpoint_dir else ""
@@ -181,8 +181,7 @@ class Coordinator:
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self, address: str | None = None) -> TrainResult:
-        cfg = self.cfg
-        started_ray = init_ray(address, cfg)
+        started_ray = init_ray(address)
         try:
             return self._run()
         except BaseException as err:
@@ -204,7 +203,6 @@ class Coordinator:
 
     def _run(self) -> TrainResult:
         cfg = self.cfg
-        self.actors_started = False
         self.data_path, self.num_classes, self.train_examples = resolve_data(cfg)
         if self.resume:
             self._load_progress()
@@ -229,7 +227,6 @@ class Coordinator:
             "run_id": self.run_id,
         }
         self.run_id = self.hooks.on_start(cfg, info) or self.run_id
-        self.actors_started = True
 
         budget = self._budget_examples()
         warm = cfg.ps.warm_start_updates if self.examples == 0 else 0
@@ -477,10 +474,8 @@ class Coordinator:
         return result
 
     def _teardown(self) -> None:
-        for name in ("replicas",):
-            for actor in getattr(self, name, {}).values():
-                ray.kill(actor, no_restart=True)
-        for actor in [*getattr(self, "shards", []), getattr(self, "averager", None)]:
+        actors = [*getattr(self, "replicas", {}).values(), *getattr(self, "shards", [])]
+        for actor in [*actors, getattr(self, "averager", None)]:
             if actor is not None:
                 ray.kill(actor, no_restart=True)
 

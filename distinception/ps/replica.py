@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import torch
@@ -96,6 +95,3 @@ class ReplicaCore:
         self.grad.zero_()
         examples, self.examples, self.accumulated = self.examples, 0, 0
         return out, examples
-
-    def stats(self) -> dict[str, Any]:
-        return {"params": self.layout.total, "fingerprint": self.layout.fingerprint}
