@@ -98,8 +98,9 @@ def tiny() -> JobConfig:
                 "replica_cpus": 0.5,
                 "shard_cpus": 0.1,
                 "averager_cpus": 0.1,
-                "lr": 0.05,
-                "ema_decay": 0.95,
+                "lr": 0.02,
+                "ema_decay": 0.8,
+                "averager_interval_s": 0.25,
             }
         ),
         run=RunConfig(max_examples=4000, eval_interval_s=5.0, progress=False),

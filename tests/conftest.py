@@ -51,9 +51,9 @@ def write_quadrant_set(out: str, *, per_class: int, val_per_class: int, size: in
 
 @pytest.fixture(scope="session")
 def easy_data(tmp_path_factory) -> str:
-    """4 quadrant classes x (96 train + 24 val) images of 32 px."""
+    """4 quadrant classes x (96 train + 64 val) images of 32 px."""
     out = tmp_path_factory.mktemp("data") / "quadrants"
-    return write_quadrant_set(str(out), per_class=96, val_per_class=24)
+    return write_quadrant_set(str(out), per_class=96, val_per_class=64)
 
 
 @pytest.fixture(scope="module")
