@@ -265,6 +265,7 @@ class RunConfig:
 
     The job stops at the first budget reached; 0 means that budget is not set, and at least one
     must be. `epochs` counts passes over the training split by all replicas together.
+    `seed` orders the data; `init_seed` (-1: same as `seed`) draws the initial weights.
     """
 
     epochs: float = 0.0
@@ -274,7 +275,14 @@ class RunConfig:
     checkpoint_dir: str = ""
     checkpoint_interval_s: float = 60.0
     seed: int = 0
+    init_seed: int = -1
     progress: bool = True
+
+    @property
+    def model_seed(self) -> int:
+        """Seed of the initial weights; -1 follows `seed`. Ensemble members share it (as in the
+        paper) while `seed` gives each its own data order."""
+        return self.seed if self.init_seed < 0 else self.init_seed
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 0, "epochs", self.epochs, "a number >= 0")
@@ -286,6 +294,7 @@ class RunConfig:
             self.epochs,
             "a budget: one of epochs, max_examples or max_seconds > 0",
         )
+        _check(self.init_seed >= -1, "init_seed", self.init_seed, "an integer >= -1 (-1 = seed)")
         _check(self.eval_interval_s > 0, "eval_interval_s", self.eval_interval_s, "a number > 0")
         _check(
             self.checkpoint_interval_s > 0,

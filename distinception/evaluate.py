@@ -5,7 +5,10 @@ Averaging probabilities rather than taking the max over crops is what the paper 
 
 from __future__ import annotations
 
+import itertools
+import contextlib
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,3 +54,229 @@ def evaluate_model(
         return {f"top{k}_error": float("nan") for k in ks} | {"images": 0}
     p, y = torch.cat(probs), torch.cat(labels)
     return topk_errors(p, y, ks) | {"images": len(y)}
+
+
+def ensemble_probabilities(member_probs: list[torch.Tensor]) -> torch.Tensor:
+    """Softmax probabilities averaged over models (each already averaged over its crops)."""
+    return torch.stack(member_probs).mean(dim=0)
+
+
+@torch.no_grad()
+def member_probabilities(
+    models: list[nn.Module],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Crop-averaged probabilities of every model over one pass of the data: ([N, K] per model,
+    labels [N]). Each batch is decoded and cropped once and shown to all models."""
+    for m in models:
+        # A logged model is an exported inference graph: already in eval mode, and its
+        # `eval()` raises.
+        with contextlib.suppress(NotImplementedError):
+            m.eval()
+    probs: list[list[torch.Tensor]] = [[] for _ in models]
+    labels = []
+    for views, y in batches:
+        for i, m in enumerate(models):
+            probs[i].append(crop_probabilities(m, views))
+        labels.append(y)
+    if not labels:
+        raise ValueError("no images to evaluate")
+    return [torch.cat(p) for p in probs], torch.cat(labels)
+
+
+def table3_grid(
+    by_scheme: dict[str, tuple[list[torch.Tensor], torch.Tensor, int]],
+) -> list[dict[str, Any]]:
+    """Table 3's layout: for 1..K models (the first k members) and each crop scheme, the
+    top-1/top-5 error of probabilities averaged over crops, then over models; cost = models x
+    crops. `by_scheme` maps a scheme to (per-model probabilities, labels, crops per image)."""
+    rows = []
+    for scheme, (member, labels, crops) in by_scheme.items():
+        for k in range(1, len(member) + 1):
+            errs = topk_errors(ensemble_probabilities(member[:k]), labels)
+            rows.append(
+                {
+                    "models": k,
+                    "crops": crops,
+                    "scheme": scheme,
+                    "cost": k * crops,
+                    "top1_error": errs["top1_error"],
+                    "top5_error": errs["top5_error"],
+                    "images": len(labels),
+                }
+            )
+    rows.sort(key=lambda r: (r["models"], r["crops"]))
+    return rows
+
+
+def patterns(rows: list[dict[str, Any]], key: str = "top1_error") -> dict[str, str]:
+    """Whether the paper's two patterns hold in `rows`: more crops (at a fixed number of models)
+    and more models (at a fixed crop scheme) give lower error. 'holds' means never higher."""
+    out = {}
+    groups: dict[tuple[str, Any], list[tuple[int, float]]] = {}
+    for r in rows:
+        groups.setdefault(("crops", r["models"]), []).append((r["crops"], r[key]))
+        groups.setdefault(("models", r["scheme"]), []).append((r["models"], r[key]))
+    for axis in ("crops", "models"):
+        broken = []
+        series = [(g, sorted(v)) for (a, g), v in groups.items() if a == axis and len(v) > 1]
+        for g, pts in series:
+            for (x0, e0), (x1, e1) in itertools.pairwise(pts):
+                if e1 > e0 + 1e-12:
+                    where = f"{g} models" if axis == "crops" else f"{g} crops"
+                    broken.append(f"{where}: {x0}->{x1} {axis} raised {key} {e0:.4f}->{e1:.4f}")
+        if not series:
+            out[axis] = "not measured (one value only)"
+        else:
+            out[axis] = "holds" if not broken else "does not hold: " + "; ".join(broken)
+    return out
+
+
+def format_grid(rows: list[dict[str, Any]]) -> str:
+    lines = ["models  crops  scheme     cost   top-1 err  top-5 err"]
+    for r in rows:
+        lines.append(
+            f"{r['models']:>6}  {r['crops']:>5}  {r['scheme']:<9} {r['cost']:>5}   "
+            f"{100 * r['top1_error']:7.2f}%   {100 * r['top5_error']:7.2f}%"
+        )
+    return "\n".join(lines)
+
+
+def plot_grid(rows: list[dict[str, Any]]):
+    """Error against cost (models x crops, log x), one line per number of models."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.6))
+    axes = fig.subplots(1, 2)
+    for ax, key, label in ((axes[0], "top1_error", "top-1"), (axes[1], "top5_error", "top-5")):
+        for k in sorted({r["models"] for r in rows}):
+            pts = sorted((r["cost"], r[key], r["crops"]) for r in rows if r["models"] == k)
+            ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=f"{k} model")
+            for cost, err, crops in pts:
+                ax.annotate(f"{crops}c", (cost, 100 * err), fontsize=7, alpha=0.7)
+        ax.set_xscale("log")
+        ax.set_xlabel("cost (models x crops)")
+        ax.set_ylabel(f"{label} error (%)")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+#: Bytes of crops per evaluation batch: 144 crops of a 224 px image are 87 MB as float32.
+_BATCH_BYTES = 256 * 2**20
+
+
+def _batch_for(crops: int, size: int) -> int:
+    return max(1, min(128, _BATCH_BYTES // (crops * 3 * size * size * 4)))
+
+
+def evaluate_target(
+    target: str,
+    schemes: list[str],
+    *,
+    uri: str,
+    split: str = "val",
+    limit: int = 0,
+    data_path: str = "",
+    log: bool = True,
+) -> dict[str, Any]:
+    """Score a training run, a logged model or an ensemble with each crop scheme.
+
+    An ensemble gets the whole grid (1..K members x each scheme) in Table 3's layout. With `log`,
+    the grid, its text table and an error-vs-cost plot are logged to the target's run.
+    """
+    import time
+
+    from distinception import tracking
+    from distinception.config import ConfigError
+    from distinception.data.crops import SCHEMES
+    from distinception.data.generated import resolve_data
+    from distinception.data.loader import eval_batches
+
+    for s in schemes:
+        if s not in SCHEMES:
+            raise ConfigError(f"--crops item {s!r}: expected one of {', '.join(SCHEMES)}")
+    if not schemes:
+        raise ConfigError("--crops: expected at least one of " + ", ".join(SCHEMES))
+    kind, run_id, members = _resolve(target, uri)
+    cfg = tracking.run_config(uri, tracking.model_run_id(uri, members[0]))
+    path = data_path or resolve_data(cfg.data)
+    size = cfg.model.input_size
+    t0 = time.perf_counter()
+    models = [tracking.load_model(uri, m) for m in members]
+    by_scheme = {}
+    for scheme in dict.fromkeys(schemes):
+        crops = SCHEMES[scheme]
+        batches = eval_batches(
+            path,
+            split=split,
+            input_size=size,
+            batch_size=_batch_for(crops, size),
+            scheme=scheme,
+            limit=limit,
+        )
+        probs, labels = member_probabilities(models, batches)
+        by_scheme[scheme] = (probs, labels, crops)
+    rows = table3_grid(by_scheme)
+    report = {
+        "target": target,
+        "kind": kind,
+        "run_id": run_id,
+        "members": members,
+        "split": split,
+        "images": rows[0]["images"],
+        "rows": rows,
+        "patterns": {
+            "top1": patterns(rows, "top1_error"),
+            "top5": patterns(rows, "top5_error"),
+        },
+        "seconds": time.perf_counter() - t0,
+    }
+    if log:
+        tracking.log_table(uri, run_id, rows, "table3.json")
+        tracking.log_text(uri, run_id, format_report(report), "table3.txt")
+        tracking.log_figure(uri, run_id, plot_grid(rows), "table3.png")
+    return report
+
+
+def _resolve(target: str, uri: str) -> tuple[str, str, list[str]]:
+    """(kind, run id to log to, model URIs) of an evaluation target."""
+    from distinception import tracking
+    from distinception.config import ConfigError
+
+    if target.startswith(("runs:/", "models:/", "m-")):
+        return "model", tracking.model_run_id(uri, target), [target]
+    if not tracking.run_exists(uri, target):
+        raise ConfigError(
+            f"TARGET={target!r}: expected a run id, an ensemble run id or a model URI "
+            f"(runs:/ID/model, models:/NAME/VERSION) in {uri}"
+        )
+    kind = tracking.run_kind(uri, target)
+    if kind == "ensemble":
+        doc = tracking.read_json_artifact(uri, target, tracking.ENSEMBLE_FILE)
+        uris = [m["model_uri"] for m in doc["members"] if m["status"] == "finished"]
+        if not uris:
+            raise ConfigError(f"TARGET={target!r}: that ensemble has no finished member")
+        return "ensemble", target, uris
+    if kind != "train":
+        raise ConfigError(
+            f"TARGET={target!r}: a {kind} run holds no model; evaluate one of its training "
+            "runs or an ensemble"
+        )
+    return "model", target, [f"runs:/{target}/model"]
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [
+        f"evaluate {report['target']} ({report['kind']}, {len(report['members'])} model(s), "
+        f"{report['images']} {report['split']} images, {report['seconds']:.0f} s)",
+        format_grid(report["rows"]),
+    ]
+    for metric, found in report["patterns"].items():
+        for axis, verdict in found.items():
+            lines.append(f"  more {axis} -> lower {metric} error: {verdict}")
+    return "\n".join(lines)

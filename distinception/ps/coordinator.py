@@ -140,7 +140,7 @@ class Coordinator:
     # -- setup ---------------------------------------------------------------------------------
     def _start_shards(self, resume: bool) -> None:
         cfg = self.cfg
-        _, flat, _, layout = build_flat_model(cfg, self.num_classes, seed=cfg.run.seed)
+        _, flat, _, layout = build_flat_model(cfg, self.num_classes, seed=cfg.run.model_seed)
         self.layout = layout
         self.ranges = layout.shard_ranges(cfg.ps.num_shards)
         # Held for the whole run: a restarted shard re-reads its initial slice from these refs

@@ -1,0 +1,221 @@
+"""`distinception ensemble`: K members trained as the paper trained its 7 models.
+
+All members start from the same initial weights (`run.init_seed`) and differ only in their
+sampling recipe and the order of their data (`run.seed`). Members run as Tune trials, as many at
+once as the cluster holds whole and the rest queued, each an MLflow child run under the ensemble's
+parent run; the parent records the members (`ensemble.json`) so `distinception evaluate` can score
+the ensemble later with any crop scheme.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distinception.config import AUGMENT_PRESETS, ConfigError, JobConfig, load_yaml
+from distinception.tune.space import apply_sample
+
+
+@dataclass
+class EnsembleResult:
+    parent_run_id: str
+    members: list[dict[str, Any]]
+    seconds: float
+    max_concurrent: int
+
+
+def _latest_sweep(root: str = "sweeps") -> Path:
+    found = sorted(Path(root).glob("*/ranked.json"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise ConfigError(
+            f"--recipes=best-of-sweep: expected a finished sweep under {root}/ "
+            "(run `distinception sweep` first, or pass --sweep DIR)"
+        )
+    return found[-1].parent
+
+
+def _sweep_overlays(sweep_dir: str | None, count: int) -> list[tuple[str, dict[str, Any]]]:
+    """The sampled fields of the best `count` trials of a sweep (fewer if it had fewer)."""
+    path = Path(sweep_dir) if sweep_dir else _latest_sweep()
+    ranked_file = path / "ranked.json"
+    if not ranked_file.is_file():
+        raise ConfigError(f"--sweep={str(path)!r}: expected a sweep directory with ranked.json")
+    ranked = json.loads(ranked_file.read_text())
+    space_keys = [k for k in ranked[0] if k.count(".") == 1] if ranked else []
+    usable = [r for r in ranked if r["status"] != "failed"]
+    if not usable:
+        raise ConfigError(f"--sweep={str(path)!r}: no trial of that sweep finished")
+    return [
+        (f"sweep:{r['trial']}", {k: r[k] for k in space_keys if r.get(k) is not None})
+        for r in usable[:count]
+    ]
+
+
+def parse_recipes(spec: str, members: int, sweep_dir: str | None = None) -> list[tuple[str, dict]]:
+    """Named overlays, one per distinct recipe: presets, YAML files, or the best of a sweep.
+
+    A YAML file contributes its `recipe` section and `ps.lr`; a sweep trial contributes every
+    field its sweep sampled.
+    """
+    out: list[tuple[str, dict[str, Any]]] = []
+    for item in (s.strip() for s in spec.split(",") if s.strip()):
+        if item == "best-of-sweep":
+            out.extend(_sweep_overlays(sweep_dir, members))
+        elif item in AUGMENT_PRESETS:
+            out.append((item, {"recipe": item}))
+        elif item.endswith((".yaml", ".yml")):
+            cfg = load_yaml(item)
+            recipe = {f"recipe.{k}": v for k, v in dataclasses.asdict(cfg.recipe).items()}
+            out.append((Path(item).stem, recipe | {"ps.lr": cfg.ps.lr}))
+        else:
+            raise ConfigError(
+                f"--recipes item {item!r}: expected best-of-sweep, a YAML file or one of "
+                + ", ".join(AUGMENT_PRESETS)
+            )
+    if not out:
+        raise ConfigError(f"--recipes={spec!r}: expected at least one recipe")
+    return out
+
+
+def member_configs(
+    base: JobConfig, members: int, recipes: list[tuple[str, dict[str, Any]]]
+) -> list[JobConfig]:
+    """Member k: recipe k mod R, data order seed+k, the same initial weights for all."""
+    if members < 1:
+        raise ConfigError(f"--members={members}: expected an integer >= 1")
+    out = []
+    for k in range(members):
+        label, overlay = recipes[k % len(recipes)]
+        cfg = base
+        if "recipe" in overlay:  # a preset name replaces the whole recipe section
+            from distinception.config import from_dict
+
+            cfg = from_dict({"recipe": overlay["recipe"]}, cfg)
+        cfg = apply_sample(cfg, {k2: v for k2, v in overlay.items() if k2 != "recipe"})
+        run = dataclasses.replace(cfg.run, seed=base.run.seed + k, init_seed=base.run.model_seed)
+        tracking = dataclasses.replace(cfg.tracking, run_name=f"{base.name}-member{k}-{label}")
+        out.append(cfg.replace(run=run, tracking=tracking, name=f"{base.name}-member{k}"))
+    return out
+
+
+def _member(config: dict[str, Any], *, cfgs: list[JobConfig]) -> JobConfig:
+    return cfgs[int(config["member"])]
+
+
+def ensemble(
+    cfg: JobConfig,
+    *,
+    members: int = 7,
+    recipes: str = "paper,caffe",
+    sweep_dir: str | None = None,
+    max_concurrent: int | None = None,
+    out_dir: str = "",
+    address: str | None = None,
+) -> EnsembleResult:
+    import ray
+    from ray import tune
+
+    from distinception.ps.coordinator import init_ray
+    from distinception.tracking import ENSEMBLE_FILE, end_run, log_json, start_parent_run
+    from distinception.tune.sweep import metric_of
+    from distinception.tune.trials import absolute_paths, fit_to, plan_concurrency, run_trials
+
+    overlays = parse_recipes(recipes, members, sweep_dir)
+    if not cfg.tracking.log_model:
+        raise ConfigError("tracking.log_model=false: an ensemble needs its members' models logged")
+    metric = metric_of(cfg)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(out_dir or f"ensembles/{cfg.name}-{stamp}").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    base = absolute_paths(cfg)
+    started = init_ray(address)
+    t0 = time.perf_counter()
+    try:
+        cluster_cpus = float(ray.cluster_resources().get("CPU", 1))
+        concurrent = min(members, plan_concurrency(base, cluster_cpus, max_concurrent))
+        fitted = fit_to(base, cluster_cpus / concurrent)
+        fitted = fitted.replace(
+            run=dataclasses.replace(fitted.run, progress=False, checkpoint_dir="")
+        )
+        cfgs = member_configs(fitted, members, overlays)
+        uri = base.tracking.tracking_uri
+        parent = start_parent_run(
+            base,
+            "ensemble",
+            f"ensemble-{cfg.name}",
+            {
+                **{f"base.{k}": v for k, v in cfg.flat().items()},
+                "ensemble.members": members,
+                "ensemble.recipes": recipes,
+                "ensemble.init_seed": cfg.run.model_seed,
+                "ensemble.max_concurrent": concurrent,
+            },
+        )
+        try:
+            outcomes = run_trials(
+                fitted,
+                functools.partial(_member, cfgs=cfgs),
+                {"member": tune.grid_search(list(range(members)))},
+                parent_run_id=parent,
+                storage=str(out),
+                name="tune",
+                num_samples=1,
+                metric=metric,
+                max_concurrent=concurrent,
+            )
+            record = []
+            for o in sorted(outcomes, key=lambda o: int(o.config["member"])):
+                k = int(o.config["member"])
+                record.append(
+                    {
+                        "member": k,
+                        "status": o.status,
+                        "run_id": o.run_id,
+                        "model_uri": f"runs:/{o.run_id}/model" if o.run_id else "",
+                        "recipe": overlays[k % len(overlays)][0],
+                        "seed": cfgs[k].run.seed,
+                        "init_seed": cfgs[k].run.model_seed,
+                        metric: o.metrics.get(metric),
+                        "error": o.error,
+                    }
+                )
+            finished = [m for m in record if m["status"] == "finished"]
+            doc = {
+                "parent_run_id": parent,
+                "members": record,
+                "finished": len(finished),
+                "input_size": cfg.model.input_size,
+                "metric": metric,
+            }
+            (out / ENSEMBLE_FILE).write_text(json.dumps(doc, indent=1, default=str))
+            log_json(uri, parent, doc, ENSEMBLE_FILE)
+            if not finished:
+                raise RuntimeError(f"ensemble: no member finished; see {out / ENSEMBLE_FILE}")
+        except BaseException as err:
+            end_run(uri, parent, err)
+            raise
+        end_run(uri, parent)
+    finally:
+        if started:
+            ray.shutdown()
+    return EnsembleResult(parent, record, time.perf_counter() - t0, concurrent)
+
+
+def format_members(result: EnsembleResult) -> str:
+    lines = [f"ensemble {result.parent_run_id}: {len(result.members)} members"]
+    for m in result.members:
+        err = m.get("polyak_top1_error") or m.get("raw_top1_error")
+        score = f"{100 * err:5.1f}% top-1" if isinstance(err, float) else "   -  "
+        lines.append(
+            f"  member {m['member']}  {m['status']:<8}  recipe {m['recipe']:<14} "
+            f"seed {m['seed']}  {score}  run {m['run_id']}"
+        )
+    return "\n".join(lines)
+
+
+__all__ = ["EnsembleResult", "ensemble", "format_members", "member_configs", "parse_recipes"]

@@ -1,0 +1,1 @@
+"""Ray Tune: sweeps over recipes, and trials that are whole parameter-server trainings."""

@@ -1,0 +1,129 @@
+"""A 3-member ensemble trained as Tune trials, then scored as Table 3 (models x crops)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from distinception.config import apply_overrides
+from distinception.ensemble import ensemble
+from distinception.evaluate import evaluate_target
+from distinception.recipes import get_recipe
+
+pytestmark = pytest.mark.integration
+
+
+def test_three_member_ensemble_then_table3_grid(ray_local, easy_data, mlflow_uri, tmp_path):
+    cfg = apply_overrides(
+        get_recipe("tiny"),
+        [
+            f"data.path={easy_data}",
+            f"tracking.tracking_uri={mlflow_uri}",
+            "run.max_examples=1500",
+            "run.eval_interval_s=3",
+            "run.init_seed=7",
+        ],
+    )
+    # The quadrant classes change under a mirror, so no member flips; one samples crops.
+    crops = tmp_path / "crops.yaml"
+    crops.write_text("recipe: {area_min: 0.7, flip: false, interpolation: bilinear}\n")
+    result = ensemble(
+        cfg, members=3, recipes=f"none,{crops}", max_concurrent=1, out_dir=str(tmp_path / "ens")
+    )
+    assert [m["member"] for m in result.members] == [0, 1, 2]
+    assert all(m["status"] == "finished" for m in result.members)
+    assert [m["recipe"] for m in result.members] == ["none", "crops", "none"]
+
+    client = MlflowClient(mlflow_uri)
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["distinception.kind"] == "ensemble"
+    seeds, init_seeds = set(), set()
+    for m in result.members:
+        run = client.get_run(m["run_id"])
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == result.parent_run_id
+        seeds.add(run.data.params["run.seed"])
+        init_seeds.add(run.data.params["run.init_seed"])
+    assert len(seeds) == 3 and init_seeds == {"7"}  # own data order, same initial weights
+
+    # Evaluated later, by the ensemble's run id, through the CLI as a user would.
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distinception.cli",
+            "evaluate",
+            result.parent_run_id,
+            "--crops",
+            "center,ten",
+            "--tracking-uri",
+            mlflow_uri,
+            "--limit",
+            "48",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert report["kind"] == "ensemble" and report["images"] == 48
+    grid = {(r["models"], r["crops"]): r for r in report["rows"]}
+    assert set(grid) == {(k, c) for k in (1, 2, 3) for c in (1, 10)}
+    assert all(grid[k, c]["cost"] == k * c for k, c in grid)
+    assert all(0.0 <= r["top1_error"] <= 1.0 for r in report["rows"])
+    # The members learned (chance is 0.75). Mirrored crops swap the quadrant classes, so only the
+    # center crop is a fair score on this set; the built-in set is mirror-invariant.
+    assert grid[3, 1]["top1_error"] < 0.6
+    assert set(report["patterns"]["top1"]) == {"crops", "models"}
+    artifacts = {a.path for a in client.list_artifacts(result.parent_run_id)}
+    assert {"ensemble.json", "table3.json", "table3.txt", "table3.png"} <= artifacts
+
+    # One member alone, by its model URI, with the paper's 144 crops.
+    single = evaluate_target(
+        result.members[0]["model_uri"], ["paper144"], uri=mlflow_uri, limit=8, log=False
+    )
+    assert single["kind"] == "model" and [r["crops"] for r in single["rows"]] == [144]
+
+
+def test_evaluate_rejects_unknown_targets_and_crops(mlflow_uri):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distinception.cli",
+            "evaluate",
+            "0123456789abcdef",
+            "--tracking-uri",
+            mlflow_uri,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "TARGET='0123456789abcdef': expected a run id" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distinception.cli",
+            "evaluate",
+            "x",
+            "--crops",
+            "center,five",
+            "--tracking-uri",
+            mlflow_uri,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "--crops item 'five'" in proc.stderr

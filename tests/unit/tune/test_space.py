@@ -1,0 +1,83 @@
+"""Search spaces over the config dataclasses, and how trials are sized to fit the cluster."""
+
+from __future__ import annotations
+
+import pytest
+
+from distinception.config import ConfigError, JobConfig
+from distinception.recipes import get_recipe
+from distinception.tune.space import (
+    DEFAULT_SPACE,
+    Choice,
+    SearchSpace,
+    Uniform,
+    build_space,
+    parse_domain,
+)
+from distinception.tune.trials import bundles, fit_to, plan_concurrency, trial_cpus
+
+
+def test_default_space_is_valid_and_nested_by_section():
+    space = SearchSpace(DEFAULT_SPACE)
+    tune_space = space.to_tune()
+    assert set(tune_space) == {"recipe", "ps"}
+    assert {"area_min", "aspect_max", "photometric", "lighting", "interpolation"} <= set(
+        tune_space["recipe"]
+    )
+    assert "lr" in tune_space["ps"]
+
+
+def test_a_sample_becomes_a_job_and_the_aspect_range_stays_symmetric():
+    base = get_recipe("demo")
+    cfg = SearchSpace(DEFAULT_SPACE).apply(
+        base,
+        {
+            "recipe": {"area_min": 0.3, "aspect_max": 1.25, "interpolation": "area"},
+            "ps": {"lr": 0.01},
+        },
+    )
+    assert cfg.recipe.area_min == 0.3
+    assert cfg.recipe.aspect_max == 1.25
+    assert cfg.recipe.aspect_min == pytest.approx(0.8)
+    assert cfg.recipe.interpolation == "area"
+    assert cfg.ps.lr == 0.01
+    assert cfg.model == base.model and cfg.run == base.run
+
+
+def test_unknown_fields_and_bad_ranges_fail_in_one_line():
+    with pytest.raises(ConfigError, match=r"did you mean 'recipe\.area_min'"):
+        SearchSpace({"recipe.area_mn": Uniform(0.1, 1.0)})
+    with pytest.raises(ConfigError, match=r"recipe.area_min=0.0: expected a number in \(0, 1\]"):
+        SearchSpace({"recipe.area_min": Uniform(0.0, 1.0)})
+    with pytest.raises(ConfigError, match="expected low <= high"):
+        SearchSpace({"ps.lr": Uniform(0.1, 0.01)})
+    with pytest.raises(ConfigError, match="interpolation"):
+        SearchSpace({"recipe.interpolation": Choice(("bilinear", "lanczos"))})
+    with pytest.raises(ConfigError, match="low > 0"):
+        SearchSpace({"ps.lr": Uniform(0.0, 0.1, log=True)})
+
+
+def test_parse_domain_and_build_space_with_fixed_fields():
+    assert parse_domain("ps.lr", "loguniform:1e-3:0.1") == Uniform(1e-3, 0.1, log=True)
+    assert parse_domain("recipe.flip", "choice:true,false") == Choice((True, False))
+    with pytest.raises(ConfigError, match="expected uniform:LOW:HIGH"):
+        parse_domain("ps.lr", "normal:0:1")
+    space = build_space(["recipe.flip=choice:true,false"], fixed=["ps.lr", "recipe.aspect_min"])
+    assert "ps.lr" not in space.domains and "recipe.flip" in space.domains
+    # aspect_min was fixed by the user: it is not tied to aspect_max any more.
+    cfg = space.apply(JobConfig(), {"recipe.aspect_max": 1.5})
+    assert cfg.recipe.aspect_min == JobConfig().recipe.aspect_min
+
+
+def test_trials_fit_the_cluster_without_oversubscribing_it():
+    demo = get_recipe("demo")
+    need = trial_cpus(demo)
+    assert need > 2.0  # the demo's actors alone take the whole 2-core machine
+    assert plan_concurrency(demo, 2.0, None) == 1
+    fitted = fit_to(demo, 1.0)
+    total = sum(b["CPU"] for b in bundles(fitted))
+    assert total <= 1.0 + 1e-9
+    assert len(bundles(fitted)) == 2  # the trial's driver, and one bundle all its actors share
+    assert fit_to(demo, 100.0) == demo  # never scaled up
+    with pytest.raises(ConfigError, match="max-concurrent=0"):
+        plan_concurrency(demo, 2.0, 0)
