@@ -115,7 +115,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import os
 
-    from distinception.evaluate import evaluate_target, format_report
+    from distinception.scoring import evaluate_target, format_report
     from distinception.tracking import default_tracking_uri
 
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()

@@ -11,8 +11,8 @@ from mlflow.tracking import MlflowClient
 
 from distinception.config import apply_overrides
 from distinception.ensemble import ensemble
-from distinception.evaluate import evaluate_target
 from distinception.recipes import get_recipe
+from distinception.scoring import evaluate_target
 
 pytestmark = pytest.mark.integration
 
