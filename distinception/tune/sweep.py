@@ -129,8 +129,11 @@ def sweep(
     max_concurrent: int | None = None,
     out_dir: str = "",
     address: str | None = None,
+    callbacks: list[Any] | None = None,
 ) -> SweepResult:
-    """Run a sweep of `cfg` over `space`; returns the ranked trials and the best job's YAML."""
+    """Run a sweep of `cfg` over `space`; returns the ranked trials and the best job's YAML.
+
+    `callbacks` are extra `ray.tune.Callback`s (progress displays, fault injection in tests)."""
     import ray
 
     from distinception.ps.coordinator import init_ray
@@ -188,6 +191,7 @@ def sweep(
                 scheduler=sched,
                 max_concurrent=concurrent,
                 seed=cfg.run.seed,
+                callbacks=callbacks,
             )
             ranked = _rank(outcomes, space, metric)
             best = next((r for r in ranked if r[metric] == r[metric]), None)

@@ -194,6 +194,7 @@ def run_trials(
     scheduler: Any = None,
     max_concurrent: int,
     seed: int = 0,
+    callbacks: list[Any] | None = None,
 ) -> list[TrialOutcome]:
     """Run trials of `cfg` (already fitted and with absolute paths) and collect what each did."""
     from ray import tune
@@ -219,7 +220,7 @@ def run_trials(
         run_config=tune.RunConfig(
             name=name,
             storage_path=str(Path(storage).resolve()),
-            callbacks=[_status_callback(uri, parent_run_id)],
+            callbacks=[_status_callback(uri, parent_run_id), *(callbacks or [])],
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=0),
         ),
