@@ -101,6 +101,8 @@ def start_head() -> Iterator:
             RAY_AUTH_MODE="token",
             RAY_AUTH_TOKEN=secrets.token_hex(32),
             RAY_USAGE_STATS_ENABLED="0",
+            # The project's virtualenv first on PATH, as for a user who activated it.
+            PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
             **(extra_env or {}),
         )
         env.pop("RAY_ADDRESS", None)
