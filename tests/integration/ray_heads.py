@@ -89,9 +89,9 @@ def _wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float 
     pytest.fail(f"port {port} not open after {timeout} s: {log.read_text()[-2000:]}")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def start_head() -> Iterator:
-    """start_head(args, env=..., wait_port=...) -> Head; every head is stopped afterwards."""
+    """start_head(args, port=..., wait_port=...) -> Head; its heads stop with the module."""
     started: list[Head] = []
 
     def start(args: list[str], *, port: int, wait_port: int, extra_env: dict | None = None) -> Head:

@@ -155,7 +155,7 @@ def test_autoscaling_cluster_adds_nodes_and_survives_losing_one(
                 "--set",
                 "run.max_examples=0",
                 "--set",
-                "run.max_seconds=45",
+                "run.max_seconds=35",
             ],
             cwd=tmp_path,
             env=head.env,

@@ -26,7 +26,7 @@ def cli(*args: str, env: dict, timeout: float = 120) -> subprocess.CompletedProc
     )
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def head(start_head):
     dashboard = free_port()
     head = start_head(
