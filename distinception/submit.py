@@ -142,6 +142,12 @@ def read_requirements(path: str) -> list[str]:
     return [line for line in lines if line]
 
 
+def _name(requirement: str) -> str:
+    from packaging.requirements import Requirement
+
+    return Requirement(requirement).name.lower()
+
+
 def runtime_env(
     spec: JobSpec, *, with_requirements: bool = True, tracking_uri: str | None = None
 ) -> dict[str, Any]:
@@ -156,8 +162,10 @@ def runtime_env(
         "env_vars": env,
     }
     if with_requirements and spec.requirements:
-        # pip_check off: the pins are exact, and Ray's own image may carry unrelated packages.
-        out["pip"] = {"packages": read_requirements(spec.requirements), "pip_check": False}
+        # Ray itself is the cluster's and must match it: never reinstalled inside a job. pip_check
+        # off: the pins are exact, and the nodes' image may carry unrelated packages.
+        packages = [r for r in read_requirements(spec.requirements) if _name(r) != "ray"]
+        out["pip"] = {"packages": packages, "pip_check": False}
     return out
 
 

@@ -59,6 +59,7 @@ def test_runtime_env_carries_code_pins_and_tracking_uri(monkeypatch):
     env = runtime_env(spec)
     assert env["working_dir"] == str(ROOT)
     assert "torch==2.14.1" in env["pip"]["packages"]
+    assert not any(p.startswith("ray") for p in env["pip"]["packages"])  # the cluster's own
     assert ".venv" in env["excludes"]
     assert env["env_vars"]["MLFLOW_TRACKING_URI"] == "http://mlflow.example:5000"
     bare = runtime_env(spec, with_requirements=False, tracking_uri="sqlite:///x.db")
