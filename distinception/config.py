@@ -154,6 +154,13 @@ class PSConfig:
 
     Learning-rate schedule: multiplied by `lr_decay` every `lr_decay_epochs` epochs counted in
     examples seen (paper: 0.96 every 8), after a linear warm-up of `warmup_examples`.
+
+    Elastic replicas (`elastic: true`): `num_replicas` is the most replicas the job runs and
+    `min_replicas` how many must be up (within `elastic_wait_s`) before training starts. The
+    coordinator asks the autoscaler for room for `num_replicas`, adds replicas as nodes arrive and
+    goes on with fewer when nodes leave. `replica_resources` and `shard_resources` (custom Ray
+    resources, e.g. {replica: 1}) pin replicas to worker nodes and shards plus the averager to the
+    head or parameter-server nodes that declare those resources.
     """
 
     num_shards: int = 2
@@ -181,6 +188,11 @@ class PSConfig:
     polyak_start: int = 0
     ema_decay: float = 0.999
     averager_interval_s: float = 0.5
+    elastic: bool = False
+    min_replicas: int = 1
+    elastic_wait_s: float = 900.0
+    replica_resources: dict[str, float] = field(default_factory=dict)
+    shard_resources: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check(1 <= self.num_shards <= 256, "num_shards", self.num_shards, "an integer in [1, 256]")
@@ -232,6 +244,30 @@ class PSConfig:
             self.averager_interval_s,
             "a number > 0",
         )
+        _check(
+            1 <= self.min_replicas <= self.num_replicas,
+            "min_replicas",
+            self.min_replicas,
+            f"an integer in [1, num_replicas={self.num_replicas}]",
+        )
+        _check(self.elastic_wait_s > 0, "elastic_wait_s", self.elastic_wait_s, "a number > 0")
+        for name in ("replica_resources", "shard_resources"):
+            object.__setattr__(self, name, _custom_resources(name, getattr(self, name)))
+
+
+def _custom_resources(name: str, value: Any) -> dict[str, float]:
+    """Custom Ray resources as {name: amount}; CPU/GPU have their own fields."""
+    expected = "a mapping of custom resource names to amounts >= 0, e.g. {replica: 1}"
+    if not isinstance(value, Mapping):
+        _fail(name, value, expected)
+    out: dict[str, float] = {}
+    for key, amount in value.items():
+        if not isinstance(key, str) or not key or key in ("CPU", "GPU", "memory"):
+            _fail(name, value, expected + " (CPU/GPU/memory have their own fields)")
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not amount >= 0:
+            _fail(name, value, expected)
+        out[key] = float(amount)
+    return out
 
 
 def parse_staleness(spec: str) -> tuple[str, int]:

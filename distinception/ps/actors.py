@@ -145,6 +145,10 @@ class ReplicaActor:
         self.in_flight: list[ray.ObjectRef] = []
         self.counters: Counter[str] = Counter()
 
+    def ready(self) -> dict[str, Any]:
+        """Answers once the actor is placed and built; says on which node."""
+        return {"index": self.index, "node_id": ray.get_runtime_context().get_node_id()}
+
     # -- communication -------------------------------------------------------------------
     def _issue_pull(self) -> list[ray.ObjectRef]:
         return [s.pull.remote() for s in self.shards]
@@ -390,6 +394,7 @@ def remote_shard(cfg: JobConfig) -> Any:
         num_cpus=cfg.ps.shard_cpus,
         max_restarts=cfg.ps.max_shard_restarts,
         max_task_retries=0,
+        resources=cfg.ps.shard_resources,
     )
 
 
@@ -399,7 +404,7 @@ def remote_replica(cfg: JobConfig, resources: dict[str, float] | None = None) ->
         num_gpus=cfg.ps.replica_gpus,
         max_restarts=cfg.ps.max_replica_restarts,
         max_task_retries=0,
-        resources=resources or {},
+        resources=cfg.ps.replica_resources if resources is None else resources,
     )
 
 
@@ -409,4 +414,5 @@ def remote_averager(cfg: JobConfig) -> Any:
         max_restarts=2,
         max_task_retries=0,
         max_concurrency=4,
+        resources=cfg.ps.shard_resources,
     )

@@ -32,6 +32,7 @@ from distinception.ps.actors import (
     remote_replica,
     remote_shard,
 )
+from distinception.ps.elastic import ReplicaPool
 from distinception.ps.replica import build_flat_model
 from distinception.ps.shard import histogram_quantile
 
@@ -136,6 +137,7 @@ class Coordinator:
         self.examples = 0
         self.run_id: str | None = None
         self.elapsed_before = 0.0
+        self.pool: ReplicaPool | None = None
 
     # -- setup ---------------------------------------------------------------------------------
     def _start_shards(self, resume: bool) -> None:
@@ -231,7 +233,10 @@ class Coordinator:
         budget = self._budget_examples()
         warm = cfg.ps.warm_start_updates if self.examples == 0 else 0
         n_active = 1 if warm else cfg.ps.num_replicas
-        self.replicas: dict[int, Any] = {i: self._new_replica(i) for i in range(n_active)}
+        if cfg.ps.elastic:
+            self.replicas: dict[int, Any] = self._first_elastic_replicas(n_active)
+        else:
+            self.replicas = {i: self._new_replica(i) for i in range(n_active)}
         steps = dict.fromkeys(self.replicas, 2)
         pending: dict[ray.ObjectRef, int] = {}
         for i, r in self.replicas.items():
@@ -246,9 +251,19 @@ class Coordinator:
         last_examples = self.examples
         progress = self._progress_bar(budget)
         stopping = False
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+        while pending or (self.pool is not None and not stopping):
+            if pending:
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+            else:  # elastic, every replica lost: wait for capacity to return
+                ready = []
+                time.sleep(0.5)
             now = time.perf_counter()
+            if self.pool is not None and not stopping:
+                for i, actor in self.pool.poll(self.replicas):
+                    self.replicas[i] = actor
+                    steps[i] = 2
+                    for _ in range(2):
+                        pending[actor.train.remote(2)] = i
             for ref in ready:
                 i = pending.pop(ref)
                 try:
@@ -266,6 +281,9 @@ class Coordinator:
                     progress.update(min(stats["examples"], max(0, budget - progress.n)))
             elapsed = self.elapsed_before + (now - t_start)
             if warm and n_active < cfg.ps.num_replicas and min(last_versions) >= warm:
+                if self.pool is not None:
+                    self.pool.set_target(cfg.ps.num_replicas)
+                    n_active = cfg.ps.num_replicas
                 for i in range(n_active, cfg.ps.num_replicas):
                     self.replicas[i] = self._new_replica(i)
                     steps[i] = 2
@@ -278,6 +296,11 @@ class Coordinator:
                 )
                 last_examples, last_stats = self.examples, now
                 metrics["epoch"] = self.examples / self.train_examples
+                if self.pool is not None:
+                    metrics["replicas"] = float(len(self.replicas))
+                    metrics["replicas_starting"] = float(len(self.pool.starting))
+                    metrics["replicas_joined"] = float(self.pool.joined)
+                    metrics["replica_nodes"] = float(self.pool.node_count())
                 self.hooks.on_metrics(metrics, self.examples)
                 self.history.append(metrics | {"examples": self.examples, "seconds": elapsed})
                 if progress is not None:
@@ -301,6 +324,8 @@ class Coordinator:
                 self.examples >= budget or (cfg.run.max_seconds and elapsed >= cfg.run.max_seconds)
             ):
                 stopping = True  # let the calls in flight finish, submit no more
+                if self.pool is not None:
+                    self.pool.close()
         if progress is not None:
             progress.close()
         seconds = self.elapsed_before + (time.perf_counter() - t_start)
@@ -339,9 +364,54 @@ class Coordinator:
         if math.isfinite(stats["loss"]):
             losses.append(stats["loss"])
 
+    def _first_elastic_replicas(self, target: int) -> dict[int, Any]:
+        """Ask for room for `target` replicas; wait (bounded) until `min_replicas` are up."""
+        ps = self.cfg.ps
+        self.pool = ReplicaPool(
+            self._new_replica,
+            ps.num_replicas,
+            {"CPU": ps.replica_cpus, "GPU": ps.replica_gpus, **ps.replica_resources},
+            self._slot_progress,
+        )
+        self.pool.set_target(target)
+        replicas: dict[int, Any] = {}
+        need = min(ps.min_replicas, target)
+        deadline = time.monotonic() + ps.elastic_wait_s
+        while len(replicas) < need:
+            replicas.update(self.pool.poll(replicas))
+            if len(replicas) >= need:
+                break
+            if time.monotonic() > deadline:
+                raise ConfigError(
+                    f"ps.min_replicas={ps.min_replicas}: only {len(replicas)} replicas could be "
+                    f"placed within ps.elastic_wait_s={ps.elastic_wait_s:g}; expected a cluster "
+                    f"with room for replicas needing {self.pool.bundle}"
+                )
+            time.sleep(0.5)
+        return replicas
+
+    def _slot_progress(self, slot: int) -> tuple[int, int]:
+        pos = self.positions.get(slot) or {}
+        return int(pos.get("epoch", 0)), int(pos.get("offset", 0))
+
+    def _replica_lost(self, i: int, pending: dict) -> None:
+        """Elastic: a replica died (usually with its node); free its slot, refill it later."""
+        self.faults["replicas_lost"] += 1
+        for ref in [r for r, slot in pending.items() if slot == i]:
+            del pending[ref]
+        actor = self.replicas.pop(i, None)
+        if actor is not None:
+            ray.kill(actor, no_restart=True)
+        assert self.pool is not None
+        self.pool.lost(i)
+
     def _replica_failed(self, i: int, err: BaseException, pending: dict, stopping: bool) -> None:
         """A replica died mid-call: Ray restarts it; seek it to its data position and go on."""
         self.faults["replica_failures"] += 1
+        if self.pool is not None:
+            log.warning("replica %d lost (%s); its slot is free", i, type(err).__name__)
+            self._replica_lost(i, pending)
+            return
         log.warning("replica %d failed (%s); restarting", i, type(err).__name__)
         if any(v == i for v in pending.values()):
             return  # its other queued call will fail too; recover once, from that one
@@ -474,6 +544,8 @@ class Coordinator:
         return result
 
     def _teardown(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
         actors = [*getattr(self, "replicas", {}).values(), *getattr(self, "shards", [])]
         for actor in [*actors, getattr(self, "averager", None)]:
             if actor is not None:

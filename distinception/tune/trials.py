@@ -72,17 +72,27 @@ def fit_to(cfg: JobConfig, cpus: float) -> JobConfig:
 
 
 def bundles(cfg: JobConfig) -> list[dict[str, float]]:
-    """The placement group of one trial: its driver's bundle, then one for all its actors.
+    """The placement group of one trial: its driver's bundle, then bundles for its actors.
 
-    One shared bundle, not one per actor: Ray places a captured actor in any bundle with room,
-    so with per-actor bundles a small shard can take part of a replica's bundle and leave the
-    replica nowhere to go. The price is that a trial lives on one node; trials spread over nodes.
+    Without custom resources all actors share one bundle: Ray places a captured actor in any
+    bundle with room, so with one bundle per actor a small shard could take part of a replica's
+    bundle and leave the replica nowhere to go (a trial on one node; trials spread over nodes).
+    With `ps.shard_resources` / `ps.replica_resources` (cluster placement), the shards and the
+    averager share one bundle holding the shard resources and each replica gets its own holding
+    the replica resources, so every actor fits only where it belongs.
     """
     ps = cfg.ps
-    actors: dict[str, float] = {"CPU": round(trial_cpus(cfg) - DRIVER_CPUS, 4)}
-    if ps.replica_gpus:
-        actors["GPU"] = ps.num_replicas * ps.replica_gpus
-    return [{"CPU": DRIVER_CPUS}, actors]
+    gpu = {"GPU": ps.replica_gpus} if ps.replica_gpus else {}
+    if not (ps.shard_resources or ps.replica_resources):
+        actors: dict[str, float] = {"CPU": round(trial_cpus(cfg) - DRIVER_CPUS, 4)}
+        if gpu:
+            actors["GPU"] = ps.num_replicas * ps.replica_gpus
+        return [{"CPU": DRIVER_CPUS}, actors]
+    n_ps = ps.num_shards + 1  # the averager is placed like a shard
+    server = {"CPU": round(ps.num_shards * ps.shard_cpus + ps.averager_cpus, 4)}
+    server |= {k: v * n_ps for k, v in ps.shard_resources.items()}
+    replica = {"CPU": ps.replica_cpus, **gpu, **ps.replica_resources}
+    return [{"CPU": DRIVER_CPUS}, server] + [dict(replica) for _ in range(ps.num_replicas)]
 
 
 def plan_concurrency(cfg: JobConfig, cluster_cpus: float, max_concurrent: int | None) -> int:

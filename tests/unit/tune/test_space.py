@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from distinception.config import ConfigError, JobConfig
+from distinception.config import ConfigError, JobConfig, apply_overrides
 from distinception.recipes import get_recipe
 from distinception.tune.space import (
     DEFAULT_SPACE,
@@ -81,3 +81,16 @@ def test_trials_fit_the_cluster_without_oversubscribing_it():
     assert fit_to(demo, 100.0) == demo  # never scaled up
     with pytest.raises(ConfigError, match="max-concurrent=0"):
         plan_concurrency(demo, 2.0, 0)
+
+
+def test_cluster_placement_gives_each_role_its_own_bundle():
+    cfg = apply_overrides(
+        get_recipe("demo"),
+        ["ps.replica_resources={replica: 1}", "ps.shard_resources={ps: 1}"],
+    )
+    _driver, server, *replicas = bundles(cfg)
+    assert server["ps"] == cfg.ps.num_shards + 1 and "replica" not in server
+    assert len(replicas) == cfg.ps.num_replicas
+    assert all(r["replica"] == 1 and "ps" not in r for r in replicas)
+    total = sum(b["CPU"] for b in bundles(cfg))
+    assert abs(total - trial_cpus(cfg)) < 1e-6

@@ -1,0 +1,144 @@
+"""Real Ray heads started with `ray start --head ... --block` for the cluster-facing tests.
+
+Each head has its own short temp dir (Unix socket paths are limited to ~107 bytes), its own
+token (RAY_AUTH_TOKEN, so nothing under ~/.ray is read or written), and is stopped by SIGTERM to
+its PID; anything still running from its temp dir afterwards (fake worker nodes the autoscaler
+started) is killed by PID. Never `ray stop`: it is machine-wide.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_taken(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return True
+    return False
+
+
+def pids_using(path: str) -> list[int]:
+    """PIDs of processes whose command line mentions `path` (our temp dir: ours only)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if path.encode() in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def kill_pids(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+@dataclass
+class Head:
+    proc: subprocess.Popen
+    temp_dir: str
+    env: dict[str, str]
+    gcs_address: str
+    dashboard_url: str = ""
+
+    @property
+    def session_logs(self) -> Path:
+        return Path(self.temp_dir) / "session_latest" / "logs"
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"ray start exited {proc.returncode}: {log.read_text()[-2000:]}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    pytest.fail(f"port {port} not open after {timeout} s: {log.read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def start_head() -> Iterator:
+    """start_head(args, port=..., wait_port=...) -> Head; its heads stop with the module."""
+    started: list[Head] = []
+
+    def start(args: list[str], *, port: int, wait_port: int, extra_env: dict | None = None) -> Head:
+        temp_dir = tempfile.mkdtemp(prefix="dray-", dir="/tmp")
+        env = dict(
+            os.environ,
+            RAY_AUTH_MODE="token",
+            RAY_AUTH_TOKEN=secrets.token_hex(32),
+            RAY_USAGE_STATS_ENABLED="0",
+            # The project's virtualenv first on PATH, as for a user who activated it.
+            PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+            **(extra_env or {}),
+        )
+        env.pop("RAY_ADDRESS", None)
+        log = Path(temp_dir) / "ray-start.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen(
+                [
+                    RAY,
+                    "start",
+                    "--head",
+                    f"--port={port}",
+                    f"--temp-dir={temp_dir}",
+                    "--block",
+                    *args,
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        head = Head(proc, temp_dir, env, f"127.0.0.1:{port}")
+        started.append(head)
+        _wait_for_port(wait_port, proc, log)
+        return head
+
+    yield start
+    for head in started:
+        head.proc.send_signal(signal.SIGTERM)
+        try:
+            head.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            head.proc.kill()
+        time.sleep(2)
+        kill_pids(pids_using(head.temp_dir), signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while pids_using(head.temp_dir) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        kill_pids(pids_using(head.temp_dir), signal.SIGKILL)
+        shutil.rmtree(head.temp_dir, ignore_errors=True)
