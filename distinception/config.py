@@ -181,6 +181,9 @@ class PSConfig:
     polyak_start: int = 0
     ema_decay: float = 0.999
     averager_interval_s: float = 0.5
+    #: Benchmark/test knob: replica 0 runs this many times slower than it could (it sleeps
+    #: (factor - 1) x its compute time after every step), to measure a straggler. 1 = off.
+    straggler_factor: float = 1.0
 
     def __post_init__(self) -> None:
         _check(1 <= self.num_shards <= 256, "num_shards", self.num_shards, "an integer in [1, 256]")
@@ -231,6 +234,12 @@ class PSConfig:
             "averager_interval_s",
             self.averager_interval_s,
             "a number > 0",
+        )
+        _check(
+            1 <= self.straggler_factor <= 100,
+            "straggler_factor",
+            self.straggler_factor,
+            "a number in [1, 100] (1 = no straggler)",
         )
 
 
