@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 
 class ConfigError(ValueError):
     """A user mistake in a configuration value; its message is one line meant for the user."""
@@ -327,6 +325,8 @@ class JobConfig:
         return dataclasses.replace(self, **sections)
 
     def to_yaml(self) -> str:
+        import yaml  # imported here: model code runs where only torch is installed
+
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
@@ -429,6 +429,8 @@ def load_yaml(path: str | Path, base: JobConfig | None = None) -> JobConfig:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"--config={str(path)!r}: expected an existing YAML file")
+    import yaml
+
     try:
         doc = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as err:
@@ -440,6 +442,8 @@ def load_yaml(path: str | Path, base: JobConfig | None = None) -> JobConfig:
 
 def apply_overrides(cfg: JobConfig, overrides: Iterable[str]) -> JobConfig:
     """Apply `section.key=value` strings; values parse as YAML scalars (1e-3, true, bound:2)."""
+    import yaml
+
     nested: dict[str, Any] = {}
     presets: dict[str, Any] = {}
     for item in overrides:

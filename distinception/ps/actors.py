@@ -18,7 +18,7 @@ import dataclasses
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -99,7 +99,7 @@ class ShardActor:
         incarnation: str,
     ) -> dict[str, Any]:
         result = self.core.apply(
-            from_wire(grad),
+            from_wire(grad, widen=False),
             base_version,
             examples=examples,
             fingerprint=fingerprint,
@@ -157,7 +157,7 @@ class ReplicaActor:
         self.max_lag = 0 if StalenessPolicy.parse(cfg.ps.staleness).kind == "bound" else 1
         self.lag = 0
         self.straggler = cfg.ps.straggler_factor if index == 0 else 1.0
-        self.pending_pull: Future[list[ray.ObjectRef] | None] | None = None
+        self.pending_pulls: deque[Future] = deque()
         self.comm = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replica-comm")
         self.in_flight: list[ray.ObjectRef] = []
         self.lock = threading.Lock()
@@ -186,37 +186,45 @@ class ReplicaActor:
             raise RuntimeError(f"replica {self.index}: shards unreachable for 60 pull attempts")
         for s, ((version, incarnation, _), values) in enumerate(zip(metas, arrays, strict=True)):
             start, stop = self.ranges[s]
-            self.core.load_slice(start, stop, from_wire(values))
+            self.core.load_slice(start, stop, from_wire(values, widen=False))
             self.versions[s] = version
             self.incarnations[s] = incarnation
         self._count("pulls")
 
-    def _pending_refs(self, timeout: float) -> list[ray.ObjectRef] | None:
-        """The refs of the pull queued behind our last push (None if sending it failed)."""
-        assert self.pending_pull is not None
+    def _refs(self, future: Future, timeout: float) -> list[ray.ObjectRef] | None:
+        """The refs of a pull queued behind one of our pushes (None if sending it failed)."""
         try:
-            return self.pending_pull.result(timeout=timeout)
+            return future.result(timeout=timeout)
         except RayError:
             self._count("push_lost")
             return None
 
-    def _pull_arrived(self) -> bool:
-        if self.pending_pull is None or not self.pending_pull.done():
+    def _arrived(self, future: Future) -> bool:
+        if not future.done():
             return False
-        refs = self._pending_refs(0)
+        refs = self._refs(future, 0)
         return bool(refs) and len(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) == len(refs)
 
     def _refresh(self) -> None:
-        """Load newer weights: wait for them unless one step on the current ones is allowed."""
-        if self.pending_pull is None:
+        """Load the newest weights that have arrived; wait for the oldest pull in flight only
+        when no more steps on the current weights are allowed."""
+        pending = self.pending_pulls
+        if not pending:
             self._finish_pull(self._issue_pull())
             self.lag = 0
             return
-        if self.lag < self.max_lag and not self._pull_arrived():
+        for i in range(len(pending) - 1, -1, -1):
+            if self._arrived(pending[i]):
+                refs = self._refs(pending[i], 0)
+                for _ in range(i + 1):
+                    pending.popleft()
+                self._finish_pull(refs if refs else self._issue_pull())
+                self.lag = 0
+                return
+        if self.lag < self.max_lag:
             self.lag += 1
             return
-        refs = self._pending_refs(RPC_TIMEOUT_S)
-        self.pending_pull = None
+        refs = self._refs(pending.popleft(), RPC_TIMEOUT_S)
         self._finish_pull(refs if refs else self._issue_pull())
         self.lag = 0
 
@@ -278,7 +286,9 @@ class ReplicaActor:
             self._send, grad, list(self.versions), list(self.incarnations), examples, pull
         )
         if pull:
-            self.pending_pull = future
+            self.pending_pulls.append(future)
+            if len(self.pending_pulls) > 2:
+                self.pending_pulls.popleft()  # superseded by the two newer ones
 
     # -- the loop --------------------------------------------------------------------------
     def train(self, steps: int) -> dict[str, Any]:
@@ -289,7 +299,7 @@ class ReplicaActor:
         losses: list[float] = []
         examples = 0
         for _ in range(steps):
-            if self.step % cfg.n_fetch == 0 or self.pending_pull is not None:
+            if self.step % cfg.n_fetch == 0 or self.pending_pulls:
                 t = time.perf_counter()
                 self._refresh()
                 timings["pull_wait_s"] += time.perf_counter() - t
@@ -305,8 +315,7 @@ class ReplicaActor:
             self.step += 1
             if self.step % cfg.n_push == 0:
                 t = time.perf_counter()
-                fetch_next = self.step % cfg.n_fetch == 0 and self.pending_pull is None
-                self._push(pull=fetch_next)
+                self._push(pull=self.step % cfg.n_fetch == 0)
                 timings["push_s"] += time.perf_counter() - t
         finite = [v for v in losses if np.isfinite(v)]
         with self.lock:
@@ -410,29 +419,10 @@ class AveragerActor:
         return {"version": self.core.version, "samples": self.core.samples}
 
     def _val(self):
-        from distinception.data.loader import eval_batches
-
-        return eval_batches(
-            self.data_path,
-            split="val",
-            input_size=self.cfg.model.input_size,
-            batch_size=self.cfg.data.eval_batch_size,
-            scheme="center",
-            limit=self.cfg.data.val_limit,
-        )
+        return val_batches(self.cfg, self.data_path)
 
     def _bn(self):
-        from distinception.data.loader import eval_batches
-
-        batches = eval_batches(
-            self.data_path,
-            split="train",
-            input_size=self.cfg.model.input_size,
-            batch_size=self.cfg.data.eval_batch_size,
-            scheme="center",
-            limit=max(256, 4 * self.cfg.data.eval_batch_size),
-        )
-        return (views[:, 0] for views, _ in batches)
+        return bn_batches(self.cfg, self.data_path)
 
     def evaluate(self) -> dict[str, Any]:
         with self.lock:
@@ -448,6 +438,35 @@ class AveragerActor:
             if self.checkpoint_uri:
                 ckpt.save_state(self.checkpoint_uri, self.core.state_dict())
             return self.core.version
+
+
+def val_batches(cfg: JobConfig, data_path: str):
+    """The validation images every evaluation scores (center crop, `data.val_limit`)."""
+    from distinception.data.loader import eval_batches
+
+    return eval_batches(
+        data_path,
+        split="val",
+        input_size=cfg.model.input_size,
+        batch_size=cfg.data.eval_batch_size,
+        scheme="center",
+        limit=cfg.data.val_limit,
+    )
+
+
+def bn_batches(cfg: JobConfig, data_path: str):
+    """Training images (center crop) that BatchNorm statistics are recomputed on."""
+    from distinception.data.loader import eval_batches
+
+    batches = eval_batches(
+        data_path,
+        split="train",
+        input_size=cfg.model.input_size,
+        batch_size=cfg.data.eval_batch_size,
+        scheme="center",
+        limit=max(256, 4 * cfg.data.eval_batch_size),
+    )
+    return (views[:, 0] for views, _ in batches)
 
 
 def remote_shard(cfg: JobConfig) -> Any:

@@ -42,14 +42,18 @@ def to_wire(t: torch.Tensor, dtype: str) -> np.ndarray:
     return t.numpy()
 
 
-def from_wire(a: np.ndarray) -> torch.Tensor:
-    """A tensor over the received buffer, without a copy: callers only read it."""
+def from_wire(a: np.ndarray, widen: bool = True) -> torch.Tensor:
+    """A tensor over the received buffer, without a copy: callers only read it.
+
+    bf16 is widened to fp32 (one pass) unless `widen` is off, for a caller that copies it into
+    an fp32 buffer anyway (`copy_` converts on the way)."""
     with warnings.catch_warnings():
         # Object-store buffers are read-only; torch warns but reading them is safe.
         warnings.simplefilter("ignore", UserWarning)
         t = torch.from_numpy(np.asarray(a))
     if t.dtype == torch.int16:
-        return t.view(torch.bfloat16).float()
+        t = t.view(torch.bfloat16)
+        return t.float() if widen else t
     return t
 
 
@@ -145,6 +149,7 @@ class ReplicaCore:
         self.examples = 0
 
     def load_slice(self, start: int, stop: int, values: torch.Tensor) -> None:
+        """Copy pulled weights (fp32 or bf16) into the flat vector the model's parameters view."""
         with torch.no_grad():
             self.flat[start:stop].copy_(values, non_blocking=True)
 
