@@ -16,32 +16,47 @@ import torch
 
 from distinception.bench.common import LocalTrainer, open_stream
 from distinception.config import JobConfig
+from distinception.model.googlenet import build_model
 from distinception.ps.actors import RPC_TIMEOUT_S
 from distinception.ps.replica import straggle
+from distinception.ps.shard import build_optimizer, lr_factor
 
 
 class DocsParameterServer:
+    """A plain torch model and optimizer in one actor, as in the docs (our optimizer groups and
+    schedule: weight decay on conv/linear weights only, the rate decayed by examples seen)."""
+
     def __init__(self, cfg: JobConfig, num_classes: int, examples_per_epoch: int) -> None:
         torch.set_num_threads(1)
-        self.trainer = LocalTrainer(cfg, num_classes, iter(()), examples_per_epoch)
-        self.params = list(self.trainer.core.model.parameters())
-        self.updates = 0
+        if cfg.run.seed is not None:
+            torch.manual_seed(cfg.run.seed)  # the same initial weights as every other system
+        self.cfg = cfg
+        self.model = build_model(cfg.model, num_classes)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(
+            [p for p in self.params if p.dim() > 1],
+            [p for p in self.params if p.dim() <= 1],
+            cfg.ps,
+        )
+        self.seen = 0
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda _: lr_factor(self.seen, cfg.ps, examples_per_epoch)
+        )
 
     def apply_gradients(self, *gradients: list[np.ndarray]) -> dict[str, torch.Tensor]:
-        with torch.no_grad():
-            for i, p in enumerate(self.params):
-                p.grad.copy_(torch.from_numpy(np.sum([g[i] for g in gradients], axis=0)))
-        self.trainer.optimizer.step()
-        self.trainer.seen += self.trainer.cfg.data.batch_size * len(gradients)
-        self.trainer.scheduler.step()
-        self.updates += 1
+        for i, p in enumerate(self.params):
+            p.grad = torch.from_numpy(np.sum([g[i] for g in gradients], axis=0))
+        self.optimizer.step()
+        self.seen += self.cfg.data.batch_size * len(gradients)
+        self.scheduler.step()
         return self.get_weights()
 
     def get_weights(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach() for k, v in self.trainer.core.model.state_dict().items()}
+        return {k: v.detach() for k, v in self.model.state_dict().items()}
 
     def flat(self) -> torch.Tensor:
-        return self.trainer.core.flat.clone()
+        """The weights in the flat layout's order, to be scored like the other systems'."""
+        return torch.cat([p.detach().reshape(-1) for p in self.params])
 
 
 class DocsWorker:

@@ -106,8 +106,10 @@ def run_gpu(
         "replica_img_s": batch * steps / replica_s,
     }
     out["replica_vs_local"] = out["replica_img_s"] / out["local_img_s"]
+    # Multiply-adds grow with the pixel count (the few FC layers aside): exact at 224 px.
+    per_image = TRAIN_FLOPS_PER_IMAGE * (size / 224) ** 2
     for k in ("local", "replica"):
-        tflops = out[f"{k}_img_s"] * TRAIN_FLOPS_PER_IMAGE / 1e12
+        tflops = out[f"{k}_img_s"] * per_image / 1e12
         out[f"{k}_tflops"] = tflops
         out[f"{k}_mfu"] = tflops * 1e12 / peak if peak else None
     return out
