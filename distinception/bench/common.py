@@ -195,7 +195,3 @@ def line_plot(
     fig.savefig(path)
     plt.close(fig)
     return path
-
-
-def finite(values: Sequence[float]) -> bool:
-    return all(np.isfinite(v) for v in values)
