@@ -88,6 +88,7 @@ class BatchPrefetcher:
         self._wanted = threading.Semaphore(0)
         self._ready: queue.Queue[Any] = queue.Queue()
         self._outstanding = 0
+        self._error: BaseException | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="batch-prefetch", daemon=True)
         self._thread.start()
@@ -116,10 +117,13 @@ class BatchPrefetcher:
         return self
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._error is not None:  # the thread has stopped: fail again rather than hang
+            raise self._error
         self.request()
         item = self._ready.get()
         self._outstanding = 0
         if isinstance(item, BaseException):
+            self._error = item
             raise item
         x, y, self.position, self.skipped = item
         return x, y
