@@ -124,8 +124,8 @@ class ReplicaActor:
     (`BatchPrefetcher`); a communication thread serialises and sends each gradient to the shards
     and then asks them for the weights that gradient produced. The main thread loads those
     weights at the next step boundary if they have arrived; under the `none` and `scale` policies
-    it may compute one step on the weights it already has rather than wait (so its own gradients
-    are at most one version stale), under `bound:k` it always waits, so bounds stay exact.
+    it may compute one step on the weights it already has rather than wait (alone, a replica's
+    gradients are then 1-2 versions stale), under `bound:k` it always waits, so bounds stay exact.
     Each gradient is a copy tagged with the versions of the weights it was computed on.
     """
 
