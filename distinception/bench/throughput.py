@@ -158,7 +158,7 @@ def run_throughput(
     )
     cmd = f"distinception bench throughput --replicas {replicas}{' --quick' if quick else ''}"
     if recipe != "demo":
-        cmd += f" --recipe {recipe}"
+        cmd = f"run_throughput(recipe={recipe!r}, replicas={replicas})"
     lines = [
         *header(cmd, info),
         f"Model `{base.name}` ({base.model.variant} GoogLeNet, width {base.model.width}, "

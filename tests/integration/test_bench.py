@@ -35,7 +35,7 @@ def test_throughput_compares_four_systems_with_and_without_a_straggler(tmp_path)
     slow_ps = out["scenarios"]["worker 0 slowed 2x"][PS]["result"]
     assert slow_ps.replica_stats[0]["counters"]["pushes"] > 0
     text = (tmp_path / "throughput.md").read_text()
-    assert "Ray Train DDP" in text and "Command: `distinception bench throughput" in text
+    assert "Ray Train DDP" in text and "Command: `run_throughput(recipe=" in text
     _png(out["png"])
 
 
