@@ -192,6 +192,31 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from distinception.config import ConfigError
+
+    if args.bench_command == "gpu":
+        from distinception.bench.gpu import format_gpu, run_gpu
+
+        print(format_gpu(run_gpu(batch=args.batch, steps=args.steps, device=args.device)))
+        return 0
+    if args.replicas < 1:
+        raise ConfigError(f"--replicas={args.replicas}: expected an integer >= 1")
+    if args.bench_command == "throughput":
+        from distinception.bench.throughput import run_throughput as run
+    elif args.bench_command == "convergence":
+        from distinception.bench.convergence import run_convergence as run
+    else:
+        from distinception.bench.staleness import run_staleness
+
+        def run(replicas: int, quick: bool, out_dir: str) -> dict:
+            counts = tuple(sorted({1, replicas, 2 * replicas}))
+            return run_staleness(replicas=counts, quick=quick, out_dir=out_dir)
+
+    print(run(replicas=args.replicas, quick=args.quick, out_dir=args.out)["text"])
+    return 0
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from distinception.submit import Jobs, load_spec
 
@@ -386,6 +411,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_address(p)
     for p in jobs.choices.values():
         p.set_defaults(func=cmd_jobs)
+
+    bench = sub.add_parser(
+        "bench", help="measure against the alternatives (results as in BENCHMARKS.md)"
+    ).add_subparsers(dest="bench_command", required=True, metavar="SUBCOMMAND")
+    for name, text in (
+        ("throughput", "images/s: this PS vs the Ray docs pattern vs Ray Train DDP vs local"),
+        ("convergence", "top-1 error at an equal example budget, over seeds"),
+        ("staleness", "staleness against replicas and policy, and its effect on error"),
+    ):
+        p = bench.add_parser(name, help=text)
+        p.add_argument("--replicas", type=int, default=2, help="replicas/workers (default 2)")
+        p.add_argument("--quick", action="store_true", help="small sizes, a few minutes")
+        p.add_argument("--out", default="bench/results", help="where tables and PNGs go")
+        p.set_defaults(func=cmd_bench)
+    p = bench.add_parser("gpu", help="one replica vs a local torch loop on one GPU (no Ray)")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--device", default="cuda", help="cpu only checks that it runs")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 
 class ConfigError(ValueError):
     """A user mistake in a configuration value; its message is one line meant for the user."""
@@ -193,6 +191,9 @@ class PSConfig:
     elastic_wait_s: float = 900.0
     replica_resources: dict[str, float] = field(default_factory=dict)
     shard_resources: dict[str, float] = field(default_factory=dict)
+    #: Benchmark/test knob: replica 0 runs this many times slower than it could (it sleeps
+    #: (factor - 1) x its compute time after every step), to measure a straggler. 1 = off.
+    straggler_factor: float = 1.0
 
     def __post_init__(self) -> None:
         _check(1 <= self.num_shards <= 256, "num_shards", self.num_shards, "an integer in [1, 256]")
@@ -249,6 +250,12 @@ class PSConfig:
             "min_replicas",
             self.min_replicas,
             f"an integer in [1, num_replicas={self.num_replicas}]",
+        )
+        _check(
+            1 <= self.straggler_factor <= 100,
+            "straggler_factor",
+            self.straggler_factor,
+            "a number in [1, 100] (1 = no straggler)",
         )
         _check(self.elastic_wait_s > 0, "elastic_wait_s", self.elastic_wait_s, "a number > 0")
         for name in ("replica_resources", "shard_resources"):
@@ -363,6 +370,8 @@ class JobConfig:
         return dataclasses.replace(self, **sections)
 
     def to_yaml(self) -> str:
+        import yaml  # imported here: model code runs where only torch is installed
+
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
@@ -465,6 +474,8 @@ def load_yaml(path: str | Path, base: JobConfig | None = None) -> JobConfig:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"--config={str(path)!r}: expected an existing YAML file")
+    import yaml
+
     try:
         doc = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as err:
@@ -476,6 +487,8 @@ def load_yaml(path: str | Path, base: JobConfig | None = None) -> JobConfig:
 
 def apply_overrides(cfg: JobConfig, overrides: Iterable[str]) -> JobConfig:
     """Apply `section.key=value` strings; values parse as YAML scalars (1e-3, true, bound:2)."""
+    import yaml
+
     nested: dict[str, Any] = {}
     presets: dict[str, Any] = {}
     for item in overrides:

@@ -18,7 +18,8 @@ import dataclasses
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,8 @@ from distinception.config import JobConfig
 from distinception.ps import checkpoint as ckpt
 from distinception.ps.averager import AveragerCore
 from distinception.ps.layout import ParamLayout
-from distinception.ps.replica import ReplicaCore, from_wire, to_wire
+from distinception.ps.policies import StalenessPolicy
+from distinception.ps.replica import BatchPrefetcher, ReplicaCore, from_wire, straggle, to_wire
 from distinception.ps.shard import ShardCore
 
 #: A pull or push that takes longer than this is treated as a failure of that shard.
@@ -97,7 +99,7 @@ class ShardActor:
         incarnation: str,
     ) -> dict[str, Any]:
         result = self.core.apply(
-            from_wire(grad),
+            from_wire(grad, widen=False),
             base_version,
             examples=examples,
             fingerprint=fingerprint,
@@ -116,6 +118,17 @@ class ShardActor:
 
 
 class ReplicaActor:
+    """A replica's loop, with DistBelief's overlap of fetching, computing and pushing.
+
+    Three things run at once: the main thread computes; a data thread decodes the next batch
+    (`BatchPrefetcher`); a communication thread serialises and sends each gradient to the shards
+    and then asks them for the weights that gradient produced. The main thread loads those
+    weights at the next step boundary if they have arrived; under the `none` and `scale` policies
+    it may compute one step on the weights it already has rather than wait (alone, a replica's
+    gradients are then 1-2 versions stale), under `bound:k` it always waits, so bounds stay exact.
+    Each gradient is a copy tagged with the versions of the weights it was computed on.
+    """
+
     def __init__(
         self,
         index: int,
@@ -135,19 +148,28 @@ class ReplicaActor:
         self.restarted = _reconstructed()
         device = "cuda" if cfg.ps.replica_gpus > 0 and torch.cuda.is_available() else "cpu"
         self._stream_args = (data_path, num_consumers)
-        self.stream = self._open_stream(position)
-        self.core = ReplicaCore(cfg, num_classes, iter(self.stream), device=device)
+        self.data = BatchPrefetcher(self._open_stream(position))
+        self.core = ReplicaCore(cfg, num_classes, self.data, device=device)
         self.fingerprint = self.core.layout.fingerprint
         self.versions = [0] * len(shards)
         self.incarnations = [""] * len(shards)
         self.step = 0
-        self.prefetched: list[ray.ObjectRef] | None = None
+        self.max_lag = 0 if StalenessPolicy.parse(cfg.ps.staleness).kind == "bound" else 1
+        self.lag = 0
+        self.straggler = cfg.ps.straggler_factor if index == 0 else 1.0
+        self.pending_pulls: deque[Future] = deque()
+        self.comm = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replica-comm")
         self.in_flight: list[ray.ObjectRef] = []
+        self.lock = threading.Lock()
         self.counters: Counter[str] = Counter()
 
     def ready(self) -> dict[str, Any]:
         """Answers once the actor is placed and built; says on which node."""
         return {"index": self.index, "node_id": ray.get_runtime_context().get_node_id()}
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self.lock:
+            self.counters[key] += n
 
     # -- communication -------------------------------------------------------------------
     def _issue_pull(self) -> list[ray.ObjectRef]:
@@ -161,17 +183,54 @@ class ReplicaActor:
                 break
             except (RayActorError, GetTimeoutError, RayError):
                 # A shard is restarting: count it and pull again once it is back.
-                self.counters["pull_failed"] += 1
+                self._count("pull_failed")
                 time.sleep(min(2.0, 0.2 * (attempt + 1)))
                 refs = self._issue_pull()
         else:
             raise RuntimeError(f"replica {self.index}: shards unreachable for 60 pull attempts")
         for s, ((version, incarnation, _), values) in enumerate(zip(metas, arrays, strict=True)):
             start, stop = self.ranges[s]
-            self.core.load_slice(start, stop, from_wire(values))
+            self.core.load_slice(start, stop, from_wire(values, widen=False))
             self.versions[s] = version
             self.incarnations[s] = incarnation
-        self.counters["pulls"] += 1
+        self._count("pulls")
+
+    def _refs(self, future: Future, timeout: float) -> list[ray.ObjectRef] | None:
+        """The refs of a pull queued behind one of our pushes (None if sending it failed)."""
+        try:
+            return future.result(timeout=timeout)
+        except RayError:
+            self._count("push_lost")
+            return None
+
+    def _arrived(self, future: Future) -> bool:
+        if not future.done():
+            return False
+        refs = self._refs(future, 0)
+        return bool(refs) and len(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) == len(refs)
+
+    def _refresh(self) -> None:
+        """Load the newest weights that have arrived; wait for the oldest pull in flight only
+        when no more steps on the current weights are allowed."""
+        pending = self.pending_pulls
+        if not pending:
+            self._finish_pull(self._issue_pull())
+            self.lag = 0
+            return
+        for i in range(len(pending) - 1, -1, -1):
+            if self._arrived(pending[i]):
+                refs = self._refs(pending[i], 0)
+                for _ in range(i + 1):
+                    pending.popleft()
+                self._finish_pull(refs if refs else self._issue_pull())
+                self.lag = 0
+                return
+        if self.lag < self.max_lag:
+            self.lag += 1
+            return
+        refs = self._refs(pending.popleft(), RPC_TIMEOUT_S)
+        self._finish_pull(refs if refs else self._issue_pull())
+        self.lag = 0
 
     def _collect(self, keep: int) -> None:
         """Collect finished pushes, waiting only while more than `keep` are in flight."""
@@ -190,30 +249,50 @@ class ReplicaActor:
             try:
                 result = ray.get(ref)
             except RayError:
-                self.counters["push_lost"] += 1
+                self._count("push_lost")
                 continue
             if result["accepted"]:
-                self.counters["accepted"] += 1
-                self.counters["staleness_sum"] += result["staleness"]
+                self._count("accepted")
+                self._count("staleness_sum", result["staleness"])
             else:
-                self.counters[f"refused_{result['reason']}"] += 1
+                self._count(f"refused_{result['reason']}")
 
-    def _push(self) -> None:
-        grad, examples = self.core.take_gradient()
+    def _send(
+        self,
+        grad: torch.Tensor,
+        versions: list[int],
+        incarnations: list[str],
+        examples: int,
+        pull: bool,
+    ) -> list[ray.ObjectRef] | None:
+        """On the communication thread: push every shard its slice, then (if asked) pull."""
         for s, shard in enumerate(self.shards):
             start, stop = self.ranges[s]
             self.in_flight.append(
                 shard.push.remote(
                     to_wire(grad[start:stop], self.cfg.ps.transfer_dtype),
-                    self.versions[s],
+                    versions[s],
                     examples,
                     self.fingerprint,
-                    self.incarnations[s],
+                    incarnations[s],
                 )
             )
-        self.counters["pushes"] += 1
+        self._count("pushes")
+        # Issued after our push, so each shard applies our gradient before answering.
+        refs = self._issue_pull() if pull else None
         # Bounded in-flight pushes: a fast replica cannot flood a slow shard's queue.
         self._collect(keep=2 * len(self.shards))
+        return refs
+
+    def _push(self, pull: bool) -> None:
+        grad, examples = self.core.take_gradient()  # a copy: the next step may start at once
+        future = self.comm.submit(
+            self._send, grad, list(self.versions), list(self.incarnations), examples, pull
+        )
+        if pull:
+            self.pending_pulls.append(future)
+            if len(self.pending_pulls) > 2:
+                self.pending_pulls.popleft()  # superseded by the two newer ones
 
     # -- the loop --------------------------------------------------------------------------
     def train(self, steps: int) -> dict[str, Any]:
@@ -224,33 +303,27 @@ class ReplicaActor:
         losses: list[float] = []
         examples = 0
         for _ in range(steps):
-            if self.step % cfg.n_fetch == 0 or self.prefetched is not None:
-                refs = self.prefetched if self.prefetched is not None else self._issue_pull()
-                self.prefetched = None
+            if self.step % cfg.n_fetch == 0 or self.pending_pulls:
                 t = time.perf_counter()
-                batch = self.core.next_batch()  # decoding overlaps the shards' work
-                timings["data_s"] += time.perf_counter() - t
-                t = time.perf_counter()
-                self._finish_pull(refs)
+                self._refresh()
                 timings["pull_wait_s"] += time.perf_counter() - t
-            else:
-                t = time.perf_counter()
-                batch = self.core.next_batch()
-                timings["data_s"] += time.perf_counter() - t
             t = time.perf_counter()
-            losses.append(self.core.compute(batch))
-            timings["compute_s"] += time.perf_counter() - t
+            batch = self.core.next_batch()
+            timings["data_s"] += time.perf_counter() - t
+            t = time.perf_counter()
+            losses.append(self.core.compute(batch, self.data.rng, self.data.request))
+            compute_s = time.perf_counter() - t
+            timings["compute_s"] += compute_s
+            straggle(self.straggler, compute_s)
             examples += int(batch[1].shape[0])
             self.step += 1
             if self.step % cfg.n_push == 0:
                 t = time.perf_counter()
-                self._push()
-                if self.step % cfg.n_fetch == 0:
-                    # Issued after our push, so the shard applies our gradient first.
-                    self.prefetched = self._issue_pull()
+                self._push(pull=self.step % cfg.n_fetch == 0)
                 timings["push_s"] += time.perf_counter() - t
-        self._collect(keep=2 * len(self.shards))
         finite = [v for v in losses if np.isfinite(v)]
+        with self.lock:
+            counters = dict(self.counters)
         return {
             "index": self.index,
             "steps": steps,
@@ -258,9 +331,9 @@ class ReplicaActor:
             "loss": float(np.mean(finite)) if finite else float("nan"),
             "wall_s": time.perf_counter() - t0,
             "timings": dict(timings),
-            "counters": dict(self.counters),
-            "skipped": int(self.stream.skipped),
-            "position": self.stream.position(),
+            "counters": counters,
+            "skipped": self.data.skipped,
+            "position": self.data.position,
             "restarted": self.restarted,
         }
 
@@ -281,8 +354,9 @@ class ReplicaActor:
 
     def seek(self, position: dict) -> None:
         """Continue from a recorded data position (after a restart of this actor)."""
-        self.stream = self._open_stream(position)
-        self.core.batches = iter(self.stream)
+        self.data.close()
+        self.data = BatchPrefetcher(self._open_stream(position))
+        self.core.batches = self.data
         self.restarted = False
 
 
@@ -349,29 +423,10 @@ class AveragerActor:
         return {"version": self.core.version, "samples": self.core.samples}
 
     def _val(self):
-        from distinception.data.loader import eval_batches
-
-        return eval_batches(
-            self.data_path,
-            split="val",
-            input_size=self.cfg.model.input_size,
-            batch_size=self.cfg.data.eval_batch_size,
-            scheme="center",
-            limit=self.cfg.data.val_limit,
-        )
+        return val_batches(self.cfg, self.data_path)
 
     def _bn(self):
-        from distinception.data.loader import eval_batches
-
-        batches = eval_batches(
-            self.data_path,
-            split="train",
-            input_size=self.cfg.model.input_size,
-            batch_size=self.cfg.data.eval_batch_size,
-            scheme="center",
-            limit=max(256, 4 * self.cfg.data.eval_batch_size),
-        )
-        return (views[:, 0] for views, _ in batches)
+        return bn_batches(self.cfg, self.data_path)
 
     def evaluate(self) -> dict[str, Any]:
         with self.lock:
@@ -387,6 +442,35 @@ class AveragerActor:
             if self.checkpoint_uri:
                 ckpt.save_state(self.checkpoint_uri, self.core.state_dict())
             return self.core.version
+
+
+def val_batches(cfg: JobConfig, data_path: str):
+    """The validation images every evaluation scores (center crop, `data.val_limit`)."""
+    from distinception.data.loader import eval_batches
+
+    return eval_batches(
+        data_path,
+        split="val",
+        input_size=cfg.model.input_size,
+        batch_size=cfg.data.eval_batch_size,
+        scheme="center",
+        limit=cfg.data.val_limit,
+    )
+
+
+def bn_batches(cfg: JobConfig, data_path: str):
+    """Training images (center crop) that BatchNorm statistics are recomputed on."""
+    from distinception.data.loader import eval_batches
+
+    batches = eval_batches(
+        data_path,
+        split="train",
+        input_size=cfg.model.input_size,
+        batch_size=cfg.data.eval_batch_size,
+        scheme="center",
+        limit=max(256, 4 * cfg.data.eval_batch_size),
+    )
+    return (views[:, 0] for views, _ in batches)
 
 
 def remote_shard(cfg: JobConfig) -> Any:

@@ -7,8 +7,13 @@ the accumulated gradient is already the flat vector that is cut into per-shard s
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,15 +42,96 @@ def to_wire(t: torch.Tensor, dtype: str) -> np.ndarray:
     return t.numpy()
 
 
-def from_wire(a: np.ndarray) -> torch.Tensor:
-    """A tensor over the received buffer, without a copy: callers only read it."""
+def from_wire(a: np.ndarray, widen: bool = True) -> torch.Tensor:
+    """A tensor over the received buffer, without a copy: callers only read it.
+
+    bf16 is widened to fp32 (one pass) unless `widen` is off, for a caller that copies it into
+    an fp32 buffer anyway (`copy_` converts on the way)."""
     with warnings.catch_warnings():
         # Object-store buffers are read-only; torch warns but reading them is safe.
         warnings.simplefilter("ignore", UserWarning)
         t = torch.from_numpy(np.asarray(a))
     if t.dtype == torch.int16:
-        return t.view(torch.bfloat16).float()
+        t = t.view(torch.bfloat16)
+        return t.float() if widen else t
     return t
+
+
+def straggle(factor: float, compute_s: float) -> None:
+    """Benchmark knob: make one step take `factor` times its compute time (`ps.straggler_factor`).
+
+    Every system compared against the parameter server calls this same function after its
+    step, so a straggler costs each of them the same."""
+    if factor > 1.0:
+        time.sleep((factor - 1.0) * compute_s)
+
+
+class BatchPrefetcher:
+    """Decodes and augments the next batch on a thread while the caller computes.
+
+    Augmentation and dropout both draw from torch's global generator, and the stream re-seeds
+    it for every batch (so a resumed stream yields the same tensors). `rng` is held by whichever
+    side is drawing: the thread for one batch, the caller for its forward pass. The caller asks
+    for the next batch right after its forward (`request`), so decoding runs during backward and
+    communication, and neither side ever sees the other's random numbers.
+
+    `position` and `skipped` describe the batches handed out, not the one being prepared, so a
+    replica restarted from `position` continues exactly after the last batch it trained on.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.rng = threading.Lock()
+        self.position: dict = stream.position()
+        self.skipped = int(stream.skipped)
+        self._it = iter(stream)
+        self._wanted = threading.Semaphore(0)
+        self._ready: queue.Queue[Any] = queue.Queue()
+        self._outstanding = 0
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="batch-prefetch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self._wanted.acquire()
+            if self._closed:
+                return
+            try:
+                with self.rng:
+                    x, y = next(self._it)
+                    item = (x, y, self.stream.position(), int(self.stream.skipped))
+            except BaseException as err:  # handed to the caller, raised on its thread
+                self._ready.put(err)
+                return
+            self._ready.put(item)
+
+    def request(self) -> None:
+        """Start preparing one more batch (at most one is prepared ahead)."""
+        if self._outstanding == 0:
+            self._outstanding = 1
+            self._wanted.release()
+
+    def __iter__(self) -> BatchPrefetcher:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._error is not None:  # the thread has stopped: fail again rather than hang
+            raise self._error
+        self.request()
+        item = self._ready.get()
+        self._outstanding = 0
+        if isinstance(item, BaseException):
+            self._error = item
+            raise item
+        x, y, self.position, self.skipped = item
+        return x, y
+
+    def close(self) -> None:
+        self._closed = True
+        self._wanted.release()
+        self._thread.join(timeout=30)
 
 
 class ReplicaCore:
@@ -67,6 +153,7 @@ class ReplicaCore:
         self.examples = 0
 
     def load_slice(self, start: int, stop: int, values: torch.Tensor) -> None:
+        """Copy pulled weights (fp32 or bf16) into the flat vector the model's parameters view."""
         with torch.no_grad():
             self.flat[start:stop].copy_(values, non_blocking=True)
 
@@ -74,11 +161,22 @@ class ReplicaCore:
         x, y = next(self.batches)
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
-    def compute(self, batch: tuple[torch.Tensor, torch.Tensor]) -> float:
-        """Forward/backward one batch, accumulating into the flat gradient; returns the loss."""
+    def compute(
+        self,
+        batch: tuple[torch.Tensor, torch.Tensor],
+        rng: threading.Lock | None = None,
+        after_forward: Callable[[], None] | None = None,
+    ) -> float:
+        """Forward/backward one batch, accumulating into the flat gradient; returns the loss.
+
+        `rng` is held during the forward (the only part that draws random numbers: dropout);
+        `after_forward` runs between forward and backward (a prefetcher's `request`)."""
         x, y = batch
-        outputs = self.model(x)
-        loss = googlenet_loss(outputs, y, aux_weight=self.cfg.model.aux_weight)
+        with rng if rng is not None else contextlib.nullcontext():
+            outputs = self.model(x)
+            loss = googlenet_loss(outputs, y, aux_weight=self.cfg.model.aux_weight)
+        if after_forward is not None:
+            after_forward()
         loss.backward()
         self.accumulated += 1
         self.examples += int(y.shape[0])

@@ -1,0 +1,197 @@
+"""What every benchmark shares: the machine description, a private local Ray, the local training
+step the baselines run, evaluation of a plain model, markdown tables and small PNG plots."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import torch
+
+from distinception.config import ConfigError, JobConfig, from_dict
+from distinception.ps.replica import ReplicaCore
+from distinception.ps.shard import build_optimizer, lr_factor
+
+
+def machine() -> dict[str, str]:
+    """Cores, memory, GPU, versions and date, for the header of every table."""
+    import ray
+
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{os.cpu_count()} cores ({platform.processor() or platform.machine()}), "
+        f"{mem:.0f} GiB RAM, GPU: {gpu}; load average {os.getloadavg()[0]:.1f} at start",
+        "versions": f"Python {sys.version.split()[0]}, torch {torch.__version__}, "
+        f"ray {ray.__version__}",
+    }
+
+
+def header(command: str, info: dict[str, str]) -> list[str]:
+    return [
+        f"Command: `{command}`  ",
+        f"Date: {info['date']}  ",
+        f"Machine: {info['machine']}  ",
+        f"Versions: {info['versions']}",
+        "",
+    ]
+
+
+@contextlib.contextmanager
+def local_ray(num_cpus: int = 2) -> Iterator[str]:
+    """A private Ray on this machine (own temp dir, no dashboard), always shut down."""
+    import ray
+
+    with tempfile.TemporaryDirectory(prefix="dist-bench-") as tmp:
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            _temp_dir=tmp,
+            runtime_env={"env_vars": {"PYTHONPATH": _source_root()}},
+        )
+        try:
+            yield tmp
+        finally:
+            ray.shutdown()
+
+
+def _source_root() -> str:
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+
+
+def fit_cpus(cfg: JobConfig, replicas: int, cpus: float = 2.0) -> JobConfig:
+    """`cfg` with `replicas` replicas whose CPUs, with the shards' and averager's, fit `cpus`."""
+    ps = cfg.ps
+    left = cpus - ps.num_shards * ps.shard_cpus - ps.averager_cpus
+    if left <= 0:
+        raise ConfigError(f"{ps.num_shards} shards and the averager do not fit {cpus} CPUs")
+    per = min(ps.replica_cpus, round(left / replicas - 5e-4, 3))
+    return from_dict({"ps": {"num_replicas": replicas, "replica_cpus": per}}, cfg)
+
+
+def open_stream(cfg: JobConfig, data: str, consumer: int = 0, consumers: int = 1) -> Any:
+    from distinception.data.loader import TrainStream
+
+    return TrainStream(
+        data,
+        consumer=consumer,
+        num_consumers=consumers,
+        batch_size=cfg.data.batch_size,
+        recipe=cfg.recipe,
+        input_size=cfg.model.input_size,
+        seed=cfg.run.seed,
+    )
+
+
+class LocalTrainer:
+    """The step a user writes without a parameter server: the replica's own compute, then the
+    shard's optimizer (same decay groups, same schedule counted in examples) applied locally."""
+
+    def __init__(
+        self, cfg: JobConfig, num_classes: int, batches: Any, examples_per_epoch: int = 5000
+    ) -> None:
+        if cfg.run.seed is not None:
+            torch.manual_seed(cfg.run.seed)
+        self.cfg = cfg
+        self.core = ReplicaCore(cfg, num_classes, iter(batches))
+        params = dict(self.core.model.named_parameters())
+        decay = [params[e.name] for e in self.core.layout.entries if e.decay]
+        plain = [params[e.name] for e in self.core.layout.entries if not e.decay]
+        self.optimizer = build_optimizer(decay, plain, cfg.ps)
+        self.seen = 0
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda _: lr_factor(self.seen, cfg.ps, examples_per_epoch)
+        )
+
+    def step(self, batch: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
+        loss = self.core.compute(batch if batch is not None else self.core.next_batch())
+        self.optimizer.step()
+        self.seen += self.core.examples
+        self.scheduler.step()
+        self.core.grad.zero_()
+        self.core.examples = self.core.accumulated = 0
+        return loss
+
+
+def top1_error(cfg: JobConfig, data: str, num_classes: int, flat: torch.Tensor) -> float:
+    """Top-1 error of plain weights, scored exactly as the averager scores the raw PS weights."""
+    from distinception.ps.actors import bn_batches, val_batches
+    from distinception.ps.averager import AveragerCore
+
+    core = AveragerCore(from_dict({"ps": {"polyak": "off"}}, cfg), num_classes)
+    core.observe(0, flat)
+    res = core.evaluate(lambda: val_batches(cfg, data), lambda: bn_batches(cfg, data))
+    return float(res["raw_top1_error"])
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    def cell(v: Any) -> str:
+        return f"{v:,.1f}" if isinstance(v, float) else str(v)
+
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    return out + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def bar_chart(path: str, groups: dict[str, dict[str, float]], ylabel: str, title: str) -> str:
+    """Grouped bars: one group per scenario, one bar per system."""
+    plt = _pyplot()
+    systems = list(next(iter(groups.values())))
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=90)
+    width = 0.8 / len(systems)
+    for j, name in enumerate(systems):
+        xs = [i + j * width for i in range(len(groups))]
+        vals = [g.get(name, np.nan) for g in groups.values()]
+        bars = ax.bar(xs, vals, width, label=name)
+        ax.bar_label(bars, fmt="%.0f", fontsize=7)
+    ax.set_xticks([i + width * (len(systems) - 1) / 2 for i in range(len(groups))])
+    ax.set_xticklabels(list(groups))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def line_plot(
+    path: str,
+    series: dict[str, list[tuple[float, float]]],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+) -> str:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=90)
+    for name, pts in series.items():
+        if pts:
+            xs, ys = zip(*pts, strict=True)
+            ax.plot(xs, ys, marker=".", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

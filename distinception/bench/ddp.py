@@ -1,0 +1,121 @@
+"""Synchronous data-parallel training with Ray Train: `TorchTrainer`, DDP over gloo.
+
+This is what a Ray user would run instead of a parameter server. Each worker runs our replica's
+compute and the shard's optimizer locally (`LocalTrainer`) on its own share of the data; DDP
+averages the gradients every step. Rank 0 may be made a straggler with `ps.straggler_factor`,
+slowed exactly as a replica is (`straggle`), and optionally scores its weights at fixed example
+counts (the clock stops while it does).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from typing import Any
+
+import torch
+
+from distinception.bench.common import LocalTrainer, open_stream, top1_error
+from distinception.config import JobConfig, from_dict
+from distinception.ps.replica import straggle
+
+
+def _loop(config: dict[str, Any]) -> None:
+    import ray.train
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    cfg = from_dict(config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    data, num_classes = config["data"], config["num_classes"]
+    trainer = LocalTrainer(
+        cfg, num_classes, open_stream(cfg, data, rank, world), config["examples_per_epoch"]
+    )
+    trainer.core.model = torch.nn.parallel.DistributedDataParallel(trainer.core.model)
+    slow = cfg.ps.straggler_factor if rank == 0 else 1.0
+    per_step = world * cfg.data.batch_size
+
+    def step() -> None:
+        t = time.perf_counter()
+        trainer.step()
+        straggle(slow, time.perf_counter() - t)
+
+    for _ in range(config["warmup_steps"]):
+        step()
+    dist.barrier()
+    curve: list[tuple[float, int, float]] = []
+    clock, t0 = 0.0, time.perf_counter()
+    for i in range(1, config["steps"] + 1):
+        step()
+        every = config["eval_every"]
+        if every and (i % every == 0 or i == config["steps"]):
+            dist.barrier()
+            clock += time.perf_counter() - t0
+            if rank == 0:
+                err = top1_error(cfg, data, num_classes, trainer.core.flat)
+                curve.append((clock, i * per_step, err))
+            dist.barrier()
+            t0 = time.perf_counter()
+    dist.barrier()
+    clock += time.perf_counter() - t0
+    metrics = {
+        "seconds": clock,
+        "steps": config["steps"],
+        "images": config["steps"] * per_step,
+        "curve": curve,
+    }
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    # Ray Train keeps only metrics reported with a checkpoint: rank 0 reports its weights.
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(trainer.core.flat.clone(), os.path.join(tmp, "flat.pt"))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def run_ddp(
+    cfg: JobConfig,
+    data: str,
+    num_classes: int,
+    workers: int,
+    steps: int,
+    *,
+    worker_cpus: float = 0.75,
+    warmup_steps: int = 3,
+    eval_every: int = 0,
+    examples_per_epoch: int = 5000,
+) -> dict[str, Any]:
+    """Run `steps` synchronous steps on `workers` workers; images/s and updates/s exclude the
+    start-up and warm-up, and the curve (seconds, examples, top-1 error) is scored on rank 0."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    with tempfile.TemporaryDirectory(prefix="dist-ddp-") as storage:
+        trainer = TorchTrainer(
+            _loop,
+            train_loop_config={
+                "cfg": cfg.to_dict(),
+                "data": data,
+                "num_classes": num_classes,
+                "steps": steps,
+                "warmup_steps": warmup_steps,
+                "eval_every": eval_every,
+                "examples_per_epoch": examples_per_epoch,
+            },
+            torch_config=TorchConfig(backend="gloo"),
+            scaling_config=ScalingConfig(
+                num_workers=workers, use_gpu=False, resources_per_worker={"CPU": worker_cpus}
+            ),
+            run_config=RunConfig(name="ddp", storage_path=os.path.abspath(storage)),
+        )
+        result = trainer.fit()
+    m = result.metrics
+    return {
+        "images_per_s": m["images"] / m["seconds"],
+        "updates_per_s": m["steps"] / m["seconds"],
+        "seconds": m["seconds"],
+        "examples": m["images"],
+        "curve": [tuple(c) for c in m["curve"]],
+    }

@@ -1,0 +1,116 @@
+"""`distinception bench staleness`: how stale the applied gradients are, against the number of
+replicas and the staleness policy (none, scale, bound:k), and what that does to the final error
+at an equal example budget. Staleness is the shards' own histogram (versions applied between a
+replica's pull and its push), refusals are the shards' counts."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from distinception.bench.common import (
+    fit_cpus,
+    header,
+    line_plot,
+    local_ray,
+    machine,
+    markdown_table,
+)
+from distinception.config import from_dict
+from distinception.ps.coordinator import Coordinator, Hooks
+from distinception.ps.shard import histogram_quantile
+from distinception.recipes import get_recipe
+
+
+def run_staleness(
+    replicas: tuple[int, ...] = (1, 2, 4),
+    policies: tuple[str, ...] = ("none", "scale", "bound:1"),
+    quick: bool = False,
+    out_dir: str = "bench/results",
+    recipe: str | None = None,
+    budget: int | None = None,
+) -> dict[str, Any]:
+    """One training run per (replicas, policy); writes staleness.md and staleness.png."""
+    recipe = recipe or ("tiny" if quick else "demo")
+    budget = budget or (3000 if quick else 30000)
+    info = machine()
+    results: dict[tuple[int, str], Any] = {}
+    t0 = time.perf_counter()
+    with local_ray():
+        for n in replicas:
+            for policy in policies:
+                cfg = from_dict(
+                    {
+                        "ps": {"staleness": policy},
+                        "run": {
+                            "epochs": 0.0,
+                            "max_examples": budget,
+                            "max_seconds": 0.0,
+                            "eval_interval_s": 1e9,
+                            "progress": False,
+                        },
+                    },
+                    fit_cpus(get_recipe(recipe), n),
+                )
+                results[(n, policy)] = Coordinator(cfg, Hooks()).run()
+    wall = time.perf_counter() - t0
+
+    rows, series = [], {}
+    for (n, policy), res in results.items():
+        hist = {int(k): v for k, v in res.staleness_hist.items()}
+        applied = sum(hist.values())
+        mean = sum(k * v for k, v in hist.items()) / applied if applied else 0.0
+        refused = sum(res.refused.values())
+        rows.append(
+            [
+                n,
+                policy,
+                f"{mean:.2f}",
+                f"{histogram_quantile(hist, 0.5):.0f}",
+                f"{histogram_quantile(hist, 0.95):.0f}",
+                max(hist, default=0),
+                f"{refused / max(1, refused + applied):.1%}",
+                f"{100 * res.final['raw_top1_error']:.1f}%",
+                f"{100 * res.final['polyak_top1_error']:.1f}%",
+                f"{res.seconds:.0f}",
+            ]
+        )
+        series[f"N={n}, {policy}"] = [
+            (k, hist.get(k, 0) / max(1, applied)) for k in range(max(hist, default=0) + 1)
+        ]
+    os.makedirs(out_dir, exist_ok=True)
+    png = line_plot(
+        os.path.join(out_dir, "staleness.png"),
+        series,
+        "staleness (versions)",
+        "fraction of applied gradients",
+        f"{recipe} model, {budget:,} examples per run",
+    )
+    cmd = "distinception bench staleness" + (" --quick" if quick else "")
+    lines = [
+        *header(cmd, info),
+        f"Recipe `{recipe}`, {budget:,} examples per run; whole run {wall:.0f} s.",
+        "",
+        *markdown_table(
+            [
+                "replicas",
+                "policy",
+                "mean staleness",
+                "p50",
+                "p95",
+                "max",
+                "refused",
+                "raw top-1 error",
+                "Polyak top-1 error",
+                "seconds",
+            ],
+            rows,
+        ),
+        "",
+        f"![staleness]({os.path.basename(png)})",
+    ]
+    text = "\n".join(lines)
+    with open(os.path.join(out_dir, "staleness.md"), "w") as f:
+        f.write(text + "\n")
+    return {"text": text, "results": results, "png": png}

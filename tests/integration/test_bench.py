@@ -1,0 +1,90 @@
+"""`distinception bench ...` at the tiniest sizes, through the real components: the parameter
+server, the Ray docs pattern, Ray Train DDP over gloo, the local loop, the GPU script on CPU.
+Checks that the tables and plots are written and the figures are sane; never their speed."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def _png(path: str) -> None:
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert os.path.getsize(path) < 300_000
+
+
+def test_throughput_compares_four_systems_with_and_without_a_straggler(tmp_path):
+    from distinception.bench.throughput import DDP, DOCS, LOCAL, PS, run_throughput
+
+    out = run_throughput(
+        replicas=2, quick=True, out_dir=str(tmp_path), recipe="tiny", seconds=5.0, steps=8
+    )
+    assert set(out["scenarios"]) == {"all at full speed", "worker 0 slowed 2x"}
+    for res in out["scenarios"].values():
+        assert set(res) == {PS, DOCS, DDP, LOCAL}
+        for r in res.values():
+            assert r["images_per_s"] > 0 and math.isfinite(r["images_per_s"])
+            assert r["updates_per_s"] > 0 and math.isfinite(r["updates_per_s"])
+    slow_ps = out["scenarios"]["worker 0 slowed 2x"][PS]["result"]
+    assert slow_ps.replica_stats[0]["counters"]["pushes"] > 0
+    text = (tmp_path / "throughput.md").read_text()
+    assert "Ray Train DDP" in text and "Command: `run_throughput(recipe=" in text
+    _png(out["png"])
+
+
+def test_convergence_and_staleness_write_tables_and_plots(tmp_path):
+    from distinception.bench.convergence import POLYAK, RAW, run_convergence
+    from distinception.bench.staleness import run_staleness
+
+    conv = run_convergence(
+        replicas=2, quick=True, out_dir=str(tmp_path), budget=640, seeds=1, points=2
+    )
+    assert set(conv["finals"]) >= {POLYAK, RAW, "sync DDP", "local"}
+    for errs in conv["finals"].values():
+        assert all(0.0 <= e <= 1.0 for e in errs)
+    for runs in conv["curves"].values():
+        assert runs[0][-1][1] >= 600  # every system used (about) the whole budget
+    for png in conv["pngs"]:
+        _png(png)
+
+    stale = run_staleness(
+        replicas=(1, 2),
+        policies=("none", "bound:0"),
+        quick=True,
+        out_dir=str(tmp_path),
+        budget=640,
+    )
+    results = stale["results"]
+    assert set(results[(1, "bound:0")].staleness_hist) <= {0}
+    assert sum(results[(2, "none")].staleness_hist.values()) > 0
+    assert "| 2 | bound:0 |" in (tmp_path / "staleness.md").read_text()
+    _png(stale["png"])
+
+
+def test_gpu_script_runs_without_ray_on_cpu():
+    code = (
+        "import sys; sys.modules['ray'] = None; sys.modules['mlflow'] = None\n"
+        "from distinception.bench.gpu import main\n"
+        "main(['--device', 'cpu', '--batch', '2', '--steps', '1', '--size', '32'])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "replica (flat buffers" in proc.stdout and "Replica / local" in proc.stdout
+
+
+def test_bench_command_rejects_bad_replicas():
+    proc = subprocess.run(
+        [sys.executable, "-m", "distinception.cli", "bench", "throughput", "--replicas", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("distinception: error: --replicas=0: expected an integer >= 1")
