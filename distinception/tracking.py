@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import platform
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -37,10 +38,26 @@ def tracking_uri(cfg: JobConfig) -> str:
     )
 
 
+_USERINFO = re.compile(r"([A-Za-z][\w+.-]*://[^/@\s:]*):[^/@\s]+@")
+_SECRET_QUERY = re.compile(
+    r"(?i)([?&](?:token|access_token|api_key|key|secret|password|sig|signature|"
+    r"x-amz-signature|x-amz-credential|x-amz-security-token)=)[^&\s]+"
+)
+
+
+def redact(text: str) -> str:
+    """Hide passwords in URIs (user:secret@host) and secret query parameters.
+
+    Tracking URIs and data paths may carry credentials; params, artifacts and printed reports
+    get this form, so a secret never ends up in the tracking store or a terminal log.
+    """
+    return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub(r"\1:***@", text))
+
+
 def ui_command(uri: str) -> str:
     if uri.startswith("sqlite:"):
         return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1"
-    return f"open {uri} in a browser"
+    return f"open {redact(uri)} in a browser"
 
 
 def setup(cfg: JobConfig) -> str:
@@ -99,18 +116,18 @@ class MlflowHooks(Hooks):
             experiment_id, run_name=cfg.tracking.run_name or cfg.name, tags=tags
         )
         self.run_id = run.info.run_id
-        params = {k: str(v) for k, v in cfg.flat().items()}
+        params = {k: redact(str(v)) for k, v in cfg.flat().items()}
         params |= {
             "info.params": str(info["params"]),
             "info.num_classes": str(info["num_classes"]),
             "info.train_examples": str(info["train_examples"]),
-            "info.data_path": str(info["data_path"]),
+            "info.data_path": redact(str(info["data_path"])),
         }
         items = sorted(params.items())
         for i in range(0, len(items), 100):
             batch = [mlflow.entities.Param(k, v) for k, v in items[i : i + 100]]
             self.client.log_batch(self.run_id, params=batch)
-        self.client.log_text(self.run_id, cfg.to_yaml(), "config.yaml")
+        self.client.log_text(self.run_id, redact(cfg.to_yaml()), "config.yaml")
         return self.run_id
 
     def on_metrics(self, metrics: dict[str, float], step: int) -> None:
@@ -220,4 +237,11 @@ def plot_history(result: TrainResult):
     return Image.open(buf).convert("RGB")
 
 
-__all__ = ["MlflowHooks", "default_tracking_uri", "setup", "tracking_uri", "ui_command"]
+__all__ = [
+    "MlflowHooks",
+    "default_tracking_uri",
+    "redact",
+    "setup",
+    "tracking_uri",
+    "ui_command",
+]
