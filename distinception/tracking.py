@@ -168,7 +168,7 @@ class MlflowHooks(Hooks):
 
 
 def log_model(run_id: str, model: torch.nn.Module, cfg: JobConfig) -> None:
-    """The averaged model as an MLflow PyTorch model, loadable with `mlflow.pytorch.load_model`.
+    """The averaged model as an MLflow PyTorch model, loadable with `load_model` below.
 
     Saved as a `torch.export` program ("pt2"), not a pickle: loading it runs no arbitrary code,
     and the loaded model is the inference graph (logits only, eval mode). The example has a
@@ -187,6 +187,26 @@ def log_model(run_id: str, model: torch.nn.Module, cfg: JobConfig) -> None:
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "torchvision"],
             registered_model_name=cfg.tracking.register_as or None,
         )
+
+
+def load_model(model_uri: str) -> torch.nn.Module:
+    """A logged model (`runs:/ID/model`, a local path, ...) loaded with MLflow's pickle guard on.
+
+    MLflow 3.17 allows pickle by default; with the guard on it loads a `pt2` archive only after
+    checking every record is plain data, so a tampered model in a shared store cannot run code.
+    """
+    import mlflow.pytorch
+    from mlflow.environment_variables import MLFLOW_ALLOW_PICKLE_DESERIALIZATION as guard
+
+    before = os.environ.get(guard.name)
+    os.environ[guard.name] = "false"
+    try:
+        return mlflow.pytorch.load_model(model_uri)
+    finally:
+        if before is None:
+            os.environ.pop(guard.name, None)
+        else:
+            os.environ[guard.name] = before
 
 
 def _result_dict(result: TrainResult) -> dict[str, Any]:
@@ -240,6 +260,7 @@ def plot_history(result: TrainResult):
 __all__ = [
     "MlflowHooks",
     "default_tracking_uri",
+    "load_model",
     "redact",
     "setup",
     "tracking_uri",
