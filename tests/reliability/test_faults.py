@@ -33,17 +33,6 @@ from distinception.tracking import MlflowHooks
 
 pytestmark = pytest.mark.integration
 
-SEED = int(os.environ.get("DISTINCEPTION_FAULT_SEED", "20261122"))
-REPORT = os.environ.get("DISTINCEPTION_FAULT_REPORT", "")
-
-
-def _report(name: str, figures: dict) -> None:
-    """Measured figures go to stdout and, when asked, to a JSON-lines file for RELIABILITY.md."""
-    print(f"{name}: {json.dumps(figures, sort_keys=True)}")
-    if REPORT:
-        with open(REPORT, "a") as f:
-            f.write(json.dumps({"test": name, "seed": SEED} | figures) + "\n")
-
 
 def tiny_cfg(data: str, uri: str, **sections):
     values = {"data": {"path": data}, "tracking": {"tracking_uri": uri}}
@@ -175,7 +164,7 @@ def _one_run(uri: str) -> object:
 
 
 def test_seeded_replica_shard_and_averager_kills_in_one_run(
-    ray_local, easy_data, mlflow_uri, tmp_path
+    ray_local, easy_data, mlflow_uri, tmp_path, fault_seed, report
 ):
     budget = 5000
     cfg = tiny_cfg(
@@ -184,7 +173,9 @@ def test_seeded_replica_shard_and_averager_kills_in_one_run(
         run={"max_examples": budget, "checkpoint_interval_s": 1.0, "eval_interval_s": 4.0},
     )
     directory = tmp_path / "ckpt"
-    hooks = FaultInjector(MlflowHooks(cfg), SEED, budget, ["replica", "shard", "averager"], cfg)
+    hooks = FaultInjector(
+        MlflowHooks(cfg), fault_seed, budget, ["replica", "shard", "averager"], cfg
+    )
     coordinator = Coordinator(cfg, hooks, checkpoint_dir=str(directory))
     hooks.coordinator = coordinator
     result = coordinator.run()
@@ -208,7 +199,7 @@ def test_seeded_replica_shard_and_averager_kills_in_one_run(
     assert progress["examples"] == result.examples
 
     updates_per_s = result.updates / result.seconds
-    _report(
+    report(
         "in_run_faults",
         {
             "plan": [(f.target, f.index, f.after, f.fired_at) for f in hooks.plan],
@@ -273,8 +264,10 @@ def _driver(args: list[str], ray_root: Path, cwd: Path) -> subprocess.Popen:
     )
 
 
-def test_driver_process_sigkilled_then_resumed_into_one_run(tiny_data, mlflow_uri, tmp_path):
-    rng = random.Random(SEED)
+def test_driver_process_sigkilled_then_resumed_into_one_run(
+    tiny_data, mlflow_uri, tmp_path, fault_seed, report
+):
+    rng = random.Random(fault_seed)
     directory = tmp_path / "ckpt"
     interval = 2.0
     # Ray's socket paths must stay under 108 bytes: a short root of its own, not under tmp_path.
@@ -350,7 +343,7 @@ def test_driver_process_sigkilled_then_resumed_into_one_run(tiny_data, mlflow_ur
     # The shards died with the driver, so their versions at the kill are known only from the
     # last logged metric (a lower bound) and the update rate times the checkpoint's age.
     age = killed_at - progress["time"]
-    _report(
+    report(
         "driver_sigkill",
         {
             "checkpoint_interval_s": interval,
