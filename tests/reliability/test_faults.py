@@ -356,3 +356,22 @@ def test_driver_process_sigkilled_then_resumed_into_one_run(
             "ray_processes_left_by_killed_driver": lingering,
         },
     )
+
+
+def test_a_checkpoint_write_that_fails_midway_leaves_the_old_file_whole(tmp_path, monkeypatch):
+    """A crash between writing and renaming (here: the disk fails at fsync) must leave the
+    previous checkpoint loadable and no temporary behind."""
+    import torch
+
+    uri = str(tmp_path / "shard-0.pt")
+    ckpt.save_state(uri, {"flat": torch.ones(4), "version": 1})
+
+    def failing_fsync(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="No space left"):
+        ckpt.save_state(uri, {"flat": torch.zeros(4), "version": 2})
+    monkeypatch.undo()
+    assert ckpt.load_state(uri)["version"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-0.pt"]
