@@ -393,11 +393,16 @@ _SECTIONS: dict[str, type] = {
 }
 
 
-def _unknown(name: str, key: str, allowed: Iterable[str]) -> ConfigError:
+def _shown(name: str) -> str:
+    """A key as typed, or its repr when it holds characters that would break the line."""
+    return name if name.isprintable() else repr(name)
+
+
+def _unknown(name: str, key: Any, allowed: Iterable[str]) -> ConfigError:
     allowed = sorted(allowed)
-    hint = difflib.get_close_matches(key, allowed, n=1)
+    hint = difflib.get_close_matches(str(key), allowed, n=1)
     also = f" (did you mean {hint[0]!r}?)" if hint else ""
-    return ConfigError(f"{name}: unknown key{also}; expected one of " + ", ".join(allowed))
+    return ConfigError(f"{_shown(name)}: unknown key{also}; expected one of " + ", ".join(allowed))
 
 
 def _coerce(name: str, value: Any, annotation: Any) -> Any:
@@ -422,7 +427,11 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
     if target is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             _fail(name, value, "a number")
-        if not math.isfinite(float(value)):
+        try:
+            value = float(value)
+        except OverflowError:
+            _fail(name, value, "a finite number")
+        if not math.isfinite(value):
             _fail(name, value, "a finite number")
         return float(value)
     if target is str:
@@ -477,7 +486,11 @@ def load_yaml(path: str | Path, base: JobConfig | None = None) -> JobConfig:
     import yaml
 
     try:
-        doc = yaml.safe_load(p.read_text()) or {}
+        doc = yaml.safe_load(p.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"--config={str(path)!r}: not UTF-8 text (byte {err.start}); expected a YAML file"
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

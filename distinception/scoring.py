@@ -58,7 +58,7 @@ def evaluate_target(
     path = data_path or resolve_data(cfg.data)
     size = cfg.model.input_size
     t0 = time.perf_counter()
-    models = [tracking.load_model(uri, m) for m in members]
+    models = [tracking.load_model(m, uri) for m in members]
     by_scheme = {}
     for scheme in dict.fromkeys(schemes):
         crops = SCHEMES[scheme]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import platform
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -39,10 +40,26 @@ def tracking_uri(cfg: JobConfig) -> str:
     )
 
 
+_USERINFO = re.compile(r"([A-Za-z][\w+.-]*://[^/@\s:]*):[^/@\s]+@")
+_SECRET_QUERY = re.compile(
+    r"(?i)([?&](?:token|access_token|api_key|key|secret|password|sig|signature|"
+    r"x-amz-signature|x-amz-credential|x-amz-security-token)=)[^&\s]+"
+)
+
+
+def redact(text: str) -> str:
+    """Hide passwords in URIs (user:secret@host) and secret query parameters.
+
+    Tracking URIs and data paths may carry credentials; params, artifacts and printed reports
+    get this form, so a secret never ends up in the tracking store or a terminal log.
+    """
+    return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub(r"\1:***@", text))
+
+
 def ui_command(uri: str) -> str:
     if uri.startswith("sqlite:"):
         return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1"
-    return f"open {uri} in a browser"
+    return f"open {redact(uri)} in a browser"
 
 
 def setup(cfg: JobConfig) -> str:
@@ -107,18 +124,18 @@ class MlflowHooks(Hooks):
             experiment_id, run_name=cfg.tracking.run_name or cfg.name, tags=tags
         )
         self.run_id = run.info.run_id
-        params = {k: str(v) for k, v in cfg.flat().items()}
+        params = {k: redact(str(v)) for k, v in cfg.flat().items()}
         params |= {
             "info.params": str(info["params"]),
             "info.num_classes": str(info["num_classes"]),
             "info.train_examples": str(info["train_examples"]),
-            "info.data_path": str(info["data_path"]),
+            "info.data_path": redact(str(info["data_path"])),
         }
         items = sorted(params.items())
         for i in range(0, len(items), 100):
             batch = [mlflow.entities.Param(k, v) for k, v in items[i : i + 100]]
             self.client.log_batch(self.run_id, params=batch)
-        self.client.log_text(self.run_id, cfg.to_yaml(), "config.yaml")
+        self.client.log_text(self.run_id, redact(cfg.to_yaml()), "config.yaml")
         return self.run_id
 
     def on_metrics(self, metrics: dict[str, float], step: int) -> None:
@@ -161,7 +178,7 @@ class MlflowHooks(Hooks):
 
 
 def log_model(run_id: str, model: torch.nn.Module, cfg: JobConfig) -> None:
-    """The averaged model as an MLflow PyTorch model, loadable with `mlflow.pytorch.load_model`.
+    """The averaged model as an MLflow PyTorch model, loadable with `load_model` below.
 
     Saved as a `torch.export` program ("pt2"), not a pickle: loading it runs no arbitrary code,
     and the loaded model is the inference graph (logits only, eval mode). The example has a
@@ -180,6 +197,29 @@ def log_model(run_id: str, model: torch.nn.Module, cfg: JobConfig) -> None:
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "torchvision"],
             registered_model_name=cfg.tracking.register_as or None,
         )
+
+
+def load_model(model_uri: str, uri: str | None = None) -> torch.nn.Module:
+    """A logged model (`runs:/ID/model`, a local path, ...) loaded with MLflow's pickle guard on;
+    `uri` is the tracking store that resolves `runs:/` and `models:/` URIs.
+
+    MLflow 3.17 allows pickle by default; with the guard on it loads a `pt2` archive only after
+    checking every record is plain data, so a tampered model in a shared store cannot run code.
+    """
+    import mlflow.pytorch
+    from mlflow.environment_variables import MLFLOW_ALLOW_PICKLE_DESERIALIZATION as guard
+
+    if uri:
+        mlflow.set_tracking_uri(uri)
+    before = os.environ.get(guard.name)
+    os.environ[guard.name] = "false"
+    try:
+        return mlflow.pytorch.load_model(model_uri)
+    finally:
+        if before is None:
+            os.environ.pop(guard.name, None)
+        else:
+            os.environ[guard.name] = before
 
 
 def _result_dict(result: TrainResult) -> dict[str, Any]:
@@ -242,7 +282,7 @@ def start_parent_run(cfg: JobConfig, kind: str, name: str, params: dict[str, Any
     experiment_id = setup(cfg)
     client = MlflowClient(tracking_uri(cfg))
     run = client.create_run(experiment_id, run_name=name, tags=run_tags() | {KIND_TAG: kind})
-    items = sorted((k, str(v)[:6000]) for k, v in params.items())
+    items = sorted((k, redact(str(v))[:6000]) for k, v in params.items())
     for i in range(0, len(items), 100):
         batch = [mlflow.entities.Param(k, v) for k, v in items[i : i + 100]]
         client.log_batch(run.info.run_id, params=batch)
@@ -346,12 +386,6 @@ def model_run_id(uri: str, model_uri: str) -> str:
     return info.run_id
 
 
-def load_model(uri: str, model_uri: str) -> torch.nn.Module:
-    """A logged averaged model, ready for inference (the exported graph, logits out)."""
-    mlflow.set_tracking_uri(uri)
-    return mlflow.pytorch.load_model(model_uri)
-
-
 def run_exists(uri: str, run_id: str) -> bool:
     try:
         MlflowClient(uri).get_run(run_id)
@@ -377,6 +411,7 @@ __all__ = [
     "log_text",
     "model_run_id",
     "read_json_artifact",
+    "redact",
     "run_config",
     "run_exists",
     "run_kind",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from distinception.config import JobConfig
 from distinception.ps.coordinator import Coordinator, TrainResult, load_progress_config
-from distinception.tracking import MlflowHooks, tracking_uri, ui_command
+from distinception.tracking import MlflowHooks, redact, tracking_uri, ui_command
 
 
 def train(
@@ -48,6 +48,6 @@ def format_report(cfg: JobConfig, result: TrainResult) -> str:
     if result.checkpoint_dir:
         lines.append(f"  checkpoint: {result.checkpoint_dir} (resume with --resume)")
     uri = tracking_uri(cfg)
-    lines.append(f"  MLflow run {result.run_id} in {uri}")
+    lines.append(f"  MLflow run {result.run_id} in {redact(uri)}")
     lines.append(f"  open it with: {ui_command(uri)}")
     return "\n".join(lines)

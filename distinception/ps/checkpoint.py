@@ -7,14 +7,24 @@ and only then renamed over the old file. Loading never unpickles arbitrary objec
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import pickle
 import uuid
+import zipfile
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import torch
+
+from distinception.config import ConfigError
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint file that is missing, damaged or not a weights-only checkpoint (one line)."""
 
 
 def _resolve(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -32,22 +42,42 @@ def write_bytes(uri: str, data: bytes) -> None:
     parent = path.rsplit("/", 1)[0]
     fs.create_dir(parent, recursive=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    if isinstance(fs, pafs.LocalFileSystem):
-        with open(tmp, "wb") as f:
+    try:
+        if isinstance(fs, pafs.LocalFileSystem):
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            # The rename itself is durable only once the directory entry is on disk.
+            fd = os.open(parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            return
+        with fs.open_output_stream(tmp) as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        return
-    with fs.open_output_stream(tmp) as f:
-        f.write(data)
-    fs.move(tmp, path)
+        fs.move(tmp, path)
+    except BaseException:
+        # A failed write leaves the previous file as it was and no temporary behind.
+        with contextlib.suppress(OSError, pa.ArrowException):
+            fs.delete_file(tmp)
+        raise
 
 
 def read_bytes(uri: str) -> bytes:
     fs, path = _resolve(uri)
-    with fs.open_input_stream(path) as f:
-        return f.read()
+    try:
+        with fs.open_input_stream(path) as f:
+            return f.read()
+    except (OSError, pa.ArrowException) as err:
+        raise CheckpointError(f"checkpoint {uri}: cannot be read ({_first_line(err)})") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
 
 
 def exists(uri: str) -> bool:
@@ -62,7 +92,18 @@ def save_state(uri: str, state: dict[str, Any]) -> None:
 
 
 def load_state(uri: str) -> dict[str, Any]:
-    return torch.load(io.BytesIO(read_bytes(uri)), weights_only=True, map_location="cpu")
+    data = read_bytes(uri)
+    try:
+        state = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
+        # weights_only refuses any pickle that would import or call something: a tampered file
+        # fails here instead of running code.
+        raise CheckpointError(
+            f"checkpoint {uri}: not a weights-only torch checkpoint ({_first_line(err)})"
+        ) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {uri}: holds a {type(state).__name__}, expected a dict")
+    return state
 
 
 def save_json(uri: str, obj: dict[str, Any]) -> None:
@@ -70,4 +111,18 @@ def save_json(uri: str, obj: dict[str, Any]) -> None:
 
 
 def load_json(uri: str) -> dict[str, Any]:
-    return json.loads(read_bytes(uri))
+    try:
+        doc = json.loads(read_bytes(uri))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"checkpoint {uri}: not valid JSON ({_first_line(err)})") from None
+    if not isinstance(doc, dict):
+        raise CheckpointError(f"checkpoint {uri}: expected a JSON object")
+    return doc
+
+
+def check_loadable(directory: str, names: list[str]) -> None:
+    """Load each named file that exists, so a damaged checkpoint fails before any actor starts."""
+    for name in names:
+        uri = join(directory, name)
+        if exists(uri):
+            load_state(uri)

@@ -22,7 +22,7 @@ from typing import Any
 
 import ray
 import torch
-from ray.exceptions import GetTimeoutError, RayActorError, RayError
+from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 
 from distinception.config import ConfigError, JobConfig, from_dict
 from distinception.ps import checkpoint as ckpt
@@ -95,11 +95,22 @@ def object_store_bytes() -> int:
 def resolve_data(cfg: JobConfig) -> tuple[str, int, int]:
     """(shard path, number of classes, training examples), generating the built-in set if needed."""
     from distinception.data.generated import resolve_data as data_path
-    from distinception.data.shards import open_manifest
+    from distinception.data.shards import DataError, open_manifest, verify
 
     path = data_path(cfg.data)
     manifest = open_manifest(path)
-    return path, manifest.num_classes, int(manifest.counts["train"])
+    # Files, sizes and row counts against the manifest (footers only), here rather than in
+    # the actors, where a bad set would only show as actors dying.
+    verify(manifest, splits=["train", "val"], labels=False)
+    train, val = int(manifest.counts["train"]), int(manifest.counts["val"])
+    if train < cfg.ps.num_replicas:
+        raise DataError(
+            f"data path {path!r}: {train} training images, too few for "
+            f"ps.num_replicas={cfg.ps.num_replicas}"
+        )
+    if val < 1:
+        raise DataError(f"data path {path!r}: the val split is empty; expected images to score")
+    return path, manifest.num_classes, train
 
 
 def init_ray(address: str | None) -> bool:
@@ -187,6 +198,12 @@ class Coordinator:
         try:
             return self._run()
         except BaseException as err:
+            # A user mistake found inside an actor (bad data) reaches the caller as itself, one
+            # line, not wrapped in the remote traceback.
+            cause = err.cause if isinstance(err, RayTaskError) else None
+            if isinstance(cause, ConfigError):
+                self.hooks.on_failure(cause)
+                raise cause from None
             self.hooks.on_failure(err)
             raise
         finally:
@@ -568,4 +585,9 @@ def load_progress_config(checkpoint_dir: str) -> JobConfig:
             f"--resume={checkpoint_dir!r}: expected a checkpoint directory holding progress.json"
         )
     progress = ckpt.load_json(uri)
-    return from_dict(progress["config"])
+    if not isinstance(progress.get("config"), dict):
+        raise ConfigError(f"--resume={checkpoint_dir!r}: progress.json holds no job config")
+    cfg = from_dict(progress["config"])
+    names = [f"shard-{i}.pt" for i in range(cfg.ps.num_shards)] + ["averager.pt"]
+    ckpt.check_loadable(checkpoint_dir, names)
+    return cfg

@@ -97,6 +97,7 @@ class ShardCore:
         self.staleness_hist: Counter[int] = Counter()
         self.recent_hist: Counter[int] = Counter()
         self.refused: Counter[str] = Counter()
+        self.clipped = 0
 
     @property
     def size(self) -> int:
@@ -117,21 +118,31 @@ class ShardCore:
     ) -> PushResult:
         """Validate, then apply one gradient slice computed on weights of `base_version`."""
         staleness = max(0, self.version - base_version)
-        reason = ""
+        reason, norm = "", 0.0
         if fingerprint != self.fingerprint:
             reason = "layout"
         elif grad.dim() != 1 or grad.numel() != self.size:
             reason = "length"
         elif incarnation != self.incarnation:
             reason = "restarted"
-        elif not bool(torch.isfinite(grad).all()):
-            reason = "nonfinite"
+        else:
+            # One pass gives both checks: the norm is NaN/inf if any element is, and inf when
+            # the gradient is so large its squares overflow float32.
+            norm = float(torch.linalg.vector_norm(grad))
+            if not math.isfinite(norm):
+                reason = "nonfinite"
         accept, scale = self.policy.decide(staleness) if not reason else (False, 0.0)
         if not reason and not accept:
             reason = "stale"
         if reason:
             self.refused[reason] += 1
             return PushResult(False, reason, staleness, self.version)
+        clip = self.ps.clip_norm
+        if clip > 0 and norm > clip:
+            # Replicas clip the whole gradient to clip_norm, so an honest slice never exceeds
+            # it; a larger one comes from a replica that did not, and is scaled down here.
+            scale *= clip / norm
+            self.clipped += 1
         self.grad.copy_(grad)
         if scale != 1.0:
             self.grad.mul_(scale)
@@ -151,6 +162,7 @@ class ShardCore:
             "lr": self.lr,
             "incarnation": self.incarnation,
             "refused": dict(self.refused),
+            "clipped": self.clipped,
             "staleness_hist": dict(self.staleness_hist),
             "recent_hist": dict(self.recent_hist),
         }

@@ -1,0 +1,377 @@
+"""Seeded fault injection into real runs: replicas, shards, the averager and the driver process.
+
+After every fault the run completes, MLflow holds one coherent run, checkpoints load, and the
+updates lost are measured: a restarted shard loses what it applied since its last checkpoint,
+a killed driver what every shard applied since the last `progress.json`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+
+from distinception.config import from_dict
+from distinception.ps import checkpoint as ckpt
+from distinception.ps.actors import RPC_TIMEOUT_S
+from distinception.ps.coordinator import Coordinator, Hooks
+from distinception.recipes import get_recipe
+from distinception.tracking import MlflowHooks
+
+pytestmark = pytest.mark.integration
+
+
+def tiny_cfg(data: str, uri: str, **sections):
+    values = {"data": {"path": data}, "tracking": {"tracking_uri": uri}}
+    for key, value in sections.items():
+        values.setdefault(key, {}).update(value)
+    return from_dict(values, get_recipe("tiny"))
+
+
+def _wait_until(pred, timeout: float = RPC_TIMEOUT_S, every: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+@dataclass
+class Fault:
+    target: str  # replica | shard | averager
+    index: int
+    after: int  # examples seen when it fires
+    fired_at: int | None = None
+    figures: dict = field(default_factory=dict)
+
+
+class FaultInjector(Hooks):
+    """Wraps real hooks; kills real actors at seeded random points of the run.
+
+    The plan is drawn from `seed` only, so a failing run is repeated exactly by its seed.
+    Each kill is `ray.kill(no_restart=False)`: the process dies as in a crash and Ray restarts
+    it under its `max_restarts`.
+    """
+
+    def __init__(self, inner: Hooks, seed: int, budget: int, targets: list[str], cfg) -> None:
+        self.inner = inner
+        rng = random.Random(seed)
+        points = sorted(rng.randint(budget // 6, budget * 3 // 4) for _ in targets)
+        self.plan = [
+            Fault(
+                t,
+                rng.randrange(
+                    cfg.ps.num_replicas
+                    if t == "replica"
+                    else cfg.ps.num_shards
+                    if t == "shard"
+                    else 1
+                ),
+                p,
+            )
+            for t, p in zip(rng.sample(targets, len(targets)), points, strict=True)
+        ]
+        self.coordinator: Coordinator | None = None
+
+    def on_start(self, cfg, info):
+        return self.inner.on_start(cfg, info)
+
+    def on_metrics(self, metrics, step):
+        self.inner.on_metrics(metrics, step)
+        for fault in self.plan:
+            if fault.fired_at is None and step >= fault.after and self.coordinator is not None:
+                fault.fired_at = step
+                getattr(self, f"_kill_{fault.target}")(fault)
+                break  # one fault per stats tick: the next waits for the system to settle
+
+    def on_checkpoint(self, directory, progress):
+        self.inner.on_checkpoint(directory, progress)
+
+    def on_end(self, result, model):
+        self.inner.on_end(result, model)
+
+    def on_failure(self, error):
+        self.inner.on_failure(error)
+
+    def _kill_replica(self, fault: Fault) -> None:
+        ray.kill(self.coordinator.replicas[fault.index], no_restart=False)
+
+    def _kill_shard(self, fault: Fault) -> None:
+        shard = self.coordinator.shards[fault.index]
+        before = ray.get(shard.stats.remote(), timeout=RPC_TIMEOUT_S)["version"]
+        ray.kill(shard, no_restart=False)
+        info = _wait_until(lambda: _ready_after_restart(shard))
+        fault.figures = {
+            "version_at_kill": before,
+            "restored_version": info["restored_from"],
+            "updates_lost": before - info["restored_from"],
+        }
+
+    def _kill_averager(self, fault: Fault) -> None:
+        averager = self.coordinator.averager
+        ray.kill(averager, no_restart=False)
+        # The restarted averager reloads averager.pt and starts sampling again by itself.
+        fault.figures = _wait_until(lambda: _evaluate_after_restart(averager))
+
+
+def _ready_after_restart(shard):
+    try:
+        info = ray.get(shard.ready.remote(), timeout=10)
+    except ray.exceptions.RayError:
+        return None
+    return info if info["restarts"] else None
+
+
+def _evaluate_after_restart(averager):
+    try:
+        res = ray.get(averager.evaluate.remote(), timeout=30)
+    except ray.exceptions.RayError:
+        return None
+    return {"polyak_samples_after_restart": res["polyak_samples"]}
+
+
+def _checkpoint_is_whole(directory: Path, num_shards: int) -> dict:
+    assert not list(directory.glob("*.tmp-*")), "a temporary checkpoint file was left behind"
+    progress = ckpt.load_json(str(directory / "progress.json"))
+    for i in range(num_shards):
+        state = ckpt.load_state(str(directory / f"shard-{i}.pt"))
+        assert state["version"] >= progress["versions"][i]
+    ckpt.load_state(str(directory / "averager.pt"))
+    return progress
+
+
+def _one_run(uri: str) -> object:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("distinception")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    return runs[0]
+
+
+def test_seeded_replica_shard_and_averager_kills_in_one_run(
+    ray_local, easy_data, mlflow_uri, tmp_path, fault_seed, report
+):
+    budget = 5000
+    cfg = tiny_cfg(
+        easy_data,
+        mlflow_uri,
+        run={"max_examples": budget, "checkpoint_interval_s": 1.0, "eval_interval_s": 4.0},
+    )
+    directory = tmp_path / "ckpt"
+    hooks = FaultInjector(
+        MlflowHooks(cfg), fault_seed, budget, ["replica", "shard", "averager"], cfg
+    )
+    coordinator = Coordinator(cfg, hooks, checkpoint_dir=str(directory))
+    hooks.coordinator = coordinator
+    result = coordinator.run()
+
+    assert all(f.fired_at is not None for f in hooks.plan), hooks.plan
+    assert result.examples >= budget
+    assert result.faults["replica_failures"] >= 1
+    assert result.faults["shard_restarts"] >= 1
+    shard = next(f for f in hooks.plan if f.target == "shard")
+    # The restarted shard came back from its checkpoint, not from its initial weights.
+    assert shard.figures["restored_version"] > 0
+    averager = next(f for f in hooks.plan if f.target == "averager")
+    assert result.final["polyak_samples"] > averager.figures["polyak_samples_after_restart"]
+    assert result.final["polyak_top1_error"] < 0.75
+
+    run = _one_run(mlflow_uri)
+    assert run.info.run_id == result.run_id and run.info.status == "FINISHED"
+    steps = [m.step for m in MlflowClient(mlflow_uri).get_metric_history(run.info.run_id, "loss")]
+    assert steps == sorted(steps) and len(steps) >= 3
+    progress = _checkpoint_is_whole(directory, cfg.ps.num_shards)
+    assert progress["examples"] == result.examples
+
+    updates_per_s = result.updates / result.seconds
+    report(
+        "in_run_faults",
+        {
+            "plan": [(f.target, f.index, f.after, f.fired_at) for f in hooks.plan],
+            "shard_updates_lost": shard.figures["updates_lost"],
+            "shard_updates_per_s": round(updates_per_s, 1),
+            "checkpoint_interval_s": cfg.run.checkpoint_interval_s,
+            "faults": result.faults,
+            "refused": result.refused,
+        },
+    )
+
+
+# -- the driver process itself -------------------------------------------------------------
+
+
+def _session_pids(root: Path) -> list[int]:
+    """Processes whose command line names `root`: the Ray started by one driver, and no other."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if str(root) in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def _stop_session(root: Path) -> int:
+    """SIGTERM, then SIGKILL, exactly the processes of the Ray session under `root`."""
+    pids = _session_pids(root)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _session_pids(root):
+            time.sleep(0.2)
+        pids = _session_pids(root)
+        if not pids:
+            break
+    return len(pids)
+
+
+def _saved_examples(directory: Path) -> int:
+    path = directory / "progress.json"
+    return int(json.loads(path.read_text())["examples"]) if path.exists() else 0
+
+
+def _driver(args: list[str], ray_root: Path, cwd: Path) -> subprocess.Popen:
+    env = dict(os.environ, RAY_TMPDIR=str(ray_root), RAY_USAGE_STATS_ENABLED="0")
+    ray_root.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "distinception.cli", "train", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_driver_process_sigkilled_then_resumed_into_one_run(
+    tiny_data, mlflow_uri, tmp_path, fault_seed, report
+):
+    rng = random.Random(fault_seed)
+    directory = tmp_path / "ckpt"
+    interval = 2.0
+    # Ray's socket paths must stay under 108 bytes: a short root of its own, not under tmp_path.
+    roots = Path(tempfile.mkdtemp(prefix="dr-", dir="/tmp"))
+    first_root = roots / "a"
+    proc = _driver(
+        [
+            "--recipe",
+            "tiny",
+            "--set",
+            f"data.path={tiny_data}",
+            "--set",
+            f"tracking.tracking_uri={mlflow_uri}",
+            "--set",
+            "run.max_examples=4000",
+            "--set",
+            f"run.checkpoint_interval_s={interval}",
+            "--checkpoint-dir",
+            str(directory),
+        ],
+        first_root,
+        tmp_path,
+    )
+    try:
+        # Kill at a seeded random moment after a checkpoint with work in it, within a few
+        # checkpoint intervals. Checkpoints are atomic, so reading one mid-run is safe.
+        _wait_until(lambda: _saved_examples(directory) >= 1000 or proc.poll() is not None, 300)
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(rng.uniform(0.5, 3 * interval))
+        assert proc.poll() is None, "the run ended before the fault could be injected"
+        proc.send_signal(signal.SIGKILL)
+        killed_at = time.time()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+        lingering = len(_session_pids(first_root))
+        assert _stop_session(first_root) == 0
+
+    progress = _checkpoint_is_whole(directory, 2)
+    client = MlflowClient(mlflow_uri)
+    killed = _one_run(mlflow_uri)
+    assert killed.info.status == "RUNNING"  # SIGKILL leaves no chance to close it
+    versions = client.get_metric_history(killed.info.run_id, "version")
+    seen_versions = max(int(m.value) for m in versions) if versions else 0
+    rates = [m.value for m in client.get_metric_history(killed.info.run_id, "updates_per_s")]
+    rate = sum(rates) / len(rates) if rates else 0.0
+    before = {m.step for m in client.get_metric_history(killed.info.run_id, "loss")}
+
+    resumed = _driver(["--resume", str(directory)], roots / "b", tmp_path)
+    try:
+        out, err = resumed.communicate(timeout=500)
+    finally:
+        assert _stop_session(roots / "b") == 0
+        shutil.rmtree(roots, ignore_errors=True)
+    assert resumed.returncode == 0, err[-3000:]
+    assert f"MLflow run {killed.info.run_id}" in out
+
+    run = _one_run(mlflow_uri)
+    assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
+    assert run.data.tags["distinception.resumed_at_examples"] == str(progress["examples"])
+    history = client.get_metric_history(run.info.run_id, "loss")
+    new = sorted(m.step for m in history if m.step not in before)
+    # The resumed driver counts on from the checkpoint: its first point is past what was saved.
+    assert new and new[0] > progress["examples"]
+    assert "final_polyak_top1_error" in run.data.metrics
+    saved = client.download_artifacts(run.info.run_id, "result.json", str(tmp_path))
+    assert json.loads(Path(saved).read_text())["examples"] >= 4000
+
+    # The shards died with the driver, so their versions at the kill are known only from the
+    # last logged metric (a lower bound) and the update rate times the checkpoint's age.
+    age = killed_at - progress["time"]
+    report(
+        "driver_sigkill",
+        {
+            "checkpoint_interval_s": interval,
+            "checkpoint_examples": progress["examples"],
+            "checkpoint_versions": progress["versions"],
+            "checkpoint_age_at_kill_s": round(age, 2),
+            "updates_per_s": round(rate, 1),
+            "updates_lost_at_least": max(0, seen_versions - min(progress["versions"])),
+            "updates_lost_estimate": round(rate * age),
+            "ray_processes_left_by_killed_driver": lingering,
+        },
+    )
+
+
+def test_a_checkpoint_write_that_fails_midway_leaves_the_old_file_whole(tmp_path, monkeypatch):
+    """A crash between writing and renaming (here: the disk fails at fsync) must leave the
+    previous checkpoint loadable and no temporary behind."""
+    import torch
+
+    uri = str(tmp_path / "shard-0.pt")
+    ckpt.save_state(uri, {"flat": torch.ones(4), "version": 1})
+
+    def failing_fsync(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="No space left"):
+        ckpt.save_state(uri, {"flat": torch.zeros(4), "version": 2})
+    monkeypatch.undo()
+    assert ckpt.load_state(uri)["version"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-0.pt"]
