@@ -120,10 +120,15 @@ def ensemble(
     import ray
     from ray import tune
 
-    from distinception.ps.coordinator import init_ray
-    from distinception.tracking import ENSEMBLE_FILE, end_run, log_json, start_parent_run
+    from distinception.tracking import ENSEMBLE_FILE, log_json, parent_run
     from distinception.tune.sweep import metric_of
-    from distinception.tune.trials import absolute_paths, fit_to, plan_concurrency, run_trials
+    from distinception.tune.trials import (
+        absolute_paths,
+        fit_to,
+        plan_concurrency,
+        ray_session,
+        run_trials,
+    )
 
     overlays = parse_recipes(recipes, members, sweep_dir)
     if not cfg.tracking.log_model:
@@ -133,9 +138,8 @@ def ensemble(
     out = Path(out_dir or f"ensembles/{cfg.name}-{stamp}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     base = absolute_paths(cfg)
-    started = init_ray(address)
     t0 = time.perf_counter()
-    try:
+    with ray_session(address):
         cluster_cpus = float(ray.cluster_resources().get("CPU", 1))
         concurrent = min(members, plan_concurrency(base, cluster_cpus, max_concurrent))
         fitted = fit_to(base, cluster_cpus / concurrent)
@@ -144,7 +148,7 @@ def ensemble(
         )
         cfgs = member_configs(fitted, members, overlays)
         uri = base.tracking.tracking_uri
-        parent = start_parent_run(
+        with parent_run(
             base,
             "ensemble",
             f"ensemble-{cfg.name}",
@@ -155,8 +159,7 @@ def ensemble(
                 "ensemble.init_seed": cfg.run.model_seed,
                 "ensemble.max_concurrent": concurrent,
             },
-        )
-        try:
+        ) as parent:
             outcomes = run_trials(
                 fitted,
                 functools.partial(_member, cfgs=cfgs),
@@ -196,13 +199,6 @@ def ensemble(
             log_json(uri, parent, doc, ENSEMBLE_FILE)
             if not finished:
                 raise RuntimeError(f"ensemble: no member finished; see {out / ENSEMBLE_FILE}")
-        except BaseException as err:
-            end_run(uri, parent, err)
-            raise
-        end_run(uri, parent)
-    finally:
-        if started:
-            ray.shutdown()
     return EnsembleResult(parent, record, time.perf_counter() - t0, concurrent)
 
 

@@ -7,11 +7,13 @@ Metric steps are examples seen, so a resumed run's curves continue where they st
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import platform
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -289,6 +291,20 @@ def start_parent_run(cfg: JobConfig, kind: str, name: str, params: dict[str, Any
     return run.info.run_id
 
 
+@contextlib.contextmanager
+def parent_run(cfg: JobConfig, kind: str, name: str, params: dict[str, Any]) -> Iterator[str]:
+    """A sweep's or ensemble's parent run: FINISHED when the block ends, FAILED (or KILLED when
+    interrupted) when it raises."""
+    run_id = start_parent_run(cfg, kind, name, params)
+    uri = tracking_uri(cfg)
+    try:
+        yield run_id
+    except BaseException as err:
+        end_run(uri, run_id, err)
+        raise
+    end_run(uri, run_id)
+
+
 def end_run(uri: str, run_id: str, error: BaseException | None = None) -> None:
     client = MlflowClient(uri)
     if error is None:
@@ -410,6 +426,7 @@ __all__ = [
     "log_table",
     "log_text",
     "model_run_id",
+    "parent_run",
     "read_json_artifact",
     "redact",
     "run_config",

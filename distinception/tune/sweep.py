@@ -26,6 +26,7 @@ from distinception.tune.trials import (
     budget_examples,
     fit_to,
     plan_concurrency,
+    ray_session,
     run_trials,
 )
 
@@ -136,8 +137,7 @@ def sweep(
     `callbacks` are extra `ray.tune.Callback`s (progress displays, fault injection in tests)."""
     import ray
 
-    from distinception.ps.coordinator import init_ray
-    from distinception.tracking import end_run, log_json, log_table, log_text, start_parent_run
+    from distinception.tracking import log_json, log_table, log_text, parent_run
 
     if samples < 1:
         raise ConfigError(f"--samples={samples}: expected an integer >= 1")
@@ -154,9 +154,8 @@ def sweep(
     train_examples = int(open_manifest(base.data.path).counts["train"])
     sched = make_scheduler(scheduler, budget_examples(base, train_examples))
 
-    started = init_ray(address)
     t0 = time.perf_counter()
-    try:
+    with ray_session(address):
         cluster_cpus = float(ray.cluster_resources().get("CPU", 1))
         concurrent = plan_concurrency(base, cluster_cpus, max_concurrent)
         trial_base = fit_to(base, cluster_cpus / concurrent)
@@ -164,7 +163,7 @@ def sweep(
             run=dataclasses.replace(trial_base.run, progress=False, checkpoint_dir="")
         )
         uri = base.tracking.tracking_uri
-        parent = start_parent_run(
+        with parent_run(
             base,
             "sweep",
             f"sweep-{cfg.name}",
@@ -177,8 +176,7 @@ def sweep(
                 "sweep.metric": metric,
                 "sweep.out_dir": str(out),
             },
-        )
-        try:
+        ) as parent:
             outcomes = run_trials(
                 trial_base,
                 functools.partial(space.apply, trial_base),
@@ -194,6 +192,7 @@ def sweep(
                 callbacks=callbacks,
             )
             ranked = _rank(outcomes, space, metric)
+            (out / "ranked.json").write_text(json.dumps(ranked, indent=1, default=str))
             best = next((r for r in ranked if r[metric] == r[metric]), None)
             if best is None:
                 raise RuntimeError(
@@ -207,17 +206,9 @@ def sweep(
                 f"# best of sweep {parent}: trial {best['trial']}, "
                 f"{metric} {best[metric]:.4f}\n" + best_cfg.to_yaml()
             )
-            (out / "ranked.json").write_text(json.dumps(ranked, indent=1, default=str))
             log_table(uri, parent, ranked, "ranked.json")
             log_text(uri, parent, best_yaml.read_text(), "best.yaml")
             log_json(uri, parent, {"best_trial": best}, "best.json")
-        except BaseException as err:
-            end_run(uri, parent, err)
-            raise
-        end_run(uri, parent)
-    finally:
-        if started:
-            ray.shutdown()
     return SweepResult(
         parent_run_id=parent,
         out_dir=str(out),
