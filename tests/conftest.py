@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from quadrants import write_quadrant_set
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -20,33 +21,6 @@ def tiny_data(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("data") / "tiny"
     generate_dataset(str(out), classes=4, per_class=64, val_per_class=16, size=32, seed=0)
     return str(out)
-
-
-def write_quadrant_set(out: str, *, per_class: int, val_per_class: int, size: int = 32) -> str:
-    """A quickly learnable set through the real writer: the class is the quadrant holding a
-    bright textured square, on noise. Tests of the parameter server use it to see learning
-    within a few thousand examples; the built-in set is deliberately much harder."""
-    import numpy as np
-    import torch
-    from torchvision.io import encode_jpeg
-
-    from distinception.data.shards import DatasetWriter
-
-    rng = np.random.default_rng(0)
-    half = size // 2
-    with DatasetWriter(out, ["top-left", "top-right", "bottom-left", "bottom-right"]) as writer:
-        for split, n in (("train", per_class), ("val", val_per_class)):
-            for i in range(4 * n):
-                label = i % 4
-                img = rng.integers(0, 90, (3, size, size)).astype(np.uint8)
-                r, c = divmod(label, 2)
-                side = int(rng.integers(half // 2, half))
-                top = r * half + int(rng.integers(0, half - side + 1))
-                left = c * half + int(rng.integers(0, half - side + 1))
-                img[:, top : top + side, left : left + side] = rng.integers(150, 256, (3, 1, 1))
-                jpeg = encode_jpeg(torch.from_numpy(img), quality=90).numpy().tobytes()
-                writer.write(split, jpeg, label, f"{split}/{i}")
-    return out
 
 
 @pytest.fixture(scope="session")

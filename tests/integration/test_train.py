@@ -9,22 +9,13 @@ import pytest
 import ray
 import torch
 from mlflow.tracking import MlflowClient
+from quadrants import quadrant_job as tiny_cfg
 
-from distinception.config import from_dict
 from distinception.ps.coordinator import Coordinator, Hooks
-from distinception.recipes import get_recipe
 from distinception.tracking import MlflowHooks
 from distinception.train import train
 
 pytestmark = pytest.mark.integration
-
-
-def tiny_cfg(data: str, uri: str, **sections):
-    base = get_recipe("tiny")
-    values = {"data": {"path": data}, "tracking": {"tracking_uri": uri}}
-    for key, value in sections.items():
-        values.setdefault(key, {}).update(value)
-    return from_dict(values, base)
 
 
 class Chaos(Hooks):

@@ -23,22 +23,14 @@ from pathlib import Path
 import pytest
 import ray
 from mlflow.tracking import MlflowClient
+from quadrants import quadrant_job as tiny_cfg
 
-from distinception.config import from_dict
 from distinception.ps import checkpoint as ckpt
 from distinception.ps.actors import RPC_TIMEOUT_S
 from distinception.ps.coordinator import Coordinator, Hooks
-from distinception.recipes import get_recipe
 from distinception.tracking import MlflowHooks
 
 pytestmark = pytest.mark.integration
-
-
-def tiny_cfg(data: str, uri: str, **sections):
-    values = {"data": {"path": data}, "tracking": {"tracking_uri": uri}}
-    for key, value in sections.items():
-        values.setdefault(key, {}).update(value)
-    return from_dict(values, get_recipe("tiny"))
 
 
 def _wait_until(pred, timeout: float = RPC_TIMEOUT_S, every: float = 0.2):
