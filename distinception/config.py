@@ -40,6 +40,7 @@ VARIANTS = ("faithful", "bn")
 OPTIMIZERS = ("sgd", "adagrad", "adam", "adamw", "rmsprop")
 POLYAK_MODES = ("uniform", "ema", "off")
 TRANSFER_DTYPES = ("float32", "bfloat16")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,9 @@ class PSConfig:
     n_push: int = 1
     staleness: str = "none"
     transfer_dtype: str = "float32"
+    #: The replicas' forward/backward precision: "bfloat16" runs them under autocast (tensor
+    #: cores on a GPU); weights, gradients and the shards' optimizer stay fp32 either way.
+    compute_dtype: str = "float32"
     clip_norm: float = 0.0
     warm_start_updates: int = 0
     replica_cpus: float = 1.0
@@ -211,6 +215,7 @@ class PSConfig:
         _check(self.n_push >= 1, "n_push", self.n_push, "an integer >= 1")
         parse_staleness(self.staleness)
         _choice("transfer_dtype", self.transfer_dtype, TRANSFER_DTYPES)
+        _choice("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
         _check(self.clip_norm >= 0, "clip_norm", self.clip_norm, "a number >= 0 (0 = off)")
         _check(
             self.warm_start_updates >= 0,

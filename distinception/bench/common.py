@@ -114,7 +114,7 @@ class LocalTrainer:
         )
 
     def step(self, batch: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
-        loss = self.core.compute(batch if batch is not None else self.core.next_batch())
+        loss = float(self.core.compute(batch if batch is not None else self.core.next_batch()))
         self.optimizer.step()
         self.seen += self.core.examples
         self.scheduler.step()

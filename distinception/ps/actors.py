@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -148,7 +149,7 @@ class ReplicaActor:
         self.restarted = _reconstructed()
         device = "cuda" if cfg.ps.replica_gpus > 0 and torch.cuda.is_available() else "cpu"
         self._stream_args = (data_path, num_consumers)
-        self.data = BatchPrefetcher(self._open_stream(position))
+        self.data = BatchPrefetcher(self._open_stream(position), pin=device == "cuda")
         self.core = ReplicaCore(cfg, num_classes, self.data, device=device)
         self.fingerprint = self.core.layout.fingerprint
         self.versions = [0] * len(shards)
@@ -260,12 +261,17 @@ class ReplicaActor:
     def _send(
         self,
         grad: torch.Tensor,
+        landed: Callable[[], None],
         versions: list[int],
         incarnations: list[str],
         examples: int,
         pull: bool,
     ) -> list[ray.ObjectRef] | None:
-        """On the communication thread: push every shard its slice, then (if asked) pull."""
+        """On the communication thread: push every shard its slice, then (if asked) pull.
+
+        `landed` waits for the gradient's copy off the GPU, here rather than on the compute
+        thread, which meanwhile queues the next step."""
+        landed()
         for s, shard in enumerate(self.shards):
             start, stop = self.ranges[s]
             self.in_flight.append(
@@ -285,9 +291,9 @@ class ReplicaActor:
         return refs
 
     def _push(self, pull: bool) -> None:
-        grad, examples = self.core.take_gradient()  # a copy: the next step may start at once
+        grad, examples, landed = self.core.take_gradient()  # a copy: the next step may start
         future = self.comm.submit(
-            self._send, grad, list(self.versions), list(self.incarnations), examples, pull
+            self._send, grad, landed, list(self.versions), list(self.incarnations), examples, pull
         )
         if pull:
             self.pending_pulls.append(future)
@@ -300,7 +306,7 @@ class ReplicaActor:
         cfg = self.cfg.ps
         t0 = time.perf_counter()
         timings: Counter[str] = Counter()
-        losses: list[float] = []
+        losses: list[torch.Tensor] = []
         examples = 0
         for _ in range(steps):
             if self.step % cfg.n_fetch == 0 or self.pending_pulls:
@@ -321,14 +327,16 @@ class ReplicaActor:
                 t = time.perf_counter()
                 self._push(pull=self.step % cfg.n_fetch == 0)
                 timings["push_s"] += time.perf_counter() - t
-        finite = [v for v in losses if np.isfinite(v)]
+        # Read once per call, not per step: a GPU keeps its queue of kernels meanwhile.
+        values = torch.stack(losses).float().cpu().numpy() if losses else np.zeros(0)
+        finite = values[np.isfinite(values)]
         with self.lock:
             counters = dict(self.counters)
         return {
             "index": self.index,
             "steps": steps,
             "examples": examples,
-            "loss": float(np.mean(finite)) if finite else float("nan"),
+            "loss": float(finite.mean()) if finite.size else float("nan"),
             "wall_s": time.perf_counter() - t0,
             "timings": dict(timings),
             "counters": counters,
@@ -355,7 +363,9 @@ class ReplicaActor:
     def seek(self, position: dict) -> None:
         """Continue from a recorded data position (after a restart of this actor)."""
         self.data.close()
-        self.data = BatchPrefetcher(self._open_stream(position))
+        self.data = BatchPrefetcher(
+            self._open_stream(position), pin=self.core.device.type == "cuda"
+        )
         self.core.batches = self.data
         self.restarted = False
 

@@ -66,6 +66,10 @@ def straggle(factor: float, compute_s: float) -> None:
         time.sleep((factor - 1.0) * compute_s)
 
 
+def _landed() -> None:
+    """`wait` of a gradient already on the host."""
+
+
 class BatchPrefetcher:
     """Decodes and augments the next batch on a thread while the caller computes.
 
@@ -73,14 +77,16 @@ class BatchPrefetcher:
     it for every batch (so a resumed stream yields the same tensors). `rng` is held by whichever
     side is drawing: the thread for one batch, the caller for its forward pass. The caller asks
     for the next batch right after its forward (`request`), so decoding runs during backward and
-    communication, and neither side ever sees the other's random numbers.
+    communication, and neither side ever sees the other's random numbers. For a GPU replica
+    (`pin`) the batch is put in page-locked memory on the thread as well.
 
     `position` and `skipped` describe the batches handed out, not the one being prepared, so a
     replica restarted from `position` continues exactly after the last batch it trained on.
     """
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: Any, pin: bool = False) -> None:
         self.stream = stream
+        self.pin = pin
         self.rng = threading.Lock()
         self.position: dict = stream.position()
         self.skipped = int(stream.skipped)
@@ -102,6 +108,8 @@ class BatchPrefetcher:
                 with self.rng:
                     x, y = next(self._it)
                     item = (x, y, self.stream.position(), int(self.stream.skipped))
+                if self.pin:  # for a GPU replica: its copy to the device is then asynchronous
+                    item = (x.pin_memory(), y.pin_memory(), *item[2:])
             except BaseException as err:  # handed to the caller, raised on its thread
                 self._ready.put(err)
                 return
@@ -148,12 +156,21 @@ class ReplicaCore:
         self.model = model.to(self.device)
         self.flat, self.grad, self.layout = flatten_module(self.model)
         self.model.train()
+        self.autocast = cfg.ps.compute_dtype == "bfloat16"
         self.batches = batches
         self.accumulated = 0
         self.examples = 0
 
     def load_slice(self, start: int, stop: int, values: torch.Tensor) -> None:
-        """Copy pulled weights (fp32 or bf16) into the flat vector the model's parameters view."""
+        """Copy pulled weights (fp32 or bf16) into the flat vector the model's parameters view.
+
+        Pulled fp32 arrays live in the object store's pageable memory; for a GPU they go through
+        a page-locked copy first, which an H100 measured at 3.3 ms for 27 MB against 5.3 ms
+        straight from pageable memory (bf16, half the bytes, was faster without: 1.0 ms)."""
+        if self.device.type == "cuda" and values.dtype == torch.float32 and not values.is_pinned():
+            staged = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            staged.copy_(values)
+            values = staged  # the host allocator keeps it until the copy below has run
         with torch.no_grad():
             self.flat[start:stop].copy_(values, non_blocking=True)
 
@@ -166,13 +183,17 @@ class ReplicaCore:
         batch: tuple[torch.Tensor, torch.Tensor],
         rng: threading.Lock | None = None,
         after_forward: Callable[[], None] | None = None,
-    ) -> float:
-        """Forward/backward one batch, accumulating into the flat gradient; returns the loss.
+    ) -> torch.Tensor:
+        """Forward/backward one batch, accumulating into the flat gradient; returns the loss as
+        a 0-d tensor on the device, so a GPU is never made to wait for the host to read it.
 
         `rng` is held during the forward (the only part that draws random numbers: dropout);
         `after_forward` runs between forward and backward (a prefetcher's `request`)."""
         x, y = batch
-        with rng if rng is not None else contextlib.nullcontext():
+        with (
+            rng if rng is not None else contextlib.nullcontext(),
+            torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast),
+        ):
             outputs = self.model(x)
             loss = googlenet_loss(outputs, y, aux_weight=self.cfg.model.aux_weight)
         if after_forward is not None:
@@ -180,16 +201,31 @@ class ReplicaCore:
         loss.backward()
         self.accumulated += 1
         self.examples += int(y.shape[0])
-        return float(loss.detach())
+        return loss.detach()
 
-    def take_gradient(self) -> tuple[torch.Tensor, int]:
-        """The mean gradient over the accumulated batches (clipped if configured), then zeroed."""
+    def take_gradient(self) -> tuple[torch.Tensor, int, Callable[[], None]]:
+        """The mean gradient over the accumulated batches (clipped if configured), then zeroed.
+
+        Returns (gradient on the host, examples, wait). On a GPU the copy to the host runs
+        asynchronously, so the next step's kernels queue behind it without the host waiting;
+        `wait` blocks until the copy has landed and must be called before the tensor is read
+        (the replica's communication thread does). On a CPU it returns at once."""
         n = max(1, self.accumulated)
         if n > 1:
             self.grad.div_(n)
         if self.cfg.ps.clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.ps.clip_norm)
-        out = self.grad.detach().to("cpu", copy=True)
+        wait: Callable[[], None] = _landed
+        if self.device.type == "cuda":
+            # Into page-locked memory: a DMA copy ~50x faster than into pageable memory (measured
+            # on an H100, 27 MB: 1 ms against 50 ms); torch's host allocator recycles the blocks.
+            out = torch.empty(self.grad.shape, dtype=self.grad.dtype, pin_memory=True)
+            out.copy_(self.grad, non_blocking=True)
+            copied = torch.cuda.Event()
+            copied.record()
+            wait = copied.synchronize
+        else:
+            out = self.grad.detach().clone()
         self.grad.zero_()
         examples, self.examples, self.accumulated = self.examples, 0, 0
-        return out, examples
+        return out, examples, wait
