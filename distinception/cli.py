@@ -213,7 +213,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
             counts = tuple(sorted({1, replicas, 2 * replicas}))
             return run_staleness(replicas=counts, quick=quick, out_dir=out_dir)
 
-    print(run(replicas=args.replicas, quick=args.quick, out_dir=args.out)["text"])
+    extra = {}
+    if args.bench_command == "convergence":
+        if args.budget is not None and args.budget < 1:
+            raise ConfigError(f"--budget={args.budget}: expected a number of examples >= 1")
+        if args.seeds < 1:
+            raise ConfigError(f"--seeds={args.seeds}: expected an integer >= 1")
+        extra = {"budget": args.budget, "seeds": args.seeds}
+    print(run(replicas=args.replicas, quick=args.quick, out_dir=args.out, **extra)["text"])
     return 0
 
 
@@ -424,6 +431,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--replicas", type=int, default=2, help="replicas/workers (default 2)")
         p.add_argument("--quick", action="store_true", help="small sizes, a few minutes")
         p.add_argument("--out", default="bench/results", help="where tables and PNGs go")
+        if name == "convergence":
+            p.add_argument(
+                "--budget",
+                type=int,
+                default=None,
+                help="training examples per run (default 96,000; 4,000 with --quick)",
+            )
+            p.add_argument("--seeds", type=int, default=3, help="runs per system (default 3)")
         p.set_defaults(func=cmd_bench)
     p = bench.add_parser("gpu", help="one replica vs a local torch loop on one GPU (no Ray)")
     p.add_argument("--batch", type=int, default=64)
