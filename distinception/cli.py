@@ -219,7 +219,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise ConfigError(f"--budget={args.budget}: expected a number of examples >= 1")
         if args.seeds < 1:
             raise ConfigError(f"--seeds={args.seeds}: expected an integer >= 1")
-        extra = {"budget": args.budget, "seeds": args.seeds}
+        extra = {"budget": args.budget, "seeds": args.seeds, "overrides": tuple(args.set or [])}
     print(run(replicas=args.replicas, quick=args.quick, out_dir=args.out, **extra)["text"])
     return 0
 
@@ -439,6 +439,12 @@ def build_parser() -> argparse.ArgumentParser:
                 help="training examples per run (default 96,000; 4,000 with --quick)",
             )
             p.add_argument("--seeds", type=int, default=3, help="runs per system (default 3)")
+            p.add_argument(
+                "--set",
+                action="append",
+                metavar="KEY=VALUE",
+                help="override the recipe for every system, e.g. ps.lr=0.01 (repeatable)",
+            )
         p.set_defaults(func=cmd_bench)
     p = bench.add_parser("gpu", help="one replica vs a local torch loop on one GPU (no Ray)")
     p.add_argument("--batch", type=int, default=64)

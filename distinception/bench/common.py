@@ -98,8 +98,15 @@ class LocalTrainer:
     shard's optimizer (same decay groups, same schedule counted in examples) applied locally."""
 
     def __init__(
-        self, cfg: JobConfig, num_classes: int, batches: Any, examples_per_epoch: int = 5000
+        self,
+        cfg: JobConfig,
+        num_classes: int,
+        batches: Any,
+        examples_per_epoch: int = 5000,
+        workers: int = 1,
     ) -> None:
+        """`workers`: how many trainers take each step together (synchronous data parallel).
+        The schedule counts the examples of all of them, as the shards count every replica's."""
         if cfg.run.seed is not None:
             torch.manual_seed(cfg.run.seed)
         self.cfg = cfg
@@ -109,6 +116,7 @@ class LocalTrainer:
         plain = [params[e.name] for e in self.core.layout.entries if not e.decay]
         self.optimizer = build_optimizer(decay, plain, cfg.ps)
         self.seen = 0
+        self.workers = workers
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda _: lr_factor(self.seen, cfg.ps, examples_per_epoch)
         )
@@ -116,7 +124,7 @@ class LocalTrainer:
     def step(self, batch: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
         loss = float(self.core.compute(batch if batch is not None else self.core.next_batch()))
         self.optimizer.step()
-        self.seen += self.core.examples
+        self.seen += self.core.examples * self.workers
         self.scheduler.step()
         self.core.grad.zero_()
         self.core.examples = self.core.accumulated = 0

@@ -1,10 +1,13 @@
 """`distinception bench convergence`: top-1 error at an equal example budget.
 
 Async PS (Polyak and raw weights of the same run), synchronous DDP (Ray Train) and a local loop
-each see the same number of training examples of the generated set, with the same model, batch,
-optimizer and schedule, on several seeds. Errors are scored the same way for all (center crop on
-the validation split, BatchNorm statistics recomputed); the clocks of DDP and the local loop stop
-while they are scored, the PS is scored by its averager on the side, as in a real run.
+each see the same number of training examples of the generated set, with the same model,
+optimizer and schedule, on several seeds. DDP runs twice: with the replicas' batch per worker,
+and with it split across the workers, so that an update averages as many examples as a PS
+update does (this separates asynchrony from update size). Errors are scored the same way for all
+(center crop on the validation split, BatchNorm statistics recomputed); the clocks of DDP and the
+local loop stop while they are scored, the PS is scored by its averager on the side, as in a
+real run.
 """
 
 from __future__ import annotations
@@ -25,11 +28,14 @@ from distinception.bench.common import (
     open_stream,
     top1_error,
 )
-from distinception.config import JobConfig, from_dict
+from distinception.config import JobConfig, apply_overrides, from_dict
 from distinception.ps.coordinator import Coordinator, Hooks, resolve_data
 from distinception.recipes import get_recipe
 
 POLYAK, RAW, DDP, LOCAL = "async PS, Polyak", "async PS, raw", "sync DDP", "local"
+#: DDP with the per-worker batch divided by the workers: every update averages as many examples
+#: as one of the PS's or the local loop's, which separates asynchrony from update size.
+DDP_SPLIT = "sync DDP, split batch"
 
 
 class _Evaluations(Hooks):
@@ -94,13 +100,14 @@ def run_convergence(
     budget: int | None = None,
     seeds: int = 3,
     points: int = 8,
+    overrides: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Every system on every seed; writes convergence.md and two PNG plots (error vs seconds and
     vs examples seen, mean over seeds)."""
     from distinception.bench.ddp import run_ddp
 
     recipe = recipe or ("tiny" if quick else "demo")
-    base = fit_cpus(get_recipe(recipe), replicas)
+    base = fit_cpus(apply_overrides(get_recipe(recipe), overrides), replicas)
     # The demo model's error leaves chance only after ~40k examples (measured: Polyak top-1
     # 0.85 at 32k, 0.50 at 72k), so a full run must see well past that to compare anything.
     budget = budget or (4000 if quick else 96_000)
@@ -110,6 +117,7 @@ def run_convergence(
         POLYAK: [],
         RAW: [],
         DDP: [],
+        DDP_SPLIT: [],
         LOCAL: [],
     }
     t_start = time.perf_counter()
@@ -133,6 +141,20 @@ def run_convergence(
                 examples_per_epoch=train_examples,
             )
             curves[DDP].append(ddp["curve"])
+            split_batch = max(1, cfg.data.batch_size // replicas)
+            split = from_dict({"data": {"batch_size": split_batch}}, cfg)
+            ddp_split = run_ddp(
+                split,
+                data,
+                num_classes,
+                replicas,
+                max(1, budget // (replicas * split.data.batch_size)),
+                worker_cpus=cfg.ps.replica_cpus,
+                warmup_steps=0,
+                eval_every=max(1, budget // (replicas * split.data.batch_size) // points),
+                examples_per_epoch=train_examples,
+            )
+            curves[DDP_SPLIT].append(ddp_split["curve"])
             curves[LOCAL].append(_local(cfg, data, num_classes, budget, points, train_examples))
     wall = time.perf_counter() - t_start
 
@@ -177,14 +199,18 @@ def run_convergence(
     )
     cmd = (
         f"distinception bench convergence --replicas {replicas}{' --quick' if quick else ''}"
-        f" --budget {budget} --seeds {seeds}"
+        f" --budget {budget} --seeds {seeds}" + "".join(f" --set {o}" for o in overrides)
     )
     lines = [
         *header(cmd, info),
         f"Model `{base.name}` ({base.model.variant} GoogLeNet, width {base.model.width}, "
         f"{base.model.input_size} px, {num_classes} classes), batch {base.data.batch_size}, "
         f"lr {base.ps.lr}, momentum {base.ps.momentum}; {replicas} replicas/workers; budget "
-        f"{budget:,} examples per run; {seeds} seeds; whole run {wall:.0f} s.",
+        f"{budget:,} examples per run; {seeds} seeds; whole run {wall:.0f} s. Examples per "
+        f"update: PS and local {base.data.batch_size}, {DDP} {replicas * base.data.batch_size} "
+        f"({replicas} x {base.data.batch_size}), {DDP_SPLIT} "
+        f"{replicas * max(1, base.data.batch_size // replicas)} "
+        f"({replicas} x {max(1, base.data.batch_size // replicas)}).",
         "",
         *markdown_table(
             ["system", "final top-1 error (mean)", "std (points)", "range", "examples", "seconds"],

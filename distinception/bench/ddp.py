@@ -31,7 +31,11 @@ def _loop(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     data, num_classes = config["data"], config["num_classes"]
     trainer = LocalTrainer(
-        cfg, num_classes, open_stream(cfg, data, rank, world), config["examples_per_epoch"]
+        cfg,
+        num_classes,
+        open_stream(cfg, data, rank, world),
+        config["examples_per_epoch"],
+        workers=world,
     )
     trainer.core.model = torch.nn.parallel.DistributedDataParallel(trainer.core.model)
     slow = cfg.ps.straggler_factor if rank == 0 else 1.0

@@ -40,13 +40,22 @@ def test_throughput_compares_four_systems_with_and_without_a_straggler(tmp_path)
 
 
 def test_convergence_and_staleness_write_tables_and_plots(tmp_path):
-    from distinception.bench.convergence import POLYAK, RAW, run_convergence
+    from distinception.bench.convergence import DDP_SPLIT, POLYAK, RAW, run_convergence
     from distinception.bench.staleness import run_staleness
 
     conv = run_convergence(
-        replicas=2, quick=True, out_dir=str(tmp_path), budget=640, seeds=1, points=2
+        replicas=2,
+        quick=True,
+        out_dir=str(tmp_path),
+        budget=640,
+        seeds=1,
+        points=2,
+        overrides=("ps.lr=0.01",),
     )
-    assert set(conv["finals"]) >= {POLYAK, RAW, "sync DDP", "local"}
+    assert set(conv["finals"]) == {POLYAK, RAW, "sync DDP", DDP_SPLIT, "local"}
+    table = (tmp_path / "convergence.md").read_text()
+    assert "--set ps.lr=0.01" in table and "lr 0.01," in table
+    assert f"{DDP_SPLIT} 16 (2 x 8)" in table  # the tiny recipe's batch of 16, split
     for errs in conv["finals"].values():
         assert all(0.0 <= e <= 1.0 for e in errs)
     for runs in conv["curves"].values():
