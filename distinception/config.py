@@ -41,6 +41,7 @@ OPTIMIZERS = ("sgd", "adagrad", "adam", "adamw", "rmsprop")
 POLYAK_MODES = ("uniform", "ema", "off")
 TRANSFER_DTYPES = ("float32", "bfloat16")
 COMPUTE_DTYPES = ("float32", "bfloat16")
+TRANSPORTS = ("auto", "object_store")
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,10 @@ class PSConfig:
     n_push: int = 1
     staleness: str = "none"
     transfer_dtype: str = "float32"
+    #: How replicas and the averager reach the shards. "auto": through shared memory when on the
+    #: shard's node (weights read in place, gradients written once; always fp32, exact), through
+    #: the object store otherwise (`transfer_dtype` applies there). "object_store": always.
+    transport: str = "auto"
     #: The replicas' forward/backward precision: "bfloat16" runs them under autocast (tensor
     #: cores on a GPU); weights, gradients and the shards' optimizer stay fp32 either way.
     compute_dtype: str = "float32"
@@ -215,6 +220,7 @@ class PSConfig:
         _check(self.n_push >= 1, "n_push", self.n_push, "an integer >= 1")
         parse_staleness(self.staleness)
         _choice("transfer_dtype", self.transfer_dtype, TRANSFER_DTYPES)
+        _choice("transport", self.transport, TRANSPORTS)
         _choice("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
         _check(self.clip_norm >= 0, "clip_norm", self.clip_norm, "a number >= 0 (0 = off)")
         _check(

@@ -14,14 +14,16 @@ gradient computed on weights of a previous incarnation is refused rather than mi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import threading
 import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import ray
@@ -30,6 +32,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
 from distinception.config import JobConfig
 from distinception.ps import checkpoint as ckpt
+from distinception.ps import shm
 from distinception.ps.averager import AveragerCore
 from distinception.ps.layout import ParamLayout
 from distinception.ps.policies import StalenessPolicy
@@ -60,11 +63,19 @@ class ShardActor:
         examples_per_epoch: int,
         checkpoint_uri: str,
         resume: bool,
+        shm_dir: str = "",
     ) -> None:
         torch.set_num_threads(1)
         values = ray.get(init[0])
-        self.core = ShardCore(index, start, stop, layout, values, cfg.ps, examples_per_epoch)
-        self.core.incarnation = uuid.uuid4().hex[:12]
+        incarnation = uuid.uuid4().hex[:12]
+        self.shm_dir = shm_dir
+        self.node_id = ray.get_runtime_context().get_node_id()
+        self.total = layout.total
+        shared = self._share(index, stop - start, incarnation)
+        self.core = ShardCore(
+            index, start, stop, layout, values, cfg.ps, examples_per_epoch, shared=shared
+        )
+        self.core.incarnation = incarnation
         self.dtype = cfg.ps.transfer_dtype
         self.checkpoint_uri = checkpoint_uri
         self.restored_from = -1
@@ -73,6 +84,20 @@ class ShardActor:
             self.core.load_state_dict(ckpt.load_state(checkpoint_uri))
             self.restored_from = self.core.version
         self._published: tuple[int, ray.ObjectRef] | None = None
+        self._grads: dict[str, shm.SharedVector] = {}
+
+    def _share(self, index: int, size: int, incarnation: str) -> shm.SharedVector | None:
+        """The weights in shared memory for same-node readers, or None (object store only)."""
+        if not self.shm_dir or not shm.available():
+            return None
+        path = os.path.join(self.shm_dir, f"shard-{index}-{incarnation}.w")
+        try:
+            self._claim = shm.claim(self.shm_dir)  # held while this process lives
+            shm.sweep(keep=self.shm_dir)  # directories of jobs whose processes are all gone
+            shm.remove_matching(self.shm_dir, f"shard-{index}-")  # a killed predecessor's file
+            return shm.SharedVector(path, size, create=True)
+        except OSError:
+            return None  # no usable shared memory here: replicas pull through the object store
 
     def ready(self) -> dict[str, Any]:
         return {
@@ -81,6 +106,17 @@ class ShardActor:
             "incarnation": self.core.incarnation,
             "restored_from": self.restored_from,
             "restarts": self.restarts,
+        }
+
+    def attach(self) -> dict[str, Any]:
+        """How to reach this shard: its node, incarnation and (if any) shared-memory file."""
+        shared = self.core.shared
+        return {
+            "node_id": self.node_id,
+            "incarnation": self.core.incarnation,
+            "path": shared.path if shared is not None else "",
+            "size": self.core.size,
+            "total": self.total,
         }
 
     def pull(self) -> tuple[int, str, list[ray.ObjectRef]]:
@@ -108,6 +144,62 @@ class ShardActor:
         )
         return dataclasses.asdict(result)
 
+    def push_shared(
+        self,
+        path: str,
+        base_version: int,
+        examples: int,
+        fingerprint: str,
+        incarnation: str,
+    ) -> dict[str, Any]:
+        """`push` for a same-node replica: the whole flat gradient lies in the shared-memory
+        file `path` (one of the replica's slots in this job's directory); this shard reads its
+        slice from there. A path outside the directory or a file that cannot be mapped is
+        refused as "source"; a file of the wrong size as "length"."""
+        grad = self._gradient_source(path)
+        if grad is None:
+            return dataclasses.asdict(self.core.refuse("source", base_version))
+        result = self.core.apply(
+            grad[self.core.start : self.core.stop],
+            base_version,
+            examples=examples,
+            fingerprint=fingerprint,
+            incarnation=incarnation,
+            borrow=True,
+        )
+        return dataclasses.asdict(result)
+
+    def _gradient_source(self, path: str) -> torch.Tensor | None:
+        mapped = self._grads.get(path)
+        if mapped is not None:
+            return mapped.values
+        real = os.path.realpath(path)
+        if (
+            not self.shm_dir
+            or os.path.dirname(real) != os.path.realpath(self.shm_dir)
+            or not os.path.basename(real).startswith("replica-")
+        ):
+            return None
+        # Forget the slots of replicas that have gone (their files removed) before mapping more.
+        for gone in [p for p in self._grads if not os.path.exists(p)]:
+            self._grads.pop(gone).close()
+        try:
+            size = os.path.getsize(real)
+            numel = max(0, (size - shm.HEADER) // 4)
+            mapped = shm.SharedVector(real, numel)
+        except (OSError, ValueError):
+            return None
+        self._grads[path] = mapped
+        return mapped.values
+
+    def release(self) -> bool:
+        """At the end of the job: unmap everything and remove this job's shared-memory files."""
+        for mapped in self._grads.values():
+            mapped.close()
+        self._grads.clear()
+        shm.remove(self.shm_dir)
+        return True
+
     def stats(self) -> dict[str, Any]:
         return self.core.stats() | {"restarts": self.restarts}
 
@@ -116,6 +208,125 @@ class ShardActor:
         if self.checkpoint_uri:
             ckpt.save_state(self.checkpoint_uri, self.core.state_dict())
         return self.core.version
+
+
+class PullTicket(NamedTuple):
+    """A pull in flight: per shard, a `pull()` call for shards reached through the object
+    store (None for shards read from shared memory), and the pushes it must follow."""
+
+    pulls: list[ray.ObjectRef | None]
+    after: list[ray.ObjectRef]
+
+
+class ShardLinks:
+    """How one process (a replica or the averager) reaches every shard, and its pulls.
+
+    A shard on this process's node that has a shared-memory file is read from it directly
+    (`shm`): no call, no object-store copy. Any other shard is pulled through the object store.
+    Links are (re)attached when first used and whenever a shard may have been restarted (its file
+    removed, a push lost or refused as "restarted"), so a restarted shard's new file is found.
+    """
+
+    def __init__(
+        self,
+        shards: list[Any],
+        ranges: list[tuple[int, int]],
+        transport: str,
+        count: Callable[[str], None],
+    ) -> None:
+        self.shards = shards
+        self.ranges = ranges
+        self.count = count
+        self.node_id = ray.get_runtime_context().get_node_id()
+        self.use_shm = transport != "object_store" and shm.available()
+        self.shared: list[shm.SharedVector | None] = [None] * len(shards)
+        self.versions = [0] * len(shards)
+        self.incarnations = [""] * len(shards)
+        self.shm_dir = ""
+        self.stale = True
+
+    def attach(self) -> None:
+        infos = ray.get([s.attach.remote() for s in self.shards], timeout=RPC_TIMEOUT_S)
+        for s, info in enumerate(infos):
+            self.incarnations[s] = info["incarnation"]
+            old = self.shared[s]
+            if old is not None and old.path == info["path"]:
+                continue
+            if old is not None:
+                old.close()
+            self.shared[s] = None
+            if self.use_shm and info["path"] and info["node_id"] == self.node_id:
+                try:
+                    self.shared[s] = shm.SharedVector(info["path"], info["size"])
+                    self.shm_dir = os.path.dirname(info["path"])
+                except (OSError, ValueError):
+                    self.count("shm_unavailable")
+        self.stale = False
+
+    def _check(self) -> None:
+        """Re-attach if asked to, or if a shard's file is gone (it was restarted)."""
+        if not self.stale and any(
+            v is not None and not os.path.exists(v.path) for v in self.shared
+        ):
+            self.stale = True
+        if self.stale:
+            self.attach()
+
+    def issue(self, after: list[ray.ObjectRef] | None = None) -> PullTicket:
+        with contextlib.suppress(RayError):
+            self._check()  # if a shard is down, pull through the object store and retry there
+        pulls = [
+            None if v is not None else s.pull.remote()
+            for s, v in zip(self.shards, self.shared, strict=True)
+        ]
+        return PullTicket(pulls, list(after or []))
+
+    def arrived(self, ticket: PullTicket) -> bool:
+        refs = [r for r in ticket.pulls if r is not None] + ticket.after
+        return len(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) == len(refs)
+
+    def finish(
+        self,
+        ticket: PullTicket,
+        load: Callable[[int, int, torch.Tensor], None],
+        attempts: int = 60,
+    ) -> None:
+        """Complete a pull: `load(start, stop, values)` for every shard, retrying while a shard
+        restarts (each failure counted as `pull_failed`)."""
+        if ticket.after:
+            ray.wait(ticket.after, num_returns=len(ticket.after), timeout=RPC_TIMEOUT_S)
+        for attempt in range(attempts):
+            try:
+                self._check()
+                pairs = list(zip(ticket.pulls, self.shared, strict=True))
+                if any(p is None and v is None for p, v in pairs):
+                    ticket = self.issue()  # a shard left shared memory since this was issued
+                    pairs = list(zip(ticket.pulls, self.shared, strict=True))
+                refs = [p for p, v in pairs if p is not None and v is None]
+                metas = ray.get(refs, timeout=RPC_TIMEOUT_S)
+                arrays = ray.get([m[2][0] for m in metas], timeout=RPC_TIMEOUT_S)
+                break
+            except (RayActorError, GetTimeoutError, RayError):
+                self.count("pull_failed")
+                if attempt == attempts - 1:
+                    raise
+                self.stale = True
+                time.sleep(min(2.0, 0.2 * (attempt + 1)))
+                ticket = self.issue()
+        fetched = iter(zip(metas, arrays, strict=True))
+        for s, shared in enumerate(self.shared):
+            start, stop = self.ranges[s]
+            if shared is not None:
+                with shared.reading():
+                    self.versions[s] = shared.version
+                    load(start, stop, shared.values)
+                self.count("pulls_shared")
+                continue
+            (version, incarnation, _), values = next(fetched)
+            load(start, stop, from_wire(values, widen=False))
+            self.versions[s] = version
+            self.incarnations[s] = incarnation
+        self.count("pulls")
 
 
 class ReplicaActor:
@@ -152,8 +363,15 @@ class ReplicaActor:
         self.data = BatchPrefetcher(self._open_stream(position), pin=device == "cuda")
         self.core = ReplicaCore(cfg, num_classes, self.data, device=device)
         self.fingerprint = self.core.layout.fingerprint
-        self.versions = [0] * len(shards)
-        self.incarnations = [""] * len(shards)
+        self.lock = threading.Lock()
+        self.counters: Counter[str] = Counter()
+        self.links = ShardLinks(shards, ranges, cfg.ps.transport, self._count)
+        # Gradient slots in shared memory, for shards on this node (made at the first push).
+        self.slots: list[shm.SharedVector] = []
+        self.slot_sent: list[Future | None] = []
+        self.slot_pushes: list[list[ray.ObjectRef]] = []
+        self.current = -1  # the slot backward accumulates into (CPU), or -1
+        self.pushes = 0
         self.step = 0
         self.max_lag = 0 if StalenessPolicy.parse(cfg.ps.staleness).kind == "bound" else 1
         self.lag = 0
@@ -161,8 +379,6 @@ class ReplicaActor:
         self.pending_pulls: deque[Future] = deque()
         self.comm = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replica-comm")
         self.in_flight: list[ray.ObjectRef] = []
-        self.lock = threading.Lock()
-        self.counters: Counter[str] = Counter()
 
     def ready(self) -> dict[str, Any]:
         """Answers once the actor is placed and built; says on which node."""
@@ -173,31 +389,11 @@ class ReplicaActor:
             self.counters[key] += n
 
     # -- communication -------------------------------------------------------------------
-    def _issue_pull(self) -> list[ray.ObjectRef]:
-        return [s.pull.remote() for s in self.shards]
+    def _finish_pull(self, ticket: PullTicket | None) -> None:
+        self.links.finish(ticket or self.links.issue(), self.core.load_slice)
 
-    def _finish_pull(self, refs: list[ray.ObjectRef]) -> None:
-        for attempt in range(60):
-            try:
-                metas = ray.get(refs, timeout=RPC_TIMEOUT_S)
-                arrays = ray.get([m[2][0] for m in metas], timeout=RPC_TIMEOUT_S)
-                break
-            except (RayActorError, GetTimeoutError, RayError):
-                # A shard is restarting: count it and pull again once it is back.
-                self._count("pull_failed")
-                time.sleep(min(2.0, 0.2 * (attempt + 1)))
-                refs = self._issue_pull()
-        else:
-            raise RuntimeError(f"replica {self.index}: shards unreachable for 60 pull attempts")
-        for s, ((version, incarnation, _), values) in enumerate(zip(metas, arrays, strict=True)):
-            start, stop = self.ranges[s]
-            self.core.load_slice(start, stop, from_wire(values, widen=False))
-            self.versions[s] = version
-            self.incarnations[s] = incarnation
-        self._count("pulls")
-
-    def _refs(self, future: Future, timeout: float) -> list[ray.ObjectRef] | None:
-        """The refs of a pull queued behind one of our pushes (None if sending it failed)."""
+    def _ticket(self, future: Future, timeout: float) -> PullTicket | None:
+        """The pull queued behind one of our pushes (None if sending it failed)."""
         try:
             return future.result(timeout=timeout)
         except RayError:
@@ -207,30 +403,29 @@ class ReplicaActor:
     def _arrived(self, future: Future) -> bool:
         if not future.done():
             return False
-        refs = self._refs(future, 0)
-        return bool(refs) and len(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) == len(refs)
+        ticket = self._ticket(future, 0)
+        return ticket is not None and self.links.arrived(ticket)
 
     def _refresh(self) -> None:
         """Load the newest weights that have arrived; wait for the oldest pull in flight only
         when no more steps on the current weights are allowed."""
         pending = self.pending_pulls
         if not pending:
-            self._finish_pull(self._issue_pull())
+            self._finish_pull(None)
             self.lag = 0
             return
         for i in range(len(pending) - 1, -1, -1):
             if self._arrived(pending[i]):
-                refs = self._refs(pending[i], 0)
+                ticket = self._ticket(pending[i], 0)
                 for _ in range(i + 1):
                     pending.popleft()
-                self._finish_pull(refs if refs else self._issue_pull())
+                self._finish_pull(ticket)
                 self.lag = 0
                 return
         if self.lag < self.max_lag:
             self.lag += 1
             return
-        refs = self._refs(pending.popleft(), RPC_TIMEOUT_S)
-        self._finish_pull(refs if refs else self._issue_pull())
+        self._finish_pull(self._ticket(pending.popleft(), RPC_TIMEOUT_S))
         self.lag = 0
 
     def _collect(self, keep: int) -> None:
@@ -251,50 +446,116 @@ class ReplicaActor:
                 result = ray.get(ref)
             except RayError:
                 self._count("push_lost")
+                self.links.stale = True  # the shard may come back with a new file
                 continue
             if result["accepted"]:
                 self._count("accepted")
                 self._count("staleness_sum", result["staleness"])
             else:
                 self._count(f"refused_{result['reason']}")
+                if result["reason"] in ("restarted", "source"):
+                    self.links.stale = True
+
+    def _slots_ready(self) -> bool:
+        """Make the gradient slots in shared memory once a shard on this node is known."""
+        if self.slots or not self.links.shm_dir:
+            return bool(self.slots)
+        self._claim = shm.claim(self.links.shm_dir)  # held while this process lives
+        shm.remove_matching(self.links.shm_dir, f"replica-{self.index}-")  # a predecessor's
+        name = f"replica-{self.index}-{uuid.uuid4().hex[:12]}"
+        for k in range(3):  # pushes in flight are bounded (see _send), so 3 rarely wait
+            path = os.path.join(self.links.shm_dir, f"{name}-{k}.g")
+            self.slots.append(shm.SharedVector(path, self.core.layout.total, create=True))
+        self.slot_sent = [None] * len(self.slots)
+        self.slot_pushes = [[] for _ in self.slots]
+        if self.core.device.type == "cpu":
+            self.core.move_gradient(self.slots[0].values)  # backward accumulates in slot 0
+            self.current = 0
+        return True
+
+    def _free(self, k: int) -> None:
+        """Wait until every shard has answered the push that last used slot `k`."""
+        sent = self.slot_sent[k]
+        if sent is not None:
+            with contextlib.suppress(Exception):  # a failed send is counted where it failed
+                sent.result(timeout=RPC_TIMEOUT_S)
+            refs = self.slot_pushes[k]
+            if refs:
+                ray.wait(refs, num_returns=len(refs), timeout=RPC_TIMEOUT_S)
 
     def _send(
         self,
         grad: torch.Tensor,
+        slot: int,
         landed: Callable[[], None],
         versions: list[int],
         incarnations: list[str],
         examples: int,
         pull: bool,
-    ) -> list[ray.ObjectRef] | None:
+    ) -> PullTicket | None:
         """On the communication thread: push every shard its slice, then (if asked) pull.
 
         `landed` waits for the gradient's copy off the GPU, here rather than on the compute
-        thread, which meanwhile queues the next step."""
+        thread, which meanwhile queues the next step. A shard on this node reads its slice from
+        the gradient's shared-memory slot; any other gets it through the object store."""
         landed()
+        target = self.slots[slot] if slot >= 0 else None
+        if target is not None and grad.data_ptr() != target.values.data_ptr():
+            target.values.copy_(grad)  # a GPU's gradient, landed in page-locked memory
+        shared_pushes = []
         for s, shard in enumerate(self.shards):
             start, stop = self.ranges[s]
-            self.in_flight.append(
-                shard.push.remote(
-                    to_wire(grad[start:stop], self.cfg.ps.transfer_dtype),
-                    versions[s],
-                    examples,
-                    self.fingerprint,
-                    incarnations[s],
+            args = (versions[s], examples, self.fingerprint, incarnations[s])
+            if target is not None and self.links.shared[s] is not None:
+                ref = shard.push_shared.remote(target.path, *args)
+                shared_pushes.append(ref)
+                self._count("pushes_shared")
+            else:
+                ref = shard.push.remote(
+                    to_wire(grad[start:stop], self.cfg.ps.transfer_dtype), *args
                 )
-            )
+            self.in_flight.append(ref)
+        if slot >= 0:
+            self.slot_pushes[slot] = shared_pushes
         self._count("pushes")
-        # Issued after our push, so each shard applies our gradient before answering.
-        refs = self._issue_pull() if pull else None
+        # Issued after our push, so each shard applies our gradient before answering; a shard
+        # read from shared memory is read once our push to it has been answered.
+        ticket = self.links.issue(after=shared_pushes) if pull else None
         # Bounded in-flight pushes: a fast replica cannot flood a slow shard's queue.
         self._collect(keep=2 * len(self.shards))
-        return refs
+        return ticket
 
     def _push(self, pull: bool) -> None:
-        grad, examples, landed = self.core.take_gradient()  # a copy: the next step may start
+        """Hand the gradient to the communication thread; the next step may start at once.
+
+        With shared-memory slots on a CPU, backward accumulates straight into a slot, which is
+        handed out as it is while accumulation moves on to the next free one; on a GPU the
+        gradient lands in page-locked memory and is copied into a free slot when sent."""
+        slot = -1
+        if not self._slots_ready():
+            grad, examples, landed = self.core.take_gradient()
+        elif self.current >= 0:
+            slot, nxt = self.current, (self.current + 1) % len(self.slots)
+            self._free(nxt)
+            grad, examples, landed = self.core.take_gradient(swap=self.slots[nxt].values)
+            self.current = nxt
+        else:
+            slot = self.pushes % len(self.slots)
+            self._free(slot)
+            grad, examples, landed = self.core.take_gradient()
         future = self.comm.submit(
-            self._send, grad, landed, list(self.versions), list(self.incarnations), examples, pull
+            self._send,
+            grad,
+            slot,
+            landed,
+            list(self.links.versions),
+            list(self.links.incarnations),
+            examples,
+            pull,
         )
+        if slot >= 0:
+            self.slot_sent[slot] = future
+        self.pushes += 1
         if pull:
             self.pending_pulls.append(future)
             if len(self.pending_pulls) > 2:
@@ -387,6 +648,9 @@ class AveragerActor:
         self.shards = shards
         self.ranges = ranges
         self.core = AveragerCore(cfg, num_classes)
+        self.total = self.core.layout.total
+        self.counters: Counter[str] = Counter()
+        self.links = ShardLinks(shards, ranges, cfg.ps.transport, self._count)
         self.checkpoint_uri = checkpoint_uri
         self.restarts = 1 if _reconstructed() else 0
         if (resume or self.restarts) and checkpoint_uri and ckpt.exists(checkpoint_uri):
@@ -398,11 +662,13 @@ class AveragerActor:
         if self.restarts:
             self.start()  # a restarted averager resumes sampling on its own
 
+    def _count(self, key: str) -> None:
+        self.counters[key] += 1
+
     def _sample(self) -> bool:
-        metas = ray.get([s.pull.remote() for s in self.shards], timeout=RPC_TIMEOUT_S)
-        arrays = ray.get([m[2][0] for m in metas], timeout=RPC_TIMEOUT_S)
-        values = torch.cat([from_wire(a) for a in arrays])
-        version = sum(m[0] for m in metas) // len(metas)
+        values = torch.empty(self.total)
+        self.links.finish(self.links.issue(), lambda a, b, v: values[a:b].copy_(v), attempts=1)
+        version = sum(self.links.versions) // len(self.links.versions)
         with self.lock:
             return self.core.observe(version, values)
 

@@ -26,6 +26,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskErro
 
 from distinception.config import ConfigError, JobConfig, from_dict
 from distinception.ps import checkpoint as ckpt
+from distinception.ps import shm
 from distinception.ps.actors import (
     RPC_TIMEOUT_S,
     remote_averager,
@@ -160,6 +161,8 @@ class Coordinator:
         # before loading its checkpoint.
         self.init_refs = [ray.put(flat[a:b].numpy().copy()) for a, b in self.ranges]
         actor = remote_shard(cfg)
+        # One directory per job for the same-node shared-memory transport (see ps/shm.py).
+        self.shm_dir = shm.job_dir() if cfg.ps.transport == "auto" and shm.available() else ""
         self.shards = [
             actor.remote(
                 i,
@@ -171,6 +174,7 @@ class Coordinator:
                 self.train_examples,
                 self._ckpt_uri(f"shard-{i}.pt"),
                 resume,
+                self.shm_dir,
             )
             for i, (a, b) in enumerate(self.ranges)
         ]
@@ -563,10 +567,17 @@ class Coordinator:
     def _teardown(self) -> None:
         if self.pool is not None:
             self.pool.close()
-        actors = [*getattr(self, "replicas", {}).values(), *getattr(self, "shards", [])]
-        for actor in [*actors, getattr(self, "averager", None)]:
+        for actor in [*getattr(self, "replicas", {}).values(), getattr(self, "averager", None)]:
             if actor is not None:
                 ray.kill(actor, no_restart=True)
+        shards = getattr(self, "shards", [])
+        if getattr(self, "shm_dir", ""):
+            # Each shard clears the job's shared memory on its node; this covers the driver's.
+            with contextlib.suppress(RayError):
+                ray.get([s.release.remote() for s in shards], timeout=30)
+            shm.remove(self.shm_dir)
+        for actor in shards:
+            ray.kill(actor, no_restart=True)
 
 
 def _plain_model(cfg: JobConfig, num_classes: int, state: dict[str, torch.Tensor]):

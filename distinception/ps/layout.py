@@ -94,5 +94,13 @@ def flatten_module(
             view = flat[e.offset : e.offset + e.numel].view(e.shape)
             view.copy_(p.detach().float())
             p.data = view
-            p.grad = grad[e.offset : e.offset + e.numel].view(e.shape)
+    bind_gradients(model, layout, grad)
     return flat, grad, layout
+
+
+def bind_gradients(model: nn.Module, layout: ParamLayout, grad: torch.Tensor) -> None:
+    """Make every parameter's `.grad` a view of the flat `grad`, so backward accumulates there:
+    a replica moves its gradient between shared-memory slots this way instead of copying it."""
+    params = dict(model.named_parameters())
+    for e in layout.entries:
+        params[e.name].grad = grad[e.offset : e.offset + e.numel].view(e.shape)

@@ -21,7 +21,7 @@ import torch
 from distinception.config import JobConfig
 from distinception.model.googlenet import build_model
 from distinception.model.loss import googlenet_loss
-from distinception.ps.layout import ParamLayout, flatten_module
+from distinception.ps.layout import ParamLayout, bind_gradients, flatten_module
 
 
 def build_flat_model(
@@ -203,13 +203,23 @@ class ReplicaCore:
         self.examples += int(y.shape[0])
         return loss.detach()
 
-    def take_gradient(self) -> tuple[torch.Tensor, int, Callable[[], None]]:
+    def move_gradient(self, buffer: torch.Tensor) -> None:
+        """Accumulate into `buffer` (a shared-memory slot) from now on, keeping what is there."""
+        buffer.copy_(self.grad)
+        bind_gradients(self.model, self.layout, buffer)
+        self.grad = buffer
+
+    def take_gradient(
+        self, swap: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, int, Callable[[], None]]:
         """The mean gradient over the accumulated batches (clipped if configured), then zeroed.
 
-        Returns (gradient on the host, examples, wait). On a GPU the copy to the host runs
-        asynchronously, so the next step's kernels queue behind it without the host waiting;
-        `wait` blocks until the copy has landed and must be called before the tensor is read
-        (the replica's communication thread does). On a CPU it returns at once."""
+        Returns (gradient on the host, examples, wait). On a CPU with `swap` (a free
+        shared-memory slot), the buffer backward accumulated into is handed out as it is and
+        accumulation moves on to `swap`, zeroed: the gradient is never copied. On a GPU the copy
+        to the host runs asynchronously, so the next step's kernels queue behind it without the
+        host waiting; `wait` blocks until the copy has landed and must be called before the
+        tensor is read (the replica's communication thread does). On a CPU it returns at once."""
         n = max(1, self.accumulated)
         if n > 1:
             self.grad.div_(n)
@@ -224,8 +234,14 @@ class ReplicaCore:
             copied = torch.cuda.Event()
             copied.record()
             wait = copied.synchronize
+            self.grad.zero_()
+        elif swap is not None:
+            out = self.grad
+            swap.zero_()
+            bind_gradients(self.model, self.layout, swap)
+            self.grad = swap
         else:
             out = self.grad.detach().clone()
-        self.grad.zero_()
+            self.grad.zero_()
         examples, self.examples, self.accumulated = self.examples, 0, 0
         return out, examples, wait

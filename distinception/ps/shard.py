@@ -6,6 +6,7 @@ Plain Python (no Ray) so the update rule is unit-tested directly; `actors.ShardA
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections import Counter
@@ -18,9 +19,11 @@ import torch
 from distinception.config import PSConfig
 from distinception.ps.layout import ParamLayout
 from distinception.ps.policies import StalenessPolicy
+from distinception.ps.shm import SharedVector
 
 #: Reasons a push is refused; every refusal is counted under its reason and never applied.
-REFUSALS = ("layout", "length", "nonfinite", "stale", "restarted")
+#: "source": a same-node push named a shared-memory gradient that could not be read.
+REFUSALS = ("layout", "length", "nonfinite", "stale", "restarted", "source")
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,11 @@ class ShardCore:
         init: np.ndarray | torch.Tensor,
         ps: PSConfig,
         examples_per_epoch: int,
+        shared: SharedVector | None = None,
     ) -> None:
+        """With `shared`, the weights live in that shared-memory vector (same-node replicas read
+        them straight from there); each update is applied under its write lock, so a reader
+        never copies a half-applied one, and its version is published with it."""
         if len(init) != stop - start:
             raise ValueError(f"shard {index}: init has {len(init)} values, range {stop - start}")
         self.index, self.start, self.stop = index, start, stop
@@ -77,16 +84,29 @@ class ShardCore:
         self.ps = ps
         self.policy = StalenessPolicy.parse(ps.staleness)
         self.examples_per_epoch = max(1, examples_per_epoch)
-        self.flat = torch.as_tensor(np.asarray(init, dtype=np.float32)).clone()
+        values = torch.as_tensor(np.asarray(init, dtype=np.float32))
+        self.shared = shared
+        if shared is not None:
+            if shared.numel != len(init):
+                raise ValueError(f"shard {index}: shared vector has {shared.numel} values")
+            self.flat = shared.values
+            with shared.writing():
+                self.flat.copy_(values)
+                shared.version = 0
+        else:
+            self.flat = values.clone()
         self.grad = torch.zeros_like(self.flat)
         decay, plain = [], []
+        self._pieces: list[tuple[torch.nn.Parameter, int, int]] = []
         # One Parameter per layout piece, each a view of the flat slice, so torch optimizers
         # update the slice in place and weight decay skips biases and normalisation terms.
         for a, b, use_decay in layout.decay_mask(start, stop):
             p = torch.nn.Parameter(torch.empty(0))
             p.data = self.flat[a:b]
-            p.grad = self.grad[a:b]
             (decay if use_decay else plain).append(p)
+            self._pieces.append((p, a, b))
+        self._bound = -1
+        self._bind(self.grad)
         self.optimizer = build_optimizer(decay, plain, ps)
         self.examples = 0
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -115,8 +135,12 @@ class ShardCore:
         examples: int,
         fingerprint: str,
         incarnation: int = 0,
+        borrow: bool = False,
     ) -> PushResult:
-        """Validate, then apply one gradient slice computed on weights of `base_version`."""
+        """Validate, then apply one gradient slice computed on weights of `base_version`.
+
+        `borrow`: the optimizer may read `grad` where it lies (a replica's shared-memory slot,
+        which the replica leaves alone until this push is answered) instead of a copy."""
         staleness = max(0, self.version - base_version)
         reason, norm = "", 0.0
         if fingerprint != self.fingerprint:
@@ -135,24 +159,48 @@ class ShardCore:
         if not reason and not accept:
             reason = "stale"
         if reason:
-            self.refused[reason] += 1
-            return PushResult(False, reason, staleness, self.version)
+            return self.refuse(reason, base_version)
         clip = self.ps.clip_norm
         if clip > 0 and norm > clip:
             # Replicas clip the whole gradient to clip_norm, so an honest slice never exceeds
             # it; a larger one comes from a replica that did not, and is scaled down here.
             scale *= clip / norm
             self.clipped += 1
-        self.grad.copy_(grad)
-        if scale != 1.0:
-            self.grad.mul_(scale)
-        self.optimizer.step()
+        if borrow and scale == 1.0:
+            self._bind(grad)
+        else:
+            self.grad.copy_(grad)
+            if scale != 1.0:
+                self.grad.mul_(scale)
+            self._bind(self.grad)
+        with self._writing():
+            self.optimizer.step()
+            self.version += 1
+            self._publish()
         self.examples += int(examples)
         self.scheduler.step()
-        self.version += 1
         self.staleness_hist[staleness] += 1
         self.recent_hist[staleness] += 1
         return PushResult(True, "", staleness, self.version)
+
+    def _bind(self, grad: torch.Tensor) -> None:
+        """Point the optimizer's gradients at `grad` (when they are not there already)."""
+        if grad.data_ptr() != self._bound:
+            for p, a, b in self._pieces:
+                p.grad = grad[a:b]
+            self._bound = grad.data_ptr()
+
+    def refuse(self, reason: str, base_version: int) -> PushResult:
+        """Count a push refused for `reason` (one of REFUSALS); nothing is applied."""
+        self.refused[reason] += 1
+        return PushResult(False, reason, max(0, self.version - base_version), self.version)
+
+    def _writing(self) -> contextlib.AbstractContextManager[Any]:
+        return self.shared.writing() if self.shared is not None else contextlib.nullcontext()
+
+    def _publish(self) -> None:
+        if self.shared is not None:
+            self.shared.version = self.version
 
     def stats(self, reset_recent: bool = True) -> dict[str, Any]:
         out = {
@@ -196,11 +244,12 @@ class ShardCore:
                 f"layout {state['fingerprint']}, expected [{self.start}, {self.stop}) of "
                 f"{self.fingerprint}"
             )
-        with torch.no_grad():
-            self.flat.copy_(state["flat"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.version = int(state["version"])
+        with torch.no_grad(), self._writing():
+            self.flat.copy_(state["flat"])
+            self.version = int(state["version"])
+            self._publish()
         self.examples = int(state["examples"])
         self.staleness_hist = Counter({int(k): v for k, v in state["staleness_hist"].items()})
         self.refused = Counter(state["refused"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import mlflow
@@ -54,7 +55,8 @@ def run_with(cfg, hooks, **kwargs):
 
 def test_training_learns_and_is_recorded(ray_local, easy_data, mlflow_uri):
     cfg = tiny_cfg(easy_data, mlflow_uri, run={"max_examples": 12000, "eval_interval_s": 3.0})
-    result = run_with(cfg, MlflowHooks(cfg))
+    coordinator = Coordinator(cfg, MlflowHooks(cfg))
+    result = coordinator.run()
 
     assert result.examples >= 12000
     losses = [h["loss"] for h in result.history if "loss" in h]
@@ -63,6 +65,10 @@ def test_training_learns_and_is_recorded(ray_local, easy_data, mlflow_uri):
     assert sorted(result.replica_stats) == [0, 1]
     for stats in result.replica_stats.values():
         assert stats["counters"]["accepted"] > 10
+        # On one node, weights and gradients went through shared memory, and nothing is left.
+        assert stats["counters"]["pushes_shared"] > 10
+        assert stats["counters"]["pulls_shared"] > 10
+    assert coordinator.shm_dir and not os.path.exists(coordinator.shm_dir)
     assert sum(result.staleness_hist.values()) > 20
     assert not result.refused
     # Polyak weights differ from the raw ones and score at least as well (within noise).
@@ -165,9 +171,60 @@ def test_bad_pushes_are_refused_through_the_real_actor(ray_local, easy_data, mlf
     ray.kill(shard)
 
 
+def test_bad_shared_memory_pushes_are_refused_through_the_real_actor(
+    ray_local, easy_data, mlflow_uri, tmp_path
+):
+    import numpy as np
+
+    from distinception.ps import shm
+    from distinception.ps.actors import remote_shard
+    from distinception.ps.layout import ParamLayout
+
+    cfg = tiny_cfg(easy_data, mlflow_uri)
+    layout = ParamLayout.from_module(torch.nn.Linear(4, 2))
+    init = ray.put(np.zeros(layout.total, dtype=np.float32))
+    job = shm.job_dir()
+    shard = remote_shard(cfg).remote(0, 0, layout.total, layout, [init], cfg, 100, "", False, job)
+    link = ray.get(shard.attach.remote())
+    assert link["path"].startswith(job + os.sep)
+    slot = shm.SharedVector(os.path.join(job, "replica-0-t-0.g"), layout.total, create=True)
+    short = shm.SharedVector(os.path.join(job, "replica-1-t-0.g"), layout.total - 1, create=True)
+    outside = tmp_path / "replica-0-x.g"
+    outside.write_bytes(b"\0" * (shm.HEADER + layout.nbytes))
+
+    def push(path: str) -> dict:
+        return ray.get(
+            shard.push_shared.remote(path, 0, 1, layout.fingerprint, link["incarnation"])
+        )
+
+    slot.values.fill_(float("inf"))
+    assert push(slot.path)["reason"] == "nonfinite"
+    assert push(short.path)["reason"] == "length"
+    for path in (str(outside), os.path.join(job, "replica-9-missing.g"), "/etc/passwd"):
+        assert push(path)["reason"] == "source", path
+    slot.values.fill_(1.0)
+    assert push(slot.path)["accepted"]
+    weights = shm.SharedVector(link["path"], layout.total)
+    with weights.reading():  # the update landed in the file same-node replicas read
+        assert weights.version == 1
+        torch.testing.assert_close(weights.values, torch.full((layout.total,), -cfg.ps.lr))
+    stats = ray.get(shard.stats.remote())
+    assert stats["refused"] == {"nonfinite": 1, "length": 1, "source": 3}
+    assert ray.get(shard.release.remote())
+    assert not os.path.exists(job)
+    ray.kill(shard)
+
+
 def test_object_store_stays_flat_over_many_versions(ray_local, easy_data, mlflow_uri):
-    cfg = tiny_cfg(easy_data, mlflow_uri, run={"max_examples": 10000, "eval_interval_s": 1000.0})
+    # Replicas on other nodes than their shards pull every version through the object store.
+    cfg = tiny_cfg(
+        easy_data,
+        mlflow_uri,
+        run={"max_examples": 10000, "eval_interval_s": 1000.0},
+        ps={"transport": "object_store"},
+    )
     result = run_with(cfg, Hooks())
+    assert all("pulls_shared" not in s["counters"] for s in result.replica_stats.values())
     used = [h["object_store_bytes"] for h in result.history if "object_store_bytes" in h]
     assert len(used) >= 4, result.history
     assert result.updates > 200
