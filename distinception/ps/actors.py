@@ -52,6 +52,10 @@ def _reconstructed() -> bool:
 
 
 class ShardActor:
+    """A shard as an actor. Same-node replicas read its weights from shared memory and ring its
+    doorbell to push (see `shm`); others call `pull` and `push`. Both paths, and every other
+    method, go through one lock around the core, as the doorbell answers on its own threads."""
+
     def __init__(
         self,
         index: int,
@@ -68,6 +72,7 @@ class ShardActor:
         torch.set_num_threads(1)
         values = ray.get(init[0])
         incarnation = uuid.uuid4().hex[:12]
+        self.mutex = threading.Lock()
         self.shm_dir = shm_dir
         self.node_id = ray.get_runtime_context().get_node_id()
         self.total = layout.total
@@ -85,6 +90,11 @@ class ShardActor:
             self.restored_from = self.core.version
         self._published: tuple[int, ray.ObjectRef] | None = None
         self._grads: dict[str, shm.SharedVector] = {}
+        self.doorbell: shm.DoorbellServer | None = None
+        if shared is not None:
+            bell = os.path.join(self.shm_dir, f"shard-{index}-{incarnation}.sock")
+            with contextlib.suppress(OSError):  # without one, replicas push by Ray calls
+                self.doorbell = shm.DoorbellServer(bell, self._ring)
 
     def _share(self, index: int, size: int, incarnation: str) -> shm.SharedVector | None:
         """The weights in shared memory for same-node readers, or None (object store only)."""
@@ -94,7 +104,7 @@ class ShardActor:
         try:
             self._claim = shm.claim(self.shm_dir)  # held while this process lives
             shm.sweep(keep=self.shm_dir)  # directories of jobs whose processes are all gone
-            shm.remove_matching(self.shm_dir, f"shard-{index}-")  # a killed predecessor's file
+            shm.remove_matching(self.shm_dir, f"shard-{index}-")  # a killed predecessor's files
             return shm.SharedVector(path, size, create=True)
         except OSError:
             return None  # no usable shared memory here: replicas pull through the object store
@@ -109,23 +119,26 @@ class ShardActor:
         }
 
     def attach(self) -> dict[str, Any]:
-        """How to reach this shard: its node, incarnation and (if any) shared-memory file."""
+        """How to reach this shard: its node, incarnation and, if any, shared-memory file and
+        doorbell."""
         shared = self.core.shared
         return {
             "node_id": self.node_id,
             "incarnation": self.core.incarnation,
             "path": shared.path if shared is not None else "",
+            "bell": self.doorbell.path if self.doorbell is not None else "",
             "size": self.core.size,
             "total": self.total,
         }
 
     def pull(self) -> tuple[int, str, list[ray.ObjectRef]]:
-        version = self.core.version
-        if self._published is None or self._published[0] != version:
-            # Dropping the previous ref lets the object store free that version once no
-            # replica still holds it, which keeps object-store memory flat over a long run.
-            self._published = (version, ray.put(to_wire(self.core.flat, self.dtype)))
-        return version, self.core.incarnation, [self._published[1]]
+        with self.mutex:
+            version = self.core.version
+            if self._published is None or self._published[0] != version:
+                # Dropping the previous ref lets the object store free that version once no
+                # replica still holds it, which keeps object-store memory flat over a long run.
+                self._published = (version, ray.put(to_wire(self.core.flat, self.dtype)))
+            return version, self.core.incarnation, [self._published[1]]
 
     def push(
         self,
@@ -135,13 +148,14 @@ class ShardActor:
         fingerprint: str,
         incarnation: str,
     ) -> dict[str, Any]:
-        result = self.core.apply(
-            from_wire(grad, widen=False),
-            base_version,
-            examples=examples,
-            fingerprint=fingerprint,
-            incarnation=incarnation,
-        )
+        with self.mutex:
+            result = self.core.apply(
+                from_wire(grad, widen=False),
+                base_version,
+                examples=examples,
+                fingerprint=fingerprint,
+                incarnation=incarnation,
+            )
         return dataclasses.asdict(result)
 
     def push_shared(
@@ -156,18 +170,35 @@ class ShardActor:
         file `path` (one of the replica's slots in this job's directory); this shard reads its
         slice from there. A path outside the directory or a file that cannot be mapped is
         refused as "source"; a file of the wrong size as "length"."""
-        grad = self._gradient_source(path)
-        if grad is None:
-            return dataclasses.asdict(self.core.refuse("source", base_version))
-        result = self.core.apply(
-            grad[self.core.start : self.core.stop],
-            base_version,
-            examples=examples,
-            fingerprint=fingerprint,
-            incarnation=incarnation,
-            borrow=True,
-        )
+        with self.mutex:
+            grad = self._gradient_source(path)
+            if grad is None:
+                result = self.core.refuse("source", base_version)
+            else:
+                result = self.core.apply(
+                    grad[self.core.start : self.core.stop],
+                    base_version,
+                    examples=examples,
+                    fingerprint=fingerprint,
+                    incarnation=incarnation,
+                    borrow=True,
+                )
         return dataclasses.asdict(result)
+
+    def _ring(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A doorbell request: `push_shared`'s arguments by name. A malformed one (not from a
+        replica of ours) is refused as "source"."""
+        try:
+            path, fingerprint, incarnation = (
+                str(request["path"]),
+                str(request["fingerprint"]),
+                str(request["incarnation"]),
+            )
+            base_version, examples = int(request["version"]), int(request["examples"])
+        except (KeyError, TypeError, ValueError):
+            with self.mutex:
+                return dataclasses.asdict(self.core.refuse("source", self.core.version))
+        return self.push_shared(path, base_version, examples, fingerprint, incarnation)
 
     def _gradient_source(self, path: str) -> torch.Tensor | None:
         mapped = self._grads.get(path)
@@ -194,20 +225,27 @@ class ShardActor:
 
     def release(self) -> bool:
         """At the end of the job: unmap everything and remove this job's shared-memory files."""
-        for mapped in self._grads.values():
-            mapped.close()
-        self._grads.clear()
+        if self.doorbell is not None:
+            self.doorbell.close()
+        with self.mutex:
+            for mapped in self._grads.values():
+                mapped.close()
+            self._grads.clear()
         shm.remove(self.shm_dir)
         return True
 
     def stats(self) -> dict[str, Any]:
-        return self.core.stats() | {"restarts": self.restarts}
+        with self.mutex:
+            return self.core.stats() | {"restarts": self.restarts}
 
     def save(self) -> int:
         """Checkpoint weights, optimizer and scheduler state, version; returns the version."""
-        if self.checkpoint_uri:
-            ckpt.save_state(self.checkpoint_uri, self.core.state_dict())
-        return self.core.version
+        if not self.checkpoint_uri:
+            return self.core.version
+        with self.mutex:
+            state = self.core.state_dict()
+        ckpt.save_state(self.checkpoint_uri, state)
+        return int(state["version"])
 
 
 class PullTicket(NamedTuple):
@@ -240,6 +278,9 @@ class ShardLinks:
         self.node_id = ray.get_runtime_context().get_node_id()
         self.use_shm = transport != "object_store" and shm.available()
         self.shared: list[shm.SharedVector | None] = [None] * len(shards)
+        # Doorbell paths as attached, and the connections (made and used by the pushing thread).
+        self.bell_paths = [""] * len(shards)
+        self.bells: list[shm.Doorbell | None] = [None] * len(shards)
         self.versions = [0] * len(shards)
         self.incarnations = [""] * len(shards)
         self.shm_dir = ""
@@ -249,6 +290,7 @@ class ShardLinks:
         infos = ray.get([s.attach.remote() for s in self.shards], timeout=RPC_TIMEOUT_S)
         for s, info in enumerate(infos):
             self.incarnations[s] = info["incarnation"]
+            self.bell_paths[s] = info["bell"] if info["node_id"] == self.node_id else ""
             old = self.shared[s]
             if old is not None and old.path == info["path"]:
                 continue
@@ -262,6 +304,79 @@ class ShardLinks:
                 except (OSError, ValueError):
                     self.count("shm_unavailable")
         self.stale = False
+
+    def _bell(self, s: int) -> shm.Doorbell | None:
+        """The doorbell of shard `s`, connected on first use (None: push by a Ray call)."""
+        bell, path = self.bells[s], self.bell_paths[s]
+        if bell is not None and bell.path != path:
+            bell.close()
+            bell = self.bells[s] = None
+        if bell is None and path and self.use_shm:
+            try:
+                bell = self.bells[s] = shm.Doorbell(path, RPC_TIMEOUT_S)
+            except OSError:
+                self.count("doorbell_failed")
+        return bell
+
+    def _hang_up(self, s: int) -> None:
+        bell = self.bells[s]
+        if bell is not None:
+            bell.close()
+        self.bells[s] = None
+        self.stale = True  # the shard may come back with a new file and doorbell
+
+    def push(
+        self,
+        grad: torch.Tensor,
+        slot: str,
+        versions: list[int],
+        incarnations: list[str],
+        examples: int,
+        fingerprint: str,
+        transfer_dtype: str,
+    ) -> tuple[list[ray.ObjectRef], list[dict[str, Any] | None]]:
+        """Send every shard its slice of `grad` (which lies in the shared-memory file `slot`, if
+        given). A shard that reads this node's shared memory gets a doorbell request naming the
+        slot; all are rung before any answer is awaited, so the shards apply in parallel, and
+        their answers are returned (None for a shard that could not be reached). Any other
+        shard gets a Ray call, through the object store unless it can read the slot; those
+        calls are returned as refs, answered later."""
+        refs: list[ray.ObjectRef] = []
+        rung: list[tuple[int, shm.Doorbell]] = []
+        answers: list[dict[str, Any] | None] = []
+        for s, shard in enumerate(self.shards):
+            args = (versions[s], examples, fingerprint, incarnations[s])
+            shared = bool(slot) and self.shared[s] is not None
+            bell = self._bell(s) if shared else None
+            if bell is not None:
+                try:
+                    bell.ring(
+                        dict(
+                            zip(
+                                ("path", "version", "examples", "fingerprint", "incarnation"),
+                                (slot, *args),
+                                strict=True,
+                            )
+                        )
+                    )
+                    rung.append((s, bell))
+                    continue
+                except OSError:
+                    self._hang_up(s)
+                    answers.append(None)
+                    continue
+            if shared:
+                refs.append(shard.push_shared.remote(slot, *args))
+            else:
+                start, stop = self.ranges[s]
+                refs.append(shard.push.remote(to_wire(grad[start:stop], transfer_dtype), *args))
+        for s, bell in rung:
+            try:
+                answers.append(bell.answer())
+            except (OSError, ValueError):
+                self._hang_up(s)
+                answers.append(None)
+        return refs, answers
 
     def _check(self) -> None:
         """Re-attach if asked to, or if a shard's file is gone (it was restarted)."""
@@ -445,16 +560,21 @@ class ReplicaActor:
             try:
                 result = ray.get(ref)
             except RayError:
-                self._count("push_lost")
-                self.links.stale = True  # the shard may come back with a new file
-                continue
-            if result["accepted"]:
-                self._count("accepted")
-                self._count("staleness_sum", result["staleness"])
-            else:
-                self._count(f"refused_{result['reason']}")
-                if result["reason"] in ("restarted", "source"):
-                    self.links.stale = True
+                result = None
+            self._tally(result)
+
+    def _tally(self, result: dict[str, Any] | None) -> None:
+        """Count one shard's answer to a push (None: the push was lost)."""
+        if result is None:
+            self._count("push_lost")
+            self.links.stale = True  # the shard may come back with a new file
+        elif result["accepted"]:
+            self._count("accepted")
+            self._count("staleness_sum", result["staleness"])
+        else:
+            self._count(f"refused_{result['reason']}")
+            if result["reason"] in ("restarted", "source"):
+                self.links.stale = True
 
     def _slots_ready(self) -> bool:
         """Make the gradient slots in shared memory once a shard on this node is known."""
@@ -502,25 +622,25 @@ class ReplicaActor:
         target = self.slots[slot] if slot >= 0 else None
         if target is not None and grad.data_ptr() != target.values.data_ptr():
             target.values.copy_(grad)  # a GPU's gradient, landed in page-locked memory
-        shared_pushes = []
-        for s, shard in enumerate(self.shards):
-            start, stop = self.ranges[s]
-            args = (versions[s], examples, self.fingerprint, incarnations[s])
-            if target is not None and self.links.shared[s] is not None:
-                ref = shard.push_shared.remote(target.path, *args)
-                shared_pushes.append(ref)
-                self._count("pushes_shared")
-            else:
-                ref = shard.push.remote(
-                    to_wire(grad[start:stop], self.cfg.ps.transfer_dtype), *args
-                )
-            self.in_flight.append(ref)
+        refs, answers = self.links.push(
+            grad,
+            target.path if target is not None else "",
+            versions,
+            incarnations,
+            examples,
+            self.fingerprint,
+            self.cfg.ps.transfer_dtype,
+        )
+        for answer in answers:
+            self._tally(answer)
+        self._count("pushes_shared", len(answers))
+        self.in_flight.extend(refs)
         if slot >= 0:
-            self.slot_pushes[slot] = shared_pushes
+            self.slot_pushes[slot] = refs
         self._count("pushes")
         # Issued after our push, so each shard applies our gradient before answering; a shard
         # read from shared memory is read once our push to it has been answered.
-        ticket = self.links.issue(after=shared_pushes) if pull else None
+        ticket = self.links.issue(after=refs) if pull else None
         # Bounded in-flight pushes: a fast replica cannot flood a slow shard's queue.
         self._collect(keep=2 * len(self.shards))
         return ticket

@@ -22,13 +22,18 @@ new shard removes the directories on its node that no live process holds (`sweep
 from __future__ import annotations
 
 import contextlib
+import json
 import mmap
 import os
 import shutil
+import socket
+import struct
 import tempfile
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,6 +42,8 @@ import torch
 HEADER = 4096
 PREFIX = "distinception-"
 LOCK = ".lock"
+#: A job directory nobody has claimed for this long was abandoned while being created.
+UNCLAIMED_S = 600.0
 
 try:
     import fcntl
@@ -79,7 +86,7 @@ def claim(directory: str) -> int:
 def sweep(keep: str = "") -> list[str]:
     """Remove the job directories under `root()` that no live process holds; return them.
 
-    A directory without a lock file is left alone (it is being created)."""
+    A directory without a lock file is left alone while young (it is being created)."""
     removed: list[str] = []
     names: list[str] = []
     base = root()
@@ -92,6 +99,10 @@ def sweep(keep: str = "") -> list[str]:
         try:
             fd = os.open(os.path.join(path, LOCK), os.O_RDWR)
         except OSError:
+            with contextlib.suppress(OSError):
+                if time.time() - os.path.getmtime(path) > UNCLAIMED_S:
+                    remove(path)
+                    removed.append(path)
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -188,3 +199,102 @@ class SharedVector:
             self._mm.close()
         with contextlib.suppress(OSError):
             os.close(self._fd)
+
+
+# -- doorbells: a same-node push's request and answer, without a Ray call --------------------
+#: Requests and answers are small JSON objects; anything longer is not ours and is dropped.
+MAX_MESSAGE = 1 << 16
+
+
+def _send_message(sock: socket.socket, message: dict[str, Any]) -> None:
+    data = json.dumps(message).encode()
+    sock.sendall(struct.pack("!I", len(data)) + data)
+
+
+def _receive_exactly(sock: socket.socket, n: int) -> bytes:
+    chunks, left = [], n
+    while left:
+        chunk = sock.recv(left)
+        if not chunk:
+            raise ConnectionError("doorbell closed")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _receive_message(sock: socket.socket) -> dict[str, Any]:
+    (n,) = struct.unpack("!I", _receive_exactly(sock, 4))
+    if n > MAX_MESSAGE:
+        raise ConnectionError(f"doorbell message of {n} bytes, expected at most {MAX_MESSAGE}")
+    message = json.loads(_receive_exactly(sock, n))
+    if not isinstance(message, dict):
+        raise ConnectionError("doorbell message is not a JSON object")
+    return message
+
+
+class Doorbell:
+    """A replica's connection to one shard's doorbell (a Unix socket in the job directory).
+
+    A Ray call costs ~1-2.5 ms each way on a busy node, as much as applying a 26 MB gradient
+    slice; a doorbell round trip costs tens of microseconds. A push rings every shard's bell
+    first and then collects the answers, so the shards apply their slices in parallel."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(path)
+        except OSError:
+            self.sock.close()
+            raise
+
+    def ring(self, message: dict[str, Any]) -> None:
+        _send_message(self.sock, message)
+
+    def answer(self) -> dict[str, Any]:
+        return _receive_message(self.sock)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+class DoorbellServer:
+    """A shard's doorbell: answers each request with `handle(request)`, one thread per replica
+    connected. `handle` must be safe to call beside the shard's Ray methods (the shard holds
+    one lock around its core for both)."""
+
+    def __init__(self, path: str, handle: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        self.path = path
+        self.handle = handle
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        os.chmod(path, 0o600)
+        self.sock.listen(64)
+        self._closed = False
+        threading.Thread(target=self._accept, name="doorbell", daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            while not self._closed:
+                try:
+                    request = _receive_message(conn)
+                    _send_message(conn, self.handle(request))
+                except (OSError, ValueError):
+                    return  # the replica went away, or sent something that is not ours
+
+    def close(self) -> None:
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)

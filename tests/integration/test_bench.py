@@ -39,6 +39,25 @@ def test_throughput_compares_four_systems_with_and_without_a_straggler(tmp_path)
     _png(out["png"])
 
 
+@pytest.mark.parametrize("transport", ["auto", "object_store"])
+def test_round_trip_benchmark_goes_through_the_replicas_transport(transport):
+    from distinception.bench.common import local_ray
+    from distinception.bench.roundtrip import bench_p1
+    from distinception.ps import shm
+
+    def jobs() -> set[str]:
+        return {n for n in os.listdir(shm.root()) if n.startswith(shm.PREFIX)}
+
+    before = jobs()
+    with local_ray():
+        p1 = bench_p1(repeats=1, num_shards=2, transport=transport)
+    assert p1["shared_shards"] == (2 if transport == "auto" else 0)
+    assert p1["bytes"] == 4 * 13_378_280  # the faithful GoogLeNet with its aux heads
+    for key in ("memcpy_s", "ours_s", "docs_s", "pull_s", "push_s"):
+        assert 0 < p1[key] < 60, (key, p1[key])
+    assert jobs() <= before  # its shared memory is gone
+
+
 def test_convergence_and_staleness_write_tables_and_plots(tmp_path):
     from distinception.bench.convergence import DDP_SPLIT, POLYAK, RAW, run_convergence
     from distinception.bench.staleness import run_staleness

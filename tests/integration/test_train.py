@@ -208,8 +208,18 @@ def test_bad_shared_memory_pushes_are_refused_through_the_real_actor(
     with weights.reading():  # the update landed in the file same-node replicas read
         assert weights.version == 1
         torch.testing.assert_close(weights.values, torch.full((layout.total,), -cfg.ps.lr))
+    # The doorbell (how same-node replicas push) takes the same request by name.
+    bell = shm.Doorbell(link["bell"], timeout=60)
+    request = {"path": slot.path, "version": 1, "examples": 1}
+    request |= {"fingerprint": layout.fingerprint, "incarnation": link["incarnation"]}
+    bell.ring(request)
+    assert bell.answer() == {"accepted": True, "reason": "", "staleness": 0, "version": 2}
+    bell.ring({"path": slot.path})
+    assert bell.answer()["reason"] == "source"
+    bell.close()
     stats = ray.get(shard.stats.remote())
-    assert stats["refused"] == {"nonfinite": 1, "length": 1, "source": 3}
+    assert stats["version"] == 2
+    assert stats["refused"] == {"nonfinite": 1, "length": 1, "source": 4}
     assert ray.get(shard.release.remote())
     assert not os.path.exists(job)
     ray.kill(shard)

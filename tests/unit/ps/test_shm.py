@@ -86,6 +86,14 @@ def test_sweep_removes_only_directories_no_live_process_holds(job_dir):
     assert other in removed and not os.path.exists(other)
     assert os.path.isdir(job_dir) and job_dir not in removed
     os.close(held)
+    # One never claimed (its creator died first) is removed once it is old, not before.
+    young, old = shm.job_dir(), shm.job_dir()
+    for path in (young, old):
+        os.makedirs(path)
+    os.utime(old, (0, 0))
+    removed = shm.sweep(keep=job_dir)
+    assert old in removed and young not in removed and os.path.isdir(young)
+    shm.remove(young)
 
 
 def test_remove_only_touches_job_directories(tmp_path):
@@ -147,3 +155,40 @@ def test_a_replica_hands_out_its_gradient_slot_and_accumulates_in_the_next():
     core.compute(batch)
     torch.testing.assert_close(slots[1], expected)  # backward wrote into the slot
     torch.testing.assert_close(out, expected)  # and left the handed-out one alone
+
+
+def test_a_doorbell_answers_each_request_and_drops_what_is_not_ours(job_dir):
+    import socket
+    import struct
+
+    os.makedirs(job_dir)
+    seen: list[dict] = []
+
+    def handle(request: dict) -> dict:
+        seen.append(request)
+        return {"accepted": True, "n": request["n"]}
+
+    server = shm.DoorbellServer(os.path.join(job_dir, "shard-0-a.sock"), handle)
+    bells = [shm.Doorbell(server.path, timeout=10) for _ in range(2)]
+    for n, bell in enumerate(bells):
+        bell.ring({"n": n})  # both rung before either answer is read
+    assert [bell.answer() for bell in bells] == [
+        {"accepted": True, "n": 0},
+        {"accepted": True, "n": 1},
+    ]
+    # A message over the size limit, or not JSON, closes that connection and nothing else.
+    for junk in (struct.pack("!I", shm.MAX_MESSAGE + 1), struct.pack("!I", 3) + b"{x]"):
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw.settimeout(10)
+        raw.connect(server.path)
+        raw.sendall(junk)
+        assert raw.recv(1) == b""  # closed by the server
+        raw.close()
+    bells[0].ring({"n": 5})
+    assert bells[0].answer()["n"] == 5 and len(seen) == 3
+    server.close()
+    assert not os.path.exists(server.path)
+    with pytest.raises(OSError):
+        shm.Doorbell(server.path, timeout=1)
+    for bell in bells:
+        bell.close()
