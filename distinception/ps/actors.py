@@ -4,10 +4,15 @@ This is the only module that turns classes into actors. The data plane is replic
 averager <-> shard, directly: the driver never handles weights or gradients while training.
 
 Wire protocol of a shard:
+- `attach()` -> its node, incarnation, and (when it has one) its shared-memory file and doorbell.
 - `pull()` -> (version, incarnation, [ref]): the weights of `version` as one object-store ref,
   put at most once per version and cached, so any number of pulls of one version cost one copy.
   The ref is wrapped in a list so the caller decides when to fetch it.
 - `push(grad, base_version, examples, fingerprint, incarnation)` -> a `PushResult` as a dict.
+- Same node (`ps.transport=auto`): a replica reads the weights from the shard's shared-memory
+  file instead of pulling, and pushes by writing its gradient into a shared-memory slot and
+  ringing the shard's doorbell with `push`'s arguments, the slot's path in place of the gradient
+  (`push_shared` takes the same request as a Ray call). See `shm`.
 The incarnation changes whenever a shard actor is restarted (and reloads its checkpoint), so a
 gradient computed on weights of a previous incarnation is refused rather than misapplied.
 """
