@@ -299,14 +299,14 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if p4 is not None:
         when = (
-            f"{p4['reached_s']:.0f} s ({p4['reached_examples']:,} examples)"
+            f"after {p4['reached_s']:.0f} s ({p4['reached_examples']:,} examples)"
             if p4["reached_s"] is not None
-            else "not reached"
+            else "not reached within the recipe's budget"
         )
         lines += [
             "",
             f"P4 demo recipe (`distinception train --recipe demo`, 2 shards, 2 replicas): Polyak "
-            f"top-1 error <= {p4['target']:.0%} after {when}; final after {p4['seconds']:.0f} s "
+            f"top-1 error <= {p4['target']:.0%} {when}; final after {p4['seconds']:.0f} s "
             f"and {p4['examples']:,} examples: raw {p4['raw']:.1%}, Polyak {p4['polyak']:.1%}.",
             "",
             "| seconds | examples | raw top-1 error | Polyak top-1 error |",
