@@ -74,7 +74,8 @@ def bench_p1(
         JobConfig(),
     )
     _, flat, _, layout = build_flat_model(cfg, 1000, seed=0)
-    # A plain memcpy: numpy's copy is one thread, as every copy of the round trip is.
+    # A plain memcpy: numpy's copy is one thread, as a replica's copies are (its torch is held
+    # to one thread; this driver's torch keeps its default).
     src, dst = flat.numpy(), np.empty_like(flat.numpy())
     memcpy_times: list[float] = []
 

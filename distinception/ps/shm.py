@@ -240,8 +240,8 @@ class Doorbell:
 
     A Ray call to a shard took ~2.5 ms there and back on the reference machine, nearly as long as
     applying a 26 MB gradient slice; a doorbell took ~0.5 ms, mostly waking the shard's thread.
-    A push rings every shard's bell
-    first and then collects the answers, so the shards apply their slices in parallel."""
+    A push rings every shard's bell first and then collects the answers, so the shards apply
+    their slices in parallel."""
 
     def __init__(self, path: str, timeout: float) -> None:
         self.path = path
