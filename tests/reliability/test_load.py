@@ -87,6 +87,14 @@ def test_many_replicas_pushing_to_one_shard(ray_local, report):
         assert time.monotonic() - start < SECONDS + RPC_TIMEOUT_S, "replicas never returned"
     counts = ray.get(refs, timeout=RPC_TIMEOUT_S)
     stats = ray.get(shard.stats.remote(), timeout=RPC_TIMEOUT_S)
+    # Once the replicas are done, what stays is the shard's current version and `init`: Ray
+    # frees the rest on its own schedule (seconds on a loaded machine), so wait for it. A
+    # shard that kept old versions would stay at hundreds of vectors.
+    drained = object_store_bytes()
+    drain_deadline = time.monotonic() + 30
+    while drained > 4 * layout.total * 4 and time.monotonic() < drain_deadline:
+        time.sleep(0.5)
+        drained = object_store_bytes()
     for actor in [*pushers, shard]:
         ray.kill(actor)
 
@@ -106,8 +114,11 @@ def test_many_replicas_pushing_to_one_shard(ray_local, report):
     assert max(store) < max(capacity, 400 * 2**20) / 2, (max(store), vector)
     assert accepted * vector > 4 * max(store), (accepted, max(store))
     half = len(store) // 2
-    # No growth past the early peak (the first windows include the replicas ramping up).
-    assert statistics.mean(store[half:]) <= max(store[:half]) + 8 * vector
+    # No growth with time: the store keeps coming back to its early level. Single windows may
+    # peak higher while Ray catches up on frees (seen at 1.7x the early peak on a slow
+    # machine), so the test is the lowest later window, which a leak would push up too.
+    assert min(store[half:]) <= max(store[:half]) + 8 * vector, store
+    assert drained <= 4 * vector, (drained, vector)
     report(
         "load_one_shard",
         {
@@ -122,6 +133,7 @@ def test_many_replicas_pushing_to_one_shard(ray_local, report):
             "store_mib_max": round(max(store) / 2**20, 1),
             "store_mib_first_half": round(statistics.mean(store[: len(store) // 2]) / 2**20, 1),
             "store_mib_second_half": round(statistics.mean(store[len(store) // 2 :]) / 2**20, 1),
+            "store_mib_after": round(drained / 2**20, 2),
             "per_replica_updates": sorted(c["accepted"] for c in counts),
         },
     )
