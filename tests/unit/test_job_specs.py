@@ -9,6 +9,7 @@ import pytest
 
 from distinception.cli import _job_config, build_parser
 from distinception.config import load_yaml
+from distinception.recipes import get_recipe
 from distinception.submit import SubmitError, find_token, load_spec, runtime_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,6 +52,11 @@ def test_the_paper_job_trains_the_faithful_model_at_224_on_gpus():
 @pytest.mark.parametrize("path", sorted((ROOT / "jobs" / "configs").glob("*.yaml")))
 def test_train_configs_still_load(path):
     assert load_yaml(path).name
+
+
+def test_the_demo_file_is_the_demo_recipe():
+    # The file is what `make demo` runs, written out for users to copy and edit.
+    assert load_yaml(ROOT / "jobs" / "configs" / "demo.yaml") == get_recipe("demo")
 
 
 def test_runtime_env_carries_code_pins_and_tracking_uri(monkeypatch):
