@@ -90,9 +90,10 @@ def test_many_replicas_pushing_to_one_shard(ray_local, report):
     # Once the replicas are done, what stays is the shard's current version and `init`: Ray
     # frees the rest on its own schedule (seconds on a loaded machine), so wait for it. A
     # shard that kept old versions would stay at hundreds of vectors.
+    vector = layout.total * 4
     drained = object_store_bytes()
     drain_deadline = time.monotonic() + 30
-    while drained > 4 * layout.total * 4 and time.monotonic() < drain_deadline:
+    while drained > 4 * vector and time.monotonic() < drain_deadline:
         time.sleep(0.5)
         drained = object_store_bytes()
     for actor in [*pushers, shard]:
@@ -109,7 +110,6 @@ def test_many_replicas_pushing_to_one_shard(ray_local, report):
     # that does not grow with the updates applied. Every version ever published would be
     # `accepted` vectors; the store holds a fraction of that, within half its capacity.
     store = [w[2] for w in windows if w[2] >= 0]
-    vector = layout.total * 4
     capacity = ray.available_resources().get("object_store_memory", 400 * 2**20)
     assert max(store) < max(capacity, 400 * 2**20) / 2, (max(store), vector)
     assert accepted * vector > 4 * max(store), (accepted, max(store))

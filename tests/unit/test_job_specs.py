@@ -55,7 +55,7 @@ def test_train_configs_still_load(path):
 
 
 def test_the_demo_file_is_the_demo_recipe():
-    # The file is what `make demo` runs, written out for users to copy and edit.
+    # The file is the demo recipe written out for users to copy and edit: it must not drift.
     assert load_yaml(ROOT / "jobs" / "configs" / "demo.yaml") == get_recipe("demo")
 
 
