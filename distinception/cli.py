@@ -200,6 +200,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         print(format_gpu(run_gpu(batch=args.batch, steps=args.steps, device=args.device)))
         return 0
+    if args.bench_command == "updates":
+        from distinception.bench.updates import run_updates
+
+        try:
+            counts = tuple(int(x) for x in args.replicas.split(",") if x.strip())
+        except ValueError:
+            counts = ()
+        if not counts or min(counts) < 1:
+            raise ConfigError(
+                f"--replicas={args.replicas!r}: expected a comma list of integers >= 1"
+            )
+        if args.seeds < 1:
+            raise ConfigError(f"--seeds={args.seeds}: expected an integer >= 1")
+        res = run_updates(
+            replicas=counts,
+            updates=tuple(u for u in args.updates.split(",") if u),
+            seeds=args.seeds,
+            quick=args.quick,
+            out_dir=args.out,
+            recipe=args.recipe,
+            overrides=tuple(args.set or []),
+        )
+        print(res["text"])
+        return 0
     if args.replicas < 1:
         raise ConfigError(f"--replicas={args.replicas}: expected an integer >= 1")
     if args.bench_command == "throughput":
@@ -219,7 +243,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise ConfigError(f"--budget={args.budget}: expected a number of examples >= 1")
         if args.seeds < 1:
             raise ConfigError(f"--seeds={args.seeds}: expected an integer >= 1")
-        extra = {"budget": args.budget, "seeds": args.seeds, "overrides": tuple(args.set or [])}
+        if args.target is not None and not 0 < args.target < 1:
+            raise ConfigError(f"--target={args.target}: expected an error rate in (0, 1)")
+        extra = {
+            "budget": args.budget,
+            "seeds": args.seeds,
+            "overrides": tuple(args.set or []),
+            "systems": tuple(s for s in args.systems.split(",") if s),
+            "target": args.target,
+            "recipe": args.recipe,
+        }
     print(run(replicas=args.replicas, quick=args.quick, out_dir=args.out, **extra)["text"])
     return 0
 
@@ -277,7 +310,9 @@ def _add_address(p: argparse.ArgumentParser) -> None:
 
 def _job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--recipe", default="demo", help="named run recipe: demo (default), paper, cluster, tiny"
+        "--recipe",
+        default="demo",
+        help="named run recipe: demo (default), paper, cluster, digits, tiny",
     )
     p.add_argument("--config", help="YAML file overlaid on the recipe")
     p.add_argument(
@@ -445,7 +480,44 @@ def build_parser() -> argparse.ArgumentParser:
                 metavar="KEY=VALUE",
                 help="override the recipe for every system, e.g. ps.lr=0.01 (repeatable)",
             )
+            p.add_argument(
+                "--recipe",
+                default=None,
+                help="run recipe every system starts from (default demo; tiny with --quick), "
+                "e.g. digits with --set data.path=DIR from bench/import_digits.py",
+            )
+            p.add_argument(
+                "--systems",
+                default="ps,ps-previous,ddp,ddp-split,local",
+                help="comma list of ps, ps-previous, ddp, ddp-split, local (default all)",
+            )
+            p.add_argument(
+                "--target",
+                type=float,
+                default=None,
+                help="error rate the time-to-target columns use (default 1.5 x the local "
+                "loop's final error)",
+            )
         p.set_defaults(func=cmd_bench)
+    p = bench.add_parser(
+        "updates",
+        help="the async update rules side by side (error, staleness, momentum, DC memory)",
+        epilog="example: distinception bench updates --recipe digits --replicas 1,2 "
+        "--updates previous,default,dc --seeds 3 --set data.path=~/.cache/distinception/digits",
+    )
+    p.add_argument("--replicas", default="1,2", help="comma list of replica counts (default 1,2)")
+    p.add_argument(
+        "--updates",
+        default="previous,default,dc",
+        help="comma list of: default, previous, no-lag, lag, dc, dc-only, dc-constant, scale, "
+        "scale+mc, bound:1, bound:1+mc, warm-start, adagrad (default previous,default,dc)",
+    )
+    p.add_argument("--seeds", type=int, default=3, help="runs per cell (default 3)")
+    p.add_argument("--quick", action="store_true", help="the tiny recipe, 1,500 examples a run")
+    p.add_argument("--recipe", default=None, help="run recipe (default demo; tiny with --quick)")
+    p.add_argument("--out", default="bench/results", help="where updates.md and the PNG go")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override (repeatable)")
+    p.set_defaults(func=cmd_bench)
     p = bench.add_parser("gpu", help="one replica vs a local torch loop on one GPU (no Ray)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=30)

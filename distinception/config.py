@@ -42,6 +42,7 @@ POLYAK_MODES = ("uniform", "ema", "off")
 TRANSFER_DTYPES = ("float32", "bfloat16")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 TRANSPORTS = ("auto", "object_store")
+MOMENTUM_CORRECTION = ("auto", "none")
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,21 @@ class PSConfig:
     n_fetch: int = 1
     n_push: int = 1
     staleness: str = "none"
+    #: Momentum compensation for asynchrony: "auto" lowers each shard's explicit momentum by
+    #: the implicit momentum its measured staleness adds (s / (s + 1), Mitliagkas et al. 2016),
+    #: so the total stays `momentum`; "none" keeps `momentum` as it is.
+    momentum_correction: str = "auto"
+    #: Delay compensation (DC-ASGD, Zheng et al. 2017): lambda of g + lambda g*g*(w_now -
+    #: w_pulled), 0 = off. `dc_adaptive` divides lambda by a running RMS of the gradient (their
+    #: DC-ASGD-a); each shard keeps `dc_history` past versions of its slice (0 = 2 x replicas
+    #: + 2) to know w_pulled.
+    delay_compensation: float = 0.0
+    dc_adaptive: bool = True
+    dc_history: int = 0
+    #: Steps a replica may compute on the weights it has while its next pull is in flight
+    #: (overlap of communication and compute; each step of lag adds one version of staleness).
+    #: -1 = auto: 1 under the none/scale policies with several replicas, else 0.
+    max_lag: int = -1
     transfer_dtype: str = "float32"
     #: How replicas and the averager reach the shards. "auto": through shared memory when on the
     #: shard's node (weights read in place, gradients written once; always fp32, exact), through
@@ -204,6 +220,21 @@ class PSConfig:
     #: (factor - 1) x its compute time after every step), to measure a straggler. 1 = off.
     straggler_factor: float = 1.0
 
+    @property
+    def dc_versions(self) -> int:
+        """Past versions a shard keeps for delay compensation (0 when it is off)."""
+        if not self.delay_compensation:
+            return 0
+        return self.dc_history or 2 * self.num_replicas + 2
+
+    @property
+    def lag(self) -> int:
+        """`max_lag` resolved: how many steps a replica may run ahead of its newest pull."""
+        if self.max_lag >= 0:
+            return self.max_lag
+        bounded = parse_staleness(self.staleness)[0] == "bound"
+        return 0 if bounded or self.num_replicas == 1 else 1
+
     def __post_init__(self) -> None:
         _check(1 <= self.num_shards <= 256, "num_shards", self.num_shards, "an integer in [1, 256]")
         _check(self.num_replicas >= 1, "num_replicas", self.num_replicas, "an integer >= 1")
@@ -219,6 +250,15 @@ class PSConfig:
         _check(self.n_fetch >= 1, "n_fetch", self.n_fetch, "an integer >= 1")
         _check(self.n_push >= 1, "n_push", self.n_push, "an integer >= 1")
         parse_staleness(self.staleness)
+        _choice("momentum_correction", self.momentum_correction, MOMENTUM_CORRECTION)
+        _check(
+            self.delay_compensation >= 0,
+            "delay_compensation",
+            self.delay_compensation,
+            "a number >= 0 (0 = off)",
+        )
+        _check(self.dc_history >= 0, "dc_history", self.dc_history, "an integer >= 0 (0 = auto)")
+        _check(self.max_lag >= -1, "max_lag", self.max_lag, "an integer >= -1 (-1 = auto)")
         _choice("transfer_dtype", self.transfer_dtype, TRANSFER_DTYPES)
         _choice("transport", self.transport, TRANSPORTS)
         _choice("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)

@@ -1,6 +1,8 @@
 """`distinception bench convergence`: top-1 error at an equal example budget.
 
-Async PS (Polyak and raw weights of the same run), synchronous DDP (Ray Train) and a local loop
+Async PS with the default (async-aware) update, async PS with the previous update (Downpour
+with full momentum and one step of lag: `ps.momentum_correction=none`, `ps.max_lag=1`), each scored
+on its Polyak and raw weights, synchronous DDP (Ray Train) and a local loop
 each see the same number of training examples of the generated set, with the same model,
 optimizer and schedule, on several seeds. DDP runs twice: with the replicas' batch per worker,
 and with it split across the workers, so that an update averages as many examples as a PS
@@ -28,11 +30,22 @@ from distinception.bench.common import (
     open_stream,
     top1_error,
 )
-from distinception.config import JobConfig, apply_overrides, from_dict
+from distinception.config import ConfigError, JobConfig, apply_overrides, from_dict
 from distinception.ps.coordinator import Coordinator, Hooks, resolve_data
 from distinception.recipes import get_recipe
 
 POLYAK, RAW, DDP, LOCAL = "async PS, Polyak", "async PS, raw", "sync DDP", "local"
+PREV_POLYAK, PREV_RAW = "async PS previous update, Polyak", "async PS previous update, raw"
+#: The update the parameter server used before momentum compensation and the lag rule.
+PREVIOUS_UPDATE = {"ps": {"momentum_correction": "none", "max_lag": 1}}
+#: Which systems `systems` may name, and the series each adds.
+SYSTEMS = {
+    "ps": (POLYAK, RAW),
+    "ps-previous": (PREV_POLYAK, PREV_RAW),
+    "ddp": ("sync DDP",),
+    "ddp-split": ("sync DDP, split batch",),
+    "local": ("local",),
+}
 #: DDP with the per-worker batch divided by the workers: every update averages as many examples
 #: as one of the PS's or the local loop's, which separates asynchrony from update size.
 DDP_SPLIT = "sync DDP, split batch"
@@ -92,6 +105,45 @@ def _local(cfg: JobConfig, data: str, num_classes: int, budget: int, points: int
     return curve
 
 
+def interval95(values: list[float]) -> float:
+    """Half-width of the 95% confidence interval of the mean (Student's t; 0 for one value)."""
+    if len(values) < 2:
+        return 0.0
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5)
+
+
+def to_target(curve: list[tuple[float, int, float]], target: float) -> tuple[float, int] | None:
+    """(seconds, examples) at the first evaluation at or below `target` error, or None."""
+    for seconds, examples, err in curve:
+        if err <= target:
+            return seconds, examples
+    return None
+
+
+def _summary(
+    name: str, runs: list[list[tuple[float, int, float]]], target: float
+) -> tuple[list[Any], list[float]]:
+    errs = [run[-1][2] for run in runs]
+    hits = [h for h in (to_target(run, target) for run in runs) if h is not None]
+    reach = (
+        f"{statistics.mean(h[1] for h in hits):,.0f} / {statistics.mean(h[0] for h in hits):.0f}"
+        if hits
+        else "-"
+    )
+    row = [
+        name,
+        f"{100 * statistics.mean(errs):.1f} ± {100 * interval95(errs):.1f}",
+        f"{100 * min(errs):.1f}-{100 * max(errs):.1f}",
+        f"{len(hits)}/{len(runs)}",
+        reach,
+        f"{statistics.mean(run[-1][1] for run in runs):,.0f}",
+        f"{statistics.mean(run[-1][0] for run in runs):.0f}",
+    ]
+    return row, errs
+
+
 def run_convergence(
     replicas: int = 2,
     quick: bool = False,
@@ -101,11 +153,22 @@ def run_convergence(
     seeds: int = 3,
     points: int = 8,
     overrides: tuple[str, ...] = (),
+    systems: tuple[str, ...] = tuple(SYSTEMS),
+    target: float | None = None,
 ) -> dict[str, Any]:
     """Every system on every seed; writes convergence.md and two PNG plots (error vs seconds and
-    vs examples seen, mean over seeds)."""
+    vs examples seen, mean over seeds).
+
+    The table gives the final error as mean ± the 95% interval over seeds, and the examples and
+    seconds each system took to reach `target` error (default: 1.5 x the local loop's mean final
+    error, or 0.5 without a local loop), averaged over the seeds that reached it."""
     from distinception.bench.ddp import run_ddp
 
+    unknown = [name for name in systems if name not in SYSTEMS]
+    if unknown or not systems:
+        raise ConfigError(
+            f"--systems={','.join(systems)!r}: expected a comma list of " + ", ".join(SYSTEMS)
+        )
     recipe = recipe or ("tiny" if quick else "demo")
     base = fit_cpus(apply_overrides(get_recipe(recipe), overrides), replicas)
     # The demo model's error leaves chance only after ~40k examples (measured: Polyak top-1
@@ -114,65 +177,63 @@ def run_convergence(
     info = machine()
     data, num_classes, train_examples = resolve_data(base)
     curves: dict[str, list[list[tuple[float, int, float]]]] = {
-        POLYAK: [],
-        RAW: [],
-        DDP: [],
-        DDP_SPLIT: [],
-        LOCAL: [],
+        series: [] for name in systems for series in SYSTEMS[name]
     }
+    eval_s = max(2.0, budget / 2000 / points * 4)
     t_start = time.perf_counter()
     with local_ray():
         for seed in range(seeds):
             cfg = from_dict({"run": {"seed": seed}}, base)
-            ps = _ps(cfg, budget, eval_s=max(2.0, budget / 2000 / points * 4))
-            curves[POLYAK].append(ps[POLYAK])
-            curves[RAW].append(ps[RAW])
-            per_step = replicas * cfg.data.batch_size
-            steps = max(1, budget // per_step)
-            ddp = run_ddp(
-                cfg,
-                data,
-                num_classes,
-                replicas,
-                steps,
-                worker_cpus=cfg.ps.replica_cpus,
-                warmup_steps=0,
-                eval_every=max(1, steps // points),
-                examples_per_epoch=train_examples,
-            )
-            curves[DDP].append(ddp["curve"])
-            split_batch = max(1, cfg.data.batch_size // replicas)
-            split = from_dict({"data": {"batch_size": split_batch}}, cfg)
-            ddp_split = run_ddp(
-                split,
-                data,
-                num_classes,
-                replicas,
-                max(1, budget // (replicas * split.data.batch_size)),
-                worker_cpus=cfg.ps.replica_cpus,
-                warmup_steps=0,
-                eval_every=max(1, budget // (replicas * split.data.batch_size) // points),
-                examples_per_epoch=train_examples,
-            )
-            curves[DDP_SPLIT].append(ddp_split["curve"])
-            curves[LOCAL].append(_local(cfg, data, num_classes, budget, points, train_examples))
+            if "ps" in systems:
+                ps = _ps(cfg, budget, eval_s)
+                curves[POLYAK].append(ps[POLYAK])
+                curves[RAW].append(ps[RAW])
+            if "ps-previous" in systems:
+                ps = _ps(from_dict(PREVIOUS_UPDATE, cfg), budget, eval_s)
+                curves[PREV_POLYAK].append(ps[POLYAK])
+                curves[PREV_RAW].append(ps[RAW])
+            if "ddp" in systems:
+                steps = max(1, budget // (replicas * cfg.data.batch_size))
+                ddp = run_ddp(
+                    cfg,
+                    data,
+                    num_classes,
+                    replicas,
+                    steps,
+                    worker_cpus=cfg.ps.replica_cpus,
+                    warmup_steps=0,
+                    eval_every=max(1, steps // points),
+                    examples_per_epoch=train_examples,
+                )
+                curves[DDP].append(ddp["curve"])
+            if "ddp-split" in systems:
+                split_batch = max(1, cfg.data.batch_size // replicas)
+                split = from_dict({"data": {"batch_size": split_batch}}, cfg)
+                steps = max(1, budget // (replicas * split.data.batch_size))
+                ddp_split = run_ddp(
+                    split,
+                    data,
+                    num_classes,
+                    replicas,
+                    steps,
+                    worker_cpus=cfg.ps.replica_cpus,
+                    warmup_steps=0,
+                    eval_every=max(1, steps // points),
+                    examples_per_epoch=train_examples,
+                )
+                curves[DDP_SPLIT].append(ddp_split["curve"])
+            if "local" in systems:
+                curves[LOCAL].append(_local(cfg, data, num_classes, budget, points, train_examples))
     wall = time.perf_counter() - t_start
 
+    if target is None:
+        target = 0.5
+        if LOCAL in curves:
+            target = min(0.95, 1.5 * statistics.mean(run[-1][2] for run in curves[LOCAL]))
     rows, finals = [], {}
     for name, runs in curves.items():
-        errs = [run[-1][2] for run in runs]
-        finals[name] = errs
-        spread = statistics.stdev(errs) if len(errs) > 1 else 0.0
-        rows.append(
-            [
-                name,
-                f"{100 * statistics.mean(errs):.1f}%",
-                f"{100 * spread:.1f}",
-                f"{100 * min(errs):.1f}-{100 * max(errs):.1f}%",
-                f"{statistics.mean(run[-1][1] for run in runs):,.0f}",
-                f"{statistics.mean(run[-1][0] for run in runs):.0f}",
-            ]
-        )
+        row, finals[name] = _summary(name, runs, target)
+        rows.append(row)
     os.makedirs(out_dir, exist_ok=True)
 
     def mean_curve(runs: list[list[tuple[float, int, float]]], x: int):
@@ -199,21 +260,32 @@ def run_convergence(
     )
     cmd = (
         f"distinception bench convergence --replicas {replicas}{' --quick' if quick else ''}"
-        f" --budget {budget} --seeds {seeds}" + "".join(f" --set {o}" for o in overrides)
+        f" --budget {budget} --seeds {seeds}"
+        + (f" --systems {','.join(systems)}" if tuple(systems) != tuple(SYSTEMS) else "")
+        + "".join(f" --set {o}" for o in overrides)
     )
     lines = [
         *header(cmd, info),
         f"Model `{base.name}` ({base.model.variant} GoogLeNet, width {base.model.width}, "
-        f"{base.model.input_size} px, {num_classes} classes), batch {base.data.batch_size}, "
-        f"lr {base.ps.lr}, momentum {base.ps.momentum}; {replicas} replicas/workers; budget "
-        f"{budget:,} examples per run; {seeds} seeds; whole run {wall:.0f} s. Examples per "
-        f"update: PS and local {base.data.batch_size}, {DDP} {replicas * base.data.batch_size} "
-        f"({replicas} x {base.data.batch_size}), {DDP_SPLIT} "
+        f"{base.model.input_size} px, {num_classes} classes, data `{data}`), batch "
+        f"{base.data.batch_size}, lr {base.ps.lr}, momentum {base.ps.momentum}; {replicas} "
+        f"replicas/workers; budget {budget:,} examples per run; {seeds} seeds; whole run "
+        f"{wall:.0f} s. Examples per update: PS and local {base.data.batch_size}, {DDP} "
+        f"{replicas * base.data.batch_size} ({replicas} x {base.data.batch_size}), {DDP_SPLIT} "
         f"{replicas * max(1, base.data.batch_size // replicas)} "
-        f"({replicas} x {max(1, base.data.batch_size // replicas)}).",
+        f"({replicas} x {max(1, base.data.batch_size // replicas)}). Target error "
+        f"{100 * target:.1f}%.",
         "",
         *markdown_table(
-            ["system", "final top-1 error (mean)", "std (points)", "range", "examples", "seconds"],
+            [
+                "system",
+                "final top-1 error % (mean ± 95% CI)",
+                "range %",
+                "reached target",
+                "examples / seconds to target",
+                "examples",
+                "seconds",
+            ],
             rows,
         ),
         "",
@@ -223,4 +295,10 @@ def run_convergence(
     text = "\n".join(lines)
     with open(os.path.join(out_dir, "convergence.md"), "w") as f:
         f.write(text + "\n")
-    return {"text": text, "finals": finals, "curves": curves, "pngs": [png_t, png_n]}
+    return {
+        "text": text,
+        "finals": finals,
+        "curves": curves,
+        "pngs": [png_t, png_n],
+        "target": target,
+    }

@@ -40,7 +40,6 @@ from distinception.ps import checkpoint as ckpt
 from distinception.ps import shm
 from distinception.ps.averager import AveragerCore
 from distinception.ps.layout import ParamLayout
-from distinception.ps.policies import StalenessPolicy
 from distinception.ps.replica import BatchPrefetcher, ReplicaCore, from_wire, straggle, to_wire
 from distinception.ps.shard import ShardCore
 
@@ -455,9 +454,10 @@ class ReplicaActor:
     Three things run at once: the main thread computes; a data thread decodes the next batch
     (`BatchPrefetcher`); a communication thread serialises and sends each gradient to the shards
     and then asks them for the weights that gradient produced. The main thread loads those
-    weights at the next step boundary if they have arrived; under the `none` and `scale` policies
-    it may compute one step on the weights it already has rather than wait (alone, a replica's
-    gradients are then 1-2 versions stale), under `bound:k` it always waits, so bounds stay exact.
+    weights at the next step boundary if they have arrived; it may compute `ps.max_lag` steps on
+    the weights it already has rather than wait (by default one step with several replicas under
+    the `none` and `scale` policies; none alone, where a lagged step only makes every gradient
+    one version stale, and none under `bound:k`, so bounds stay exact).
     Each gradient is a copy tagged with the versions of the weights it was computed on.
     """
 
@@ -493,7 +493,7 @@ class ReplicaActor:
         self.current = -1  # the slot backward accumulates into (CPU), or -1
         self.pushes = 0
         self.step = 0
-        self.max_lag = 0 if StalenessPolicy.parse(cfg.ps.staleness).kind == "bound" else 1
+        self.max_lag = cfg.ps.lag
         self.lag = 0
         self.straggler = cfg.ps.straggler_factor if index == 0 else 1.0
         self.pending_pulls: deque[Future] = deque()

@@ -483,6 +483,9 @@ class Coordinator:
             "staleness_p50": histogram_quantile(recent, 0.5),
             "staleness_p95": histogram_quantile(recent, 0.95),
             "lr": float(infos[0]["lr"]),
+            # The momentum shards use after async compensation, and DC-ASGD's memory.
+            "momentum": sum(float(x.get("momentum", 0.0)) for x in infos) / len(infos),
+            "dc_bytes": float(sum(int(x.get("dc_bytes", 0)) for x in infos)),
             "version": float(min(versions)),
             "refused": float(sum(sum(x["refused"].values()) for x in infos)),
         }

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from distinception.config import parse_staleness
 
 
@@ -31,3 +33,108 @@ class StalenessPolicy:
         if self.kind == "scale" and staleness > 1:
             return True, 1.0 / staleness
         return True, 1.0
+
+
+def implicit_momentum(staleness: float) -> float:
+    """The momentum that asynchrony alone adds, from the mean staleness of applied updates.
+
+    Mitliagkas et al. (2016, "Asynchrony begets momentum"): with M workers whose updates queue
+    at one server, plain asynchronous SGD behaves in expectation like momentum SGD with momentum
+    1 - 1/M. A gradient of mean staleness s was computed s updates ago, as it would be with
+    M = s + 1 workers in that model, so the implicit momentum is s / (s + 1)."""
+    s = max(0.0, float(staleness))
+    return s / (s + 1.0)
+
+
+def explicit_momentum(target: float, staleness: float) -> float:
+    """The optimizer momentum that keeps the total (explicit + implicit) at `target`.
+
+    Explicit and implicit momentum add up (Mitliagkas et al. 2016, Section 4; Hadjis et al.
+    2016 tune the explicit part down the same way), so a shard whose updates arrive with mean
+    staleness s lowers its own momentum by s / (s + 1), never below 0."""
+    return min(target, max(0.0, target - implicit_momentum(staleness)))
+
+
+class StalenessMeter:
+    """A running mean of the staleness of applied updates (exponential, bias-corrected), so the
+    momentum a shard uses follows the staleness it sees now rather than its whole history."""
+
+    def __init__(self, decay: float = 0.98) -> None:
+        if not 0 <= decay < 1:
+            raise ValueError(f"decay={decay}: expected a number in [0, 1)")
+        self.decay = decay
+        self._sum = 0.0
+        self._weight = 0.0
+
+    def add(self, staleness: int) -> None:
+        self._sum = self.decay * self._sum + (1 - self.decay) * staleness
+        self._weight = self.decay * self._weight + (1 - self.decay)
+
+    @property
+    def mean(self) -> float:
+        return self._sum / self._weight if self._weight else 0.0
+
+    def state_dict(self) -> dict[str, float]:
+        return {"sum": self._sum, "weight": self._weight}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self._sum, self._weight = float(state["sum"]), float(state["weight"])
+
+
+class DelayCompensation:
+    """DC-ASGD (Zheng et al. 2017): correct a stale gradient with a cheap Taylor term.
+
+    A gradient g computed on weights w_pulled is applied to weights w_now; its first-order
+    correction uses the diagonal of the outer product g g^T as the Hessian's estimate:
+
+        g_dc = g + lam * g * g * (w_now - w_pulled)
+
+    The shard keeps the last `history` versions of its slice (memory: history x slice x 4
+    bytes) to know w_pulled; a push staler than that is corrected against the oldest version
+    kept (a partial correction, never a wrong one). With `adaptive`, lam is divided by the root
+    of a running mean square of the gradient (their DC-ASGD-a, m = 0.95), which makes one lam
+    fit layers and moments of training whose gradient scales differ."""
+
+    def __init__(self, lam: float, history: int, adaptive: bool = True, m: float = 0.95) -> None:
+        if lam <= 0 or history < 1:
+            raise ValueError(f"lam={lam}, history={history}: expected lam > 0 and history >= 1")
+        self.lam, self.history, self.adaptive, self.m = lam, history, adaptive, m
+        self.versions: dict[int, torch.Tensor] = {}
+        self._free: list[torch.Tensor] = []
+        self.mean_square: torch.Tensor | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held for past versions (and the running mean square)."""
+        kept = sum(t.numel() * t.element_size() for t in self.versions.values())
+        extra = 0 if self.mean_square is None else self.mean_square.numel() * 4
+        return kept + extra
+
+    def record(self, version: int, weights: torch.Tensor) -> None:
+        """Keep a copy of the weights of `version`, dropping the oldest beyond `history`."""
+        while len(self.versions) >= self.history:
+            self._free.append(self.versions.pop(min(self.versions)))
+        buf = self._free.pop() if self._free else torch.empty_like(weights)
+        buf.copy_(weights)
+        self.versions[version] = buf
+
+    def compensate(
+        self, grad: torch.Tensor, base_version: int, weights: torch.Tensor, out: torch.Tensor
+    ) -> torch.Tensor:
+        """`out` = the compensated gradient (`grad` may be `out`); returns `out`."""
+        if self.adaptive:
+            if self.mean_square is None:
+                self.mean_square = grad.square()
+            else:
+                self.mean_square.mul_(self.m).addcmul_(grad, grad, value=1 - self.m)
+        if out.data_ptr() != grad.data_ptr():
+            out.copy_(grad)
+        if not self.versions or base_version >= max(self.versions):
+            return out  # computed on the newest weights kept: nothing to correct
+        pulled = self.versions.get(base_version, self.versions[min(self.versions)])
+        term = (weights - pulled).mul_(grad).mul_(grad)
+        if self.adaptive:
+            assert self.mean_square is not None
+            term.div_(self.mean_square.sqrt().add_(1e-7))
+        out.add_(term, alpha=self.lam)
+        return out

@@ -18,7 +18,12 @@ import torch
 
 from distinception.config import PSConfig
 from distinception.ps.layout import ParamLayout
-from distinception.ps.policies import StalenessPolicy
+from distinception.ps.policies import (
+    DelayCompensation,
+    StalenessMeter,
+    StalenessPolicy,
+    explicit_momentum,
+)
 from distinception.ps.shm import SharedVector
 
 #: Reasons a push is refused; every refusal is counted under its reason and never applied.
@@ -116,6 +121,16 @@ class ShardCore:
         )
         self.version = 0
         self.incarnation = 0
+        # Async-aware updates: momentum lowered by the staleness measured here, and DC-ASGD's
+        # correction against the weights each gradient was computed on.
+        self.meter = StalenessMeter()
+        self.tune_momentum = (
+            ps.momentum_correction == "auto" and "momentum" in self.optimizer.defaults
+        )
+        self.dc: DelayCompensation | None = None
+        if ps.dc_versions:
+            self.dc = DelayCompensation(ps.delay_compensation, ps.dc_versions, ps.dc_adaptive)
+            self.dc.record(0, self.flat)
         self.staleness_hist: Counter[int] = Counter()
         self.recent_hist: Counter[int] = Counter()
         self.refused: Counter[str] = Counter()
@@ -128,6 +143,11 @@ class ShardCore:
     @property
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
+
+    @property
+    def momentum(self) -> float:
+        """The momentum in use (lowered from `ps.momentum` under `momentum_correction=auto`)."""
+        return float(self.optimizer.param_groups[0].get("momentum", 0.0))
 
     def apply(
         self,
@@ -168,17 +188,28 @@ class ShardCore:
             # it; a larger one comes from a replica that did not, and is scaled down here.
             scale *= clip / norm
             self.clipped += 1
+        if self.dc is not None:
+            self.dc.compensate(grad, base_version, self.flat, out=self.grad)
+            grad, borrow = self.grad, False
         if borrow and scale == 1.0:
             self._bind(grad)
         else:
-            self.grad.copy_(grad)
+            if grad.data_ptr() != self.grad.data_ptr():
+                self.grad.copy_(grad)
             if scale != 1.0:
                 self.grad.mul_(scale)
             self._bind(self.grad)
+        self.meter.add(staleness)
+        if self.tune_momentum:
+            momentum = explicit_momentum(self.ps.momentum, self.meter.mean)
+            for group in self.optimizer.param_groups:
+                group["momentum"] = momentum
         with self._writing():
             self.optimizer.step()
             self.version += 1
             self._publish()
+        if self.dc is not None:
+            self.dc.record(self.version, self.flat)
         self.examples += int(examples)
         self.scheduler.step()
         self.staleness_hist[staleness] += 1
@@ -213,6 +244,9 @@ class ShardCore:
             "incarnation": self.incarnation,
             "refused": dict(self.refused),
             "clipped": self.clipped,
+            "momentum": self.momentum,
+            "mean_staleness": self.meter.mean,
+            "dc_bytes": self.dc.nbytes if self.dc is not None else 0,
             "staleness_hist": dict(self.staleness_hist),
             "recent_hist": dict(self.recent_hist),
         }
@@ -233,6 +267,7 @@ class ShardCore:
             "examples": self.examples,
             "staleness_hist": dict(self.staleness_hist),
             "refused": dict(self.refused),
+            "meter": self.meter.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -255,6 +290,11 @@ class ShardCore:
         self.examples = int(state["examples"])
         self.staleness_hist = Counter({int(k): v for k, v in state["staleness_hist"].items()})
         self.refused = Counter(state["refused"])
+        if "meter" in state:
+            self.meter.load_state_dict(state["meter"])
+        if self.dc is not None:
+            self.dc.versions.clear()
+            self.dc.record(self.version, self.flat)
 
 
 def histogram_quantile(hist: dict[int, int], q: float) -> float:

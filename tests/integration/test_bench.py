@@ -59,7 +59,14 @@ def test_round_trip_benchmark_goes_through_the_replicas_transport(transport):
 
 
 def test_convergence_and_staleness_write_tables_and_plots(tmp_path):
-    from distinception.bench.convergence import DDP_SPLIT, POLYAK, RAW, run_convergence
+    from distinception.bench.convergence import (
+        DDP_SPLIT,
+        POLYAK,
+        PREV_POLYAK,
+        PREV_RAW,
+        RAW,
+        run_convergence,
+    )
     from distinception.bench.staleness import run_staleness
 
     conv = run_convergence(
@@ -71,8 +78,18 @@ def test_convergence_and_staleness_write_tables_and_plots(tmp_path):
         points=2,
         overrides=("ps.lr=0.01",),
     )
-    assert set(conv["finals"]) == {POLYAK, RAW, "sync DDP", DDP_SPLIT, "local"}
+    assert set(conv["finals"]) == {
+        POLYAK,
+        RAW,
+        PREV_POLYAK,
+        PREV_RAW,
+        "sync DDP",
+        DDP_SPLIT,
+        "local",
+    }
     table = (tmp_path / "convergence.md").read_text()
+    assert "± " in table and "examples / seconds to target" in table
+    assert 0 < conv["target"] <= 0.95
     assert "--set ps.lr=0.01" in table and "lr 0.01," in table
     assert f"{DDP_SPLIT} 16 (2 x 8)" in table  # the tiny recipe's batch of 16, split
     for errs in conv["finals"].values():

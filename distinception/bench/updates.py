@@ -1,0 +1,172 @@
+"""`distinception bench updates`: the asynchronous update rules side by side, at equal examples.
+
+Each named update is a set of `ps.*` values laid over the recipe; every (replicas, update, seed)
+is one whole parameter-server training through real actors, scored as a real run is (its
+averager's raw and Polyak weights, center crop, BatchNorm statistics recomputed). The table gives
+mean ± the 95% interval over seeds of the final error, with the staleness the shards measured,
+the momentum they ended with, the memory delay compensation held, and the wall time, so the
+default update is chosen by measurement and anyone can re-run the choice.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from typing import Any
+
+from distinception.bench.common import (
+    bar_chart,
+    fit_cpus,
+    header,
+    local_ray,
+    machine,
+    markdown_table,
+)
+from distinception.bench.convergence import interval95
+from distinception.config import ConfigError, apply_overrides, from_dict
+from distinception.ps.coordinator import Coordinator, Hooks, resolve_data
+from distinception.recipes import get_recipe
+
+#: Named update rules: `ps.*` values over the recipe's. "default" is the recipe as it is.
+UPDATES: dict[str, dict[str, Any]] = {
+    "default": {},
+    # What the parameter server did before momentum correction and the lag rule: Downpour with
+    # the full explicit momentum, and one step of lag even for a lone replica.
+    "previous": {"momentum_correction": "none", "max_lag": 1},
+    "no-lag": {"max_lag": 0},
+    "lag": {"max_lag": 1},
+    "dc": {"delay_compensation": 2.0},
+    "dc-only": {"momentum_correction": "none", "max_lag": 1, "delay_compensation": 2.0},
+    "dc-constant": {"delay_compensation": 0.04, "dc_adaptive": False},
+    "scale": {"momentum_correction": "none", "max_lag": 1, "staleness": "scale"},
+    "scale+mc": {"staleness": "scale"},
+    "bound:1": {"momentum_correction": "none", "staleness": "bound:1"},
+    "bound:1+mc": {"staleness": "bound:1"},
+    "warm-start": {"momentum_correction": "none", "max_lag": 1, "warm_start_updates": 60},
+    "adagrad": {"momentum_correction": "none", "max_lag": 1, "optimizer": "adagrad"},
+}
+
+
+def _parse(names: tuple[str, ...]) -> tuple[str, ...]:
+    bad = [n for n in names if n not in UPDATES]
+    if bad or not names:
+        raise ConfigError(
+            f"--updates={','.join(names)!r}: expected a comma list of " + ", ".join(UPDATES)
+        )
+    return names
+
+
+def run_updates(
+    replicas: tuple[int, ...] = (1, 2),
+    updates: tuple[str, ...] = ("previous", "default", "dc"),
+    seeds: int = 3,
+    quick: bool = False,
+    out_dir: str = "bench/results",
+    recipe: str | None = None,
+    overrides: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Every (replicas, update, seed); writes updates.md and updates.png (mean Polyak error)."""
+    updates = _parse(updates)
+    if not replicas or min(replicas) < 1:
+        raise ConfigError(f"--replicas={replicas}: expected integers >= 1")
+    recipe = recipe or ("tiny" if quick else "demo")
+    base = apply_overrides(get_recipe(recipe), overrides)
+    if quick:
+        base = from_dict({"run": {"epochs": 0.0, "max_examples": 1500}}, base)
+    data, num_classes, _ = resolve_data(base)
+    info = machine()
+    results: dict[tuple[int, str], list[Any]] = {}
+    t0 = time.perf_counter()
+    with local_ray():
+        for n in replicas:
+            for name in updates:
+                for seed in range(seeds):
+                    cfg = from_dict(
+                        {
+                            "ps": UPDATES[name],
+                            "run": {
+                                "seed": seed,
+                                "max_seconds": 0.0,
+                                "eval_interval_s": 1e9,
+                                "progress": False,
+                            },
+                        },
+                        fit_cpus(base, n),
+                    )
+                    results.setdefault((n, name), []).append(Coordinator(cfg, Hooks()).run())
+    wall = time.perf_counter() - t0
+
+    rows, groups = [], {}
+    for (n, name), runs in results.items():
+        raw = [r.final["raw_top1_error"] for r in runs]
+        pol = [r.final["polyak_top1_error"] for r in runs]
+        stale = [_mean_staleness(r.staleness_hist) for r in runs]
+        last = [next((h for h in reversed(r.history) if "momentum" in h), {}) for r in runs]
+        momentum = [h.get("momentum", float("nan")) for h in last]
+        dc = max((h.get("dc_bytes", 0.0) for h in last), default=0.0)
+        rows.append(
+            [
+                n,
+                name,
+                f"{100 * statistics.mean(raw):.1f} ± {100 * interval95(raw):.1f}",
+                f"{100 * statistics.mean(pol):.1f} ± {100 * interval95(pol):.1f}",
+                f"{100 * min(pol):.1f}-{100 * max(pol):.1f}",
+                f"{statistics.mean(stale):.2f}",
+                f"{statistics.mean(momentum):.2f}",
+                f"{dc / 2**20:.1f}",
+                f"{statistics.mean(r.seconds for r in runs):.0f}",
+            ]
+        )
+        groups.setdefault(f"N={n}", {})[name] = 100 * statistics.mean(pol)
+    os.makedirs(out_dir, exist_ok=True)
+    png = bar_chart(
+        os.path.join(out_dir, "updates.png"),
+        groups,
+        "Polyak top-1 error % (mean)",
+        f"{recipe}: async update rules, {seeds} seeds",
+    )
+    cmd = (
+        "distinception bench updates"
+        + (" --quick" if quick else "")
+        + f" --recipe {recipe} --replicas {','.join(map(str, replicas))}"
+        + f" --updates {','.join(updates)} --seeds {seeds}"
+        + "".join(f" --set {o}" for o in overrides)
+    )
+    lines = [
+        *header(cmd, info),
+        f"Recipe `{recipe}` ({base.model.variant} GoogLeNet, width {base.model.width}, "
+        f"{base.model.input_size} px, {num_classes} classes, data `{data}`), batch "
+        f"{base.data.batch_size}, lr {base.ps.lr}, momentum {base.ps.momentum}, budget "
+        f"{base.run.epochs or base.run.max_examples} "
+        f"{'epochs' if base.run.epochs else 'examples'} per run; whole run {wall:.0f} s. "
+        "Updates: "
+        + "; ".join(f"`{n}` = {UPDATES[n] or 'the recipe as it is'}" for n in updates)
+        + ".",
+        "",
+        *markdown_table(
+            [
+                "replicas",
+                "update",
+                "raw top-1 error % (mean ± 95% CI)",
+                "Polyak top-1 error % (mean ± 95% CI)",
+                "Polyak range %",
+                "mean staleness",
+                "momentum at the end",
+                "DC memory (MiB)",
+                "seconds",
+            ],
+            rows,
+        ),
+        "",
+        f"![updates]({os.path.basename(png)})",
+    ]
+    text = "\n".join(lines)
+    with open(os.path.join(out_dir, "updates.md"), "w") as f:
+        f.write(text + "\n")
+    return {"text": text, "results": results, "png": png}
+
+
+def _mean_staleness(hist: dict[int, int]) -> float:
+    total = sum(hist.values())
+    return sum(int(k) * v for k, v in hist.items()) / total if total else 0.0
