@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -94,7 +95,15 @@ def run_updates(
                         },
                         fit_cpus(base, n),
                     )
-                    results.setdefault((n, name), []).append(Coordinator(cfg, Hooks()).run())
+                    res = Coordinator(cfg, Hooks()).run()
+                    results.setdefault((n, name), []).append(res)
+                    print(
+                        f"bench updates: N={n} {name} seed {seed}: raw "
+                        f"{100 * res.final['raw_top1_error']:.1f}%, Polyak "
+                        f"{100 * res.final['polyak_top1_error']:.1f}%, {res.seconds:.0f} s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     wall = time.perf_counter() - t0
 
     rows, groups = [], {}

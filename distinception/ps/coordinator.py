@@ -115,9 +115,13 @@ def resolve_data(cfg: JobConfig) -> tuple[str, int, int]:
 
 
 def init_ray(address: str | None) -> bool:
-    """Connect to `address`, or start a local Ray (no dashboard, token auth on); True if started."""
+    """Connect to `address`, or start a local Ray (no dashboard, token auth on); True if started.
+
+    Inside a Ray job `RAY_ADDRESS` names the job's cluster: it is joined even when the command
+    gave no `--address` (starting a local Ray there fails: a connection takes no `num_cpus`)."""
     if ray.is_initialized():
         return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         ray.init(address=address, log_to_driver=False)
         return False

@@ -113,6 +113,43 @@ def test_convergence_and_staleness_write_tables_and_plots(tmp_path):
     _png(stale["png"])
 
 
+def test_bench_updates_as_a_user_types_it(tmp_path):
+    """The quickest form of `distinception bench updates`: two update rules, one seed."""
+    exe = os.path.join(os.path.dirname(sys.executable), "distinception")
+    proc = subprocess.run(
+        [
+            exe,
+            "bench",
+            "updates",
+            "--quick",
+            "--replicas",
+            "2",
+            "--updates",
+            "previous,default",
+            "--seeds",
+            "1",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (tmp_path / "updates.md").read_text()
+    rows = {
+        line.split("|")[2].strip(): line for line in table.splitlines() if line.startswith("| 2 ")
+    }
+    assert set(rows) == {"previous", "default"}
+    cells = {name: [c.strip() for c in row.split("|")[1:-1]] for name, row in rows.items()}
+    # The previous update keeps the full momentum; the default lowers it from the staleness
+    # two replicas with one step of lag measure (about 1.5 versions: 0.9 - 0.6 = 0.3).
+    assert cells["previous"][6] == "0.90"
+    assert 0.0 <= float(cells["default"][6]) < 0.6
+    assert float(cells["default"][5]) > 0.5
+    _png(str(tmp_path / "updates.png"))
+
+
 def test_gpu_script_runs_without_ray_on_cpu():
     code = (
         "import sys; sys.modules['ray'] = None; sys.modules['mlflow'] = None\n"

@@ -66,9 +66,7 @@ def test_default_async_update_trains_the_digits_like_a_plain_loop(digits, mlflow
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
     proc = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "distinception.cli",
+            os.path.join(os.path.dirname(sys.executable), "distinception"),
             "train",
             "--recipe",
             "digits",

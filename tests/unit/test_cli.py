@@ -62,3 +62,38 @@ def test_print_config_shows_the_resolved_recipe(capsys):
 
 def test_parser_defaults_to_demo():
     assert build_parser().parse_args(["train"]).recipe == "demo"
+
+
+def test_bench_updates_help_names_every_update(capsys):
+    from distinception.bench.updates import UPDATES
+
+    with pytest.raises(SystemExit):
+        main(["bench", "updates", "--help"])
+    out = " ".join(capsys.readouterr().out.split()).replace("- ", "-")  # argparse wraps at "-"
+    for name in UPDATES:
+        assert name in out, name
+    assert "example: distinception bench updates" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--replicas", "1,x"], "--replicas='1,x': expected a comma list of integers >= 1"),
+        (["--replicas", "0"], "--replicas='0': expected a comma list of integers >= 1"),
+        (["--seeds", "0"], "--seeds=0: expected an integer >= 1"),
+        (["--updates", "default,fast"], "--updates='default,fast': expected a comma list of"),
+    ],
+)
+def test_bench_updates_bad_arguments_are_one_line(argv, message, capsys):
+    assert main(["bench", "updates", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("distinception: error: " + message) and "\n" not in err
+
+
+def test_bench_convergence_bad_systems_and_target_are_one_line(capsys):
+    assert main(["bench", "convergence", "--target", "1.5"]) == 2
+    assert "--target=1.5: expected an error rate in (0, 1)" in capsys.readouterr().err
+    assert main(["bench", "convergence", "--systems", "ps,mpi", "--quick"]) == 2
+    assert "--systems='ps,mpi': expected a comma list of ps, ps-previous" in (
+        capsys.readouterr().err
+    )
