@@ -178,7 +178,8 @@ class PSConfig:
     staleness: str = "none"
     #: Momentum compensation for asynchrony: "auto" lowers each shard's explicit momentum by
     #: the implicit momentum its measured staleness adds (s / (s + 1), Mitliagkas et al. 2016),
-    #: so the total stays `momentum`; "none" keeps `momentum` as it is.
+    #: so the total stays `momentum`; "none" keeps `momentum` as it is. Applies to the
+    #: optimizers with a momentum term (sgd, rmsprop); adam/adamw/adagrad are left alone.
     momentum_correction: str = "auto"
     #: Delay compensation (DC-ASGD, Zheng et al. 2017): lambda of g + lambda g*g*(w_now -
     #: w_pulled), 0 = off. `dc_adaptive` divides lambda by a running RMS of the gradient (their

@@ -189,6 +189,9 @@ class ShardCore:
             scale *= clip / norm
             self.clipped += 1
         if self.dc is not None:
+            if grad.dtype != self.grad.dtype:  # a bf16 push: widen once, then correct in place
+                self.grad.copy_(grad)
+                grad = self.grad
             self.dc.compensate(grad, base_version, self.flat, out=self.grad)
             grad, borrow = self.grad, False
         if borrow and scale == 1.0:

@@ -158,3 +158,13 @@ def test_lag_auto_is_zero_alone_and_under_a_bound():
 def test_bad_async_options_fail_with_one_line(field, value, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         PSConfig(**{field: value})
+
+
+def test_delay_compensation_takes_a_bf16_push_like_an_fp32_one():
+    def run(dtype):
+        s = _shard(lr=1.0, momentum=0.0, delay_compensation=0.5, dc_history=4)
+        s.apply(torch.full((15,), 0.5).to(dtype), 0, examples=1, fingerprint=s.fingerprint)
+        s.apply(torch.full((15,), 2.0).to(dtype), 0, examples=1, fingerprint=s.fingerprint)
+        return s.flat.clone()
+
+    torch.testing.assert_close(run(torch.bfloat16), run(torch.float32))
