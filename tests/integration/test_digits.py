@@ -17,11 +17,13 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 
-#: Measured with the default update (2 replicas, lr 0.05, momentum 0.9, 10 epochs) on this
-#: 2-core machine: Polyak top-1 error 5.0-8.4% over seeds 0-4 (BENCHMARKS.md, "Async parity").
-#: Chance is 90%; the previous update (no momentum correction, one step of lag) ended at
-#: 20-40% at the same settings, and a model that lost half its accuracy would be near 50%.
-POLYAK_BOUND = 0.15
+#: Measured (`distinception bench updates --recipe digits`, BENCHMARKS.md "Async parity"), 2
+#: replicas, lr 0.05, momentum 0.9, 10 epochs, seeds 0-2 on this 2-core machine: the default
+#: update ends at Polyak top-1 error 7.0-18.1% (mean 10.9%); the previous update (full momentum,
+#: one step of lag) at 26.7-53.8% (mean 40.7%). Chance is 90%; a model that lost half its
+#: accuracy would be near 55%. The bound sits above the default's worst seed and below the
+#: previous update's best.
+POLYAK_BOUND = 0.22
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +93,6 @@ def test_default_async_update_trains_the_digits_like_a_plain_loop(digits, mlflow
     metrics = run.data.metrics
     assert run.data.params["ps.momentum_correction"] == "auto"
     assert metrics["polyak_top1_error"] <= POLYAK_BOUND, proc.stdout
-    assert metrics["raw_top1_error"] <= POLYAK_BOUND + 0.05, proc.stdout
+    assert metrics["raw_top1_error"] <= POLYAK_BOUND + 0.03, proc.stdout
     # Two replicas, one step of lag: the shards measured staleness and lowered their momentum.
     assert 0.0 < metrics["momentum"] < 0.9
