@@ -186,7 +186,7 @@ def cmd_data_import(args: argparse.Namespace) -> int:
 
 
 def cmd_data_inspect(args: argparse.Namespace) -> int:
-    from distinception.data.shards import inspect_dataset
+    from distinception.data.importer import inspect_dataset
 
     print(inspect_dataset(args.path, args.grid))
     return 0

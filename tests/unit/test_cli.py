@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -97,3 +98,20 @@ def test_bench_convergence_bad_systems_and_target_are_one_line(capsys):
     assert "--systems='ps,mpi': expected a comma list of ps, ps-previous" in (
         capsys.readouterr().err
     )
+
+
+def test_data_inspect_runs_as_a_user_types_it(tmp_path):
+    from distinception.data.generated import generate_dataset
+
+    data = tmp_path / "set"
+    generate_dataset(str(data), classes=2, per_class=4, val_per_class=2, size=16, seed=0)
+    exe = os.path.join(os.path.dirname(sys.executable), "distinception")
+    grid = tmp_path / "grid.png"
+    proc = subprocess.run(
+        [exe, "data", "inspect", str(data), "--grid", str(grid)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "train" in proc.stdout and grid.is_file()
