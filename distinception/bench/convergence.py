@@ -180,6 +180,22 @@ def run_convergence(
         series: [] for name in systems for series in SYSTEMS[name]
     }
     eval_s = max(2.0, budget / 2000 / points * 4)
+
+    def ddp(cfg: JobConfig) -> list[tuple[float, int, float]]:
+        """Sync DDP over `replicas` workers at `cfg`'s batch per worker, for the whole budget."""
+        steps = max(1, budget // (replicas * cfg.data.batch_size))
+        return run_ddp(
+            cfg,
+            data,
+            num_classes,
+            replicas,
+            steps,
+            worker_cpus=cfg.ps.replica_cpus,
+            warmup_steps=0,
+            eval_every=max(1, steps // points),
+            examples_per_epoch=train_examples,
+        )["curve"]
+
     t_start = time.perf_counter()
     with local_ray():
         for seed in range(seeds):
@@ -193,35 +209,10 @@ def run_convergence(
                 curves[PREV_POLYAK].append(ps[POLYAK])
                 curves[PREV_RAW].append(ps[RAW])
             if "ddp" in systems:
-                steps = max(1, budget // (replicas * cfg.data.batch_size))
-                ddp = run_ddp(
-                    cfg,
-                    data,
-                    num_classes,
-                    replicas,
-                    steps,
-                    worker_cpus=cfg.ps.replica_cpus,
-                    warmup_steps=0,
-                    eval_every=max(1, steps // points),
-                    examples_per_epoch=train_examples,
-                )
-                curves[DDP].append(ddp["curve"])
+                curves[DDP].append(ddp(cfg))
             if "ddp-split" in systems:
                 split_batch = max(1, cfg.data.batch_size // replicas)
-                split = from_dict({"data": {"batch_size": split_batch}}, cfg)
-                steps = max(1, budget // (replicas * split.data.batch_size))
-                ddp_split = run_ddp(
-                    split,
-                    data,
-                    num_classes,
-                    replicas,
-                    steps,
-                    worker_cpus=cfg.ps.replica_cpus,
-                    warmup_steps=0,
-                    eval_every=max(1, steps // points),
-                    examples_per_epoch=train_examples,
-                )
-                curves[DDP_SPLIT].append(ddp_split["curve"])
+                curves[DDP_SPLIT].append(ddp(from_dict({"data": {"batch_size": split_batch}}, cfg)))
             if "local" in systems:
                 curves[LOCAL].append(_local(cfg, data, num_classes, budget, points, train_examples))
     wall = time.perf_counter() - t_start
