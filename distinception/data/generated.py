@@ -9,8 +9,9 @@ small filter sees the texture of a small target, only a wide receptive field see
 large one, and telling the shape needs the whole object; distractors from 4 px to 60% of the
 image repeat the same parts (outlines of every shape, textured patches without a target's
 outline, strokes, soft blobs). That is the situation Inception's parallel 1x1/3x3/5x5 branches
-and its depth are built for. Colours, rotation, lighting gradients, colour casts and sensor
-noise are random, so neither colour, position nor any single patch gives the class away: a
+and its depth are built for. Colours (tinted greys: an object stands out from its ground by
+brightness), rotation, lighting gradients, colour casts and sensor noise are random, so neither
+colour, position nor any single patch gives the class away: a
 linear classifier on raw pixels stays near chance (BENCHMARKS.md has the figures).
 
 Generation is seeded per image (seed, split, index), so the bytes are the same for the same
@@ -34,7 +35,7 @@ from distinception.config import DataConfig
 from distinception.data.shards import DataError, DatasetWriter, Manifest, open_manifest
 
 #: Bumped whenever the pictures change, so cached sets of an older generator are not reused.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 SHAPES = ("disc", "square", "triangle", "cross", "ring", "diamond", "star")
 TEXTURES = ("solid", "stripes", "checker", "dots", "rings", "grid")
 #: 7 and 6 are coprime, so class c = (shape c mod 7, texture c mod 6) is a distinct pair for
@@ -50,8 +51,10 @@ TARGET_DIAMETER = (0.35, 0.9)  # log-uniform
 TEXTURE_PERIODS = (2.0, 2.5)  # texture periods across the target's diameter
 CLUTTER_COUNT = (1, 4)  # inclusive
 CLUTTER_RADIUS = (0.03, 0.3)  # log-uniform
-CLUTTER_KINDS = 4  # outlines, strokes, blobs, textured patches
+CLUTTER_KINDS = ("outline", "stroke", "blob", "patch")
 MAX_ROTATION = 0.3  # radians either way
+MAX_TINT = 0.2  # per-channel offset from an object's grey level
+BRIGHTNESS_CONTRAST = 0.3  # between a target's colours, and the target and its ground
 
 
 def class_names(classes: int) -> list[str]:
@@ -139,10 +142,17 @@ class _Canvas:
 
 
 def _colour(rng: np.random.Generator, away_from: np.ndarray | None = None) -> np.ndarray:
-    """A random RGB colour, at least a visible distance from `away_from` when given."""
-    for _ in range(20):
-        c = rng.uniform(0.0, 1.0, 3).astype(np.float32)
-        if away_from is None or np.abs(c - away_from).sum() > 0.6:
+    """A random tinted grey, at least `BRIGHTNESS_CONTRAST` brighter or darker than `away_from`.
+
+    Objects differ from what lies behind them in brightness, as in photographs, and only
+    weakly in hue. With fully random hues (version 2) a target was often isoluminant with its
+    surround, and GoogLeNet under SGD sat at chance for 35-45k examples before it found the
+    shapes (a plain 6-layer CNN or Adam did not); tinted greys leave chance within 5k examples
+    while every colour, brightness and tint stays random, so no colour names a class."""
+    for _ in range(50):
+        grey = rng.uniform(0.0, 1.0)
+        c = np.clip(grey + rng.uniform(-MAX_TINT, MAX_TINT, 3), 0.0, 1.0).astype(np.float32)
+        if away_from is None or abs(float(c.mean() - away_from.mean())) > BRIGHTNESS_CONTRAST:
             return c
     return (1.0 - away_from).astype(np.float32) if away_from is not None else c
 
@@ -171,7 +181,7 @@ def _clutter(cv: _Canvas, count: int) -> None:
     outlined shapes of every kind, strokes, soft blobs and unshaped textured patches."""
     rng, size = cv.rng, cv.size
     for _ in range(count):
-        kind = rng.integers(CLUTTER_KINDS)
+        kind = CLUTTER_KINDS[int(rng.integers(len(CLUTTER_KINDS)))]
         cx, cy = rng.uniform(0, size, 2)
         radius = size * math.exp(rng.uniform(*np.log(CLUTTER_RADIUS)))
         angle = rng.uniform(0, 2 * np.pi)
@@ -180,19 +190,19 @@ def _clutter(cv: _Canvas, count: int) -> None:
             continue
         box, u, v = frame
         colour = _colour(rng)
-        if kind == 0:  # outline of a target shape: shape without its fill
+        if kind == "outline":  # of a target shape: shape without its fill
             shape = int(rng.integers(len(SHAPES)))
             width = rng.uniform(0.06, 0.15)
             outer = _shape_mask(shape, u, v)
             inner = _shape_mask(shape, u / (1 - width), v / (1 - width))
             cv.paint(box, outer & ~inner, colour)
-        elif kind == 1:  # a stroke
+        elif kind == "stroke":
             thickness = rng.uniform(0.04, 0.12)
             cv.paint(box, (np.abs(v) < thickness) & (np.abs(u) < 1), colour)
-        elif kind == 2:  # a soft blob
+        elif kind == "blob":
             alpha = np.exp(-3.0 * (u * u + v * v))[..., None] * rng.uniform(0.4, 0.9)
             cv.img[box] = cv.img[box] * (1 - alpha) + colour * alpha
-        else:  # a texture without a target's outline: an irregular smooth-edged patch
+        else:  # "patch": a texture without a target's outline: an irregular smooth-edged patch
             texture = int(rng.integers(1, len(TEXTURES)))
             period = rng.uniform(0.25, 0.6)
             wobble = 0.75 + 0.2 * np.sin(3 * np.arctan2(v, u) + rng.uniform(0, 6.3))
