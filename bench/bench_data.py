@@ -9,10 +9,13 @@ Measured on ONE thread (torch.set_num_threads(1)), as a replica actor runs with 
   BN GoogLeNet (width 0.25) at 64 px, batch 32, and the faithful one (width 1) at 224, batch 8;
   forward-only over the 144 views for the evaluation rows.
 
-The goal is data/consumer >= 2. With --linear and --learn it also measures how hard the built-in
-set is: a linear classifier on raw pixels, and the small GoogLeNet trained for a few minutes.
+The goal is data/consumer >= 2. With --linear, --learn and --ablate it also measures what the
+built-in set asks of a model: a linear classifier on raw pixels; the demo's plain loop over
+several seeds (when it leaves chance, how far the final error spreads); and the same loop with
+every Inception module cut to its 1x1 and 3x3 branches at the same width.
 
-    python bench/bench_data.py [--quick] [--linear] [--learn SECONDS] [--out results.md]
+    python bench/bench_data.py [--quick] [--linear] [--learn SEEDS] [--ablate SEEDS]
+        [--budget EXAMPLES] [--points N] [--out results.md]
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import datetime
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -31,12 +35,13 @@ import numpy as np
 import pyarrow
 import torch
 import torchvision
+from torch import nn
 
 from distinception.config import AUGMENT_PRESETS, DataConfig, ModelConfig
 from distinception.data.generated import generate_dataset
 from distinception.data.loader import TrainStream, decode, eval_batches
 from distinception.data.shards import iter_batches, open_manifest
-from distinception.model.googlenet import build_model
+from distinception.model.googlenet import ConvUnit, InceptionSpec, build_model
 from distinception.model.loss import googlenet_loss
 
 
@@ -165,51 +170,91 @@ def linear_baseline(path: str) -> list[tuple[str, float, float]]:
     return rows
 
 
-def learnability(path: str, seconds: float, recipe: str) -> list[tuple[float, int, float, float]]:
-    """(elapsed s, examples seen, running train accuracy, val accuracy) checkpoints of the demo
-    model trained on one thread: BN GoogLeNet width 0.25 at 64 px, batch 32, SGD 0.05 m 0.9."""
-    torch.manual_seed(0)
-    classes = open_manifest(path).num_classes
-    model = build_model(ModelConfig(variant="bn", width=0.25, input_size=64), classes)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
-    stream = TrainStream(
-        path,
-        consumer=0,
-        num_consumers=1,
-        batch_size=32,
-        recipe=AUGMENT_PRESETS[recipe],
-        input_size=64,
-        seed=0,
+class TwoBranchInception(nn.Module):
+    """An Inception module without its 5x5 and pool branches, at the same width: the 1x1
+    branch takes the pool projection's channels and the 3x3 branch the 5x5's, so every later
+    layer sees as many channels as before. If the built-in set had no multi-scale structure,
+    this model would learn it as well as GoogLeNet does."""
+
+    def __init__(self, in_channels: int, spec: InceptionSpec, *, batch_norm: bool) -> None:
+        super().__init__()
+        self.conv1x1 = ConvUnit(in_channels, spec.n1x1 + spec.pool_proj, 1, batch_norm=batch_norm)
+        self.conv3x3_reduce = ConvUnit(
+            in_channels, spec.n3x3red + spec.n5x5red, 1, batch_norm=batch_norm
+        )
+        self.conv3x3 = ConvUnit(
+            spec.n3x3red + spec.n5x5red, spec.n3x3 + spec.n5x5, 3, padding=1, batch_norm=batch_norm
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.conv1x1(x), self.conv3x3(self.conv3x3_reduce(x))], 1)
+
+
+#: A plain loop has left chance once its top-1 error is at most this (twice chance accuracy).
+LEFT_CHANCE = 0.8
+
+
+def learning_curves(
+    path: str, seeds: int, budget: int, points: int, two_branch: bool = False
+) -> list[list[tuple[int, float]]]:
+    """(examples seen, val top-1 error) of a plain loop at the demo's settings, per seed.
+
+    The step is the demo's own (`LocalTrainer`: the `demo` recipe's model, crops, optimizer,
+    decay groups and schedule, counted in examples) on all of this machine's cores, and the
+    error is scored as the averager scores raw weights (center crop, BatchNorm statistics
+    recomputed). `two_branch` builds every Inception module as `TwoBranchInception`."""
+    from contextlib import nullcontext
+    from unittest import mock
+
+    from distinception.bench.common import LocalTrainer, open_stream, top1_error
+    from distinception.config import from_dict
+    from distinception.model import googlenet
+    from distinception.recipes import get_recipe
+
+    manifest = open_manifest(path)
+    runs = []
+    for seed in range(seeds):
+        cfg = from_dict({"run": {"seed": seed}, "data": {"path": path}}, get_recipe("demo"))
+        swap = (
+            mock.patch.object(googlenet, "Inception", TwoBranchInception)
+            if two_branch
+            else nullcontext()
+        )
+        with swap:
+            trainer = LocalTrainer(
+                cfg, manifest.num_classes, open_stream(cfg, path), manifest.counts["train"]
+            )
+            steps = budget // cfg.data.batch_size
+            every = max(1, steps // points)
+            curve = []
+            for i in range(1, steps + 1):
+                trainer.step()
+                if i % every == 0 or i == steps:
+                    err = top1_error(cfg, path, manifest.num_classes, trainer.core.flat)
+                    curve.append((i * cfg.data.batch_size, err))
+                    print(
+                        f"  learn[seed {seed}, two_branch={two_branch}]: {curve[-1]}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+        runs.append(curve)
+    return runs
+
+
+def curve_rows(name: str, runs: list[list[tuple[int, float]]], budget: int) -> list[str]:
+    """Markdown rows: one per seed, then the mean and standard deviation of the final error."""
+    rows = []
+    finals = []
+    for seed, curve in enumerate(runs):
+        left = next((n for n, err in curve if err <= LEFT_CHANCE), None)
+        finals.append(curve[-1][1])
+        where = f"{left:,} ({100 * left / budget:.0f}%)" if left is not None else "never"
+        marks = " / ".join(f"{100 * err:.1f}" for _, err in curve)
+        rows.append(f"| {name} | {seed} | {where} | {marks} | {100 * curve[-1][1]:.1f} |")
+    sd = statistics.stdev(finals) if len(finals) > 1 else 0.0
+    rows.append(
+        f"| {name} | mean ± sd | | | **{100 * statistics.mean(finals):.1f} ± {100 * sd:.1f}** |"
     )
-
-    def val_acc() -> float:
-        model.eval()
-        right = total = 0
-        with torch.no_grad():
-            for x, y in eval_batches(path, input_size=64, batch_size=200):
-                right += int((model(x[:, 0]).argmax(1) == y).sum())
-                total += len(y)
-        model.train()
-        return right / total
-
-    rows: list[tuple[float, int, float, float]] = []
-    start, seen, recent = time.perf_counter(), 0, []
-    next_mark = seconds / 4
-    for x, y in stream:
-        out = model(x)
-        loss = googlenet_loss(out, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        seen += len(y)
-        recent = [*recent[-49:], float((out[0].argmax(1) == y).float().mean())]
-        elapsed = time.perf_counter() - start
-        if elapsed >= next_mark:
-            rows.append((elapsed, seen, sum(recent) / len(recent), val_acc()))
-            print(f"  learn[{recipe}]: {rows[-1]}", file=sys.stderr, flush=True)
-            next_mark += seconds / 4
-            if elapsed >= seconds:
-                return rows
     return rows
 
 
@@ -228,7 +273,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short timings, small sets")
     parser.add_argument("--linear", action="store_true", help="linear classifier on raw pixels")
-    parser.add_argument("--learn", type=float, default=0, help="seconds of the learnability loop")
+    parser.add_argument(
+        "--learn", type=int, default=0, help="seeds of the demo's plain loop on the built-in set"
+    )
+    parser.add_argument(
+        "--ablate", type=int, default=0, help="seeds of the same loop without 5x5/pool branches"
+    )
+    parser.add_argument(
+        "--budget", type=int, default=0, help="examples per --learn run (default: the demo's)"
+    )
+    parser.add_argument("--points", type=int, default=10, help="evaluations per --learn run")
     parser.add_argument("--out", default="", help="also write the markdown report here")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -324,19 +378,35 @@ def main() -> None:
             emit(f"| {name} | {tr:.3f} | {va:.3f} |")
         emit()
 
-    if args.learn > 0:
+    if args.learn > 0 or args.ablate > 0:
+        from distinception.recipes import get_recipe
+
         path = gen_dir if not args.quick else small
-        for recipe in ("caffe", "paper"):
-            emit(
-                f"Learnability, recipe `{recipe}`: bn GoogLeNet w0.25 @64, batch 32, SGD lr 0.05"
-                " momentum 0.9, one thread (train acc = mean of the last 50 batches):"
-            )
-            emit()
-            emit("| seconds | examples seen | train acc | val acc (center crop) |")
-            emit("|---:|---:|---:|---:|")
-            for elapsed, seen, tr, va in learnability(path, args.learn, recipe):
-                emit(f"| {elapsed:.0f} | {seen} | {tr:.3f} | {va:.3f} |")
-            emit()
+        demo = get_recipe("demo")
+        budget = args.budget or int(demo.run.epochs * open_manifest(path).counts["train"])
+        torch.set_num_threads(os.cpu_count() or 1)
+        emit(
+            f"Learning curves: the demo's plain loop (`LocalTrainer`, recipe `demo`: bn GoogLeNet"
+            f" w{demo.model.width} @{demo.model.input_size}, batch {demo.data.batch_size}, SGD lr"
+            f" {demo.ps.lr} momentum {demo.ps.momentum}, {demo.ps.lr_decay} per"
+            f" {demo.ps.lr_decay_epochs:g} epoch), {budget:,} examples, {torch.get_num_threads()}"
+            f" threads; top-1 error % on the validation split at every {100 // args.points}% of"
+            f" the budget; 'left chance' = first evaluation at <= {100 * LEFT_CHANCE:.0f}% error"
+            " (chance 90%). `two-branch`: every Inception module without its 5x5 and pool"
+            " branches, their channels moved to the 1x1 and 3x3 branches."
+        )
+        emit()
+        emit("| model | seed | left chance after | error % at each evaluation | final % |")
+        emit("|---|---:|---:|---|---:|")
+        for name, seeds, two_branch in (
+            ("GoogLeNet", args.learn, False),
+            ("two-branch", args.ablate, True),
+        ):
+            if seeds:
+                runs = learning_curves(path, seeds, budget, args.points, two_branch)
+                for row in curve_rows(name, runs, budget):
+                    emit(row)
+        emit()
 
     if args.out:
         with open(args.out, "w") as f:

@@ -1,0 +1,67 @@
+"""The built-in set's measurements (`bench/bench_data.py`): the two-branch ablation is the model
+it claims to be, and the learning-curve table comes out of the command a user types."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+
+import torch
+
+from distinception.config import ModelConfig
+from distinception.model import googlenet
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_data import LEFT_CHANCE, TwoBranchInception, curve_rows  # noqa: E402
+
+
+def test_two_branch_model_drops_the_5x5_and_pool_branches_at_the_same_width():
+    cfg = ModelConfig(variant="bn", width=0.25, input_size=64)
+    full = googlenet.build_model(cfg, 10)
+    with mock.patch.object(googlenet, "Inception", TwoBranchInception):
+        cut = googlenet.build_model(cfg, 10)
+    names = [n for n, _ in cut.named_parameters()]
+    assert not [n for n in names if "5x5" in n or "pool_proj" in n]
+    assert any("5x5" in n for n, _ in full.named_parameters())
+    # Every module hands the next the same number of channels as the full one.
+    blocks = {n: m for n, m in cut.named_modules() if isinstance(m, TwoBranchInception)}
+    assert len(blocks) == len(googlenet.INCEPTION_TABLE)
+    x = torch.randn(2, 3, 64, 64)
+    full.eval(), cut.eval()
+    for name, block in blocks.items():
+        spec = getattr(full, name).spec
+        assert block.conv1x1.conv.out_channels + block.conv3x3.conv.out_channels == (
+            spec.out_channels
+        )
+    assert cut(x).shape == full(x).shape == (2, 10)
+
+
+def test_curve_rows_report_when_each_seed_left_chance_and_the_spread():
+    runs = [[(100, 0.9), (200, 0.5)], [(100, 0.7), (200, 0.3)], [(100, 0.95), (200, 0.85)]]
+    rows = curve_rows("GoogLeNet", runs, 200)
+    assert rows[0].startswith("| GoogLeNet | 0 | 200 (100%) |")
+    assert rows[1].startswith("| GoogLeNet | 1 | 100 (50%) |")
+    assert "| never |" in rows[2] and LEFT_CHANCE < 0.85
+    assert rows[-1].endswith("| **55.0 ± 27.8** |")
+
+
+def test_learning_curves_as_a_user_types_it(tmp_path):
+    out = tmp_path / "builtin.md"
+    cmd = "bench/bench_data.py --quick --learn 1 --ablate 1 --budget 128 --points 2"
+    proc = subprocess.run(
+        [sys.executable, *cmd.split(), "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert "| GoogLeNet | 0 |" in text and "| two-branch | 0 |" in text
+    assert text.count("mean ± sd") == 2 and "128 examples" in text
