@@ -206,7 +206,7 @@ def learning_curves(
     from contextlib import nullcontext
     from unittest import mock
 
-    from distinception.bench.common import LocalTrainer, open_stream, top1_error
+    from distinception.bench.convergence import local_curve
     from distinception.config import from_dict
     from distinception.model import googlenet
     from distinception.recipes import get_recipe
@@ -221,23 +221,17 @@ def learning_curves(
             else nullcontext()
         )
         with swap:
-            trainer = LocalTrainer(
-                cfg, manifest.num_classes, open_stream(cfg, path), manifest.counts["train"]
+            curve = local_curve(
+                cfg,
+                path,
+                manifest.num_classes,
+                budget,
+                points,
+                manifest.counts["train"],
+                threads=os.cpu_count() or 1,
             )
-            steps = budget // cfg.data.batch_size
-            every = max(1, steps // points)
-            curve = []
-            for i in range(1, steps + 1):
-                trainer.step()
-                if i % every == 0 or i == steps:
-                    err = top1_error(cfg, path, manifest.num_classes, trainer.core.flat)
-                    curve.append((i * cfg.data.batch_size, err))
-                    print(
-                        f"  learn[seed {seed}, two_branch={two_branch}]: {curve[-1]}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-        runs.append(curve)
+        print(f"  learn[seed {seed}, two_branch={two_branch}]: {curve}", file=sys.stderr)
+        runs.append([(examples, err) for _, examples, err in curve])
     return runs
 
 
@@ -384,12 +378,11 @@ def main() -> None:
         path = gen_dir if not args.quick else small
         demo = get_recipe("demo")
         budget = args.budget or int(demo.run.epochs * open_manifest(path).counts["train"])
-        torch.set_num_threads(os.cpu_count() or 1)
         emit(
             f"Learning curves: the demo's plain loop (`LocalTrainer`, recipe `demo`: bn GoogLeNet"
             f" w{demo.model.width} @{demo.model.input_size}, batch {demo.data.batch_size}, SGD lr"
             f" {demo.ps.lr} momentum {demo.ps.momentum}, {demo.ps.lr_decay} per"
-            f" {demo.ps.lr_decay_epochs:g} epoch), {budget:,} examples, {torch.get_num_threads()}"
+            f" {demo.ps.lr_decay_epochs:g} epoch), {budget:,} examples, {os.cpu_count() or 1}"
             f" threads; top-1 error % on the validation split at every {100 // args.points}% of"
             f" the budget; 'left chance' = first evaluation at <= {100 * LEFT_CHANCE:.0f}% error"
             " (chance 90%). `two-branch`: every Inception module without its 5x5 and pool"

@@ -83,11 +83,22 @@ def _ps(cfg: JobConfig, budget: int, eval_s: float) -> dict[str, Any]:
     return {RAW: raw, POLYAK: pol}
 
 
-def _local(cfg: JobConfig, data: str, num_classes: int, budget: int, points: int, epoch: int):
+def local_curve(
+    cfg: JobConfig,
+    data: str,
+    num_classes: int,
+    budget: int,
+    points: int,
+    epoch: int,
+    threads: int = 1,
+) -> list[tuple[float, int, float]]:
+    """(training seconds, examples seen, top-1 error) of the local loop, `points` times over
+    `budget` examples; the clock stops while it is scored. One thread by default, as a replica
+    runs."""
     import torch
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
         trainer = LocalTrainer(cfg, num_classes, open_stream(cfg, data), epoch)
         steps = max(1, budget // cfg.data.batch_size)
@@ -101,7 +112,7 @@ def _local(cfg: JobConfig, data: str, num_classes: int, budget: int, points: int
                 curve.append((clock, i * cfg.data.batch_size, err))
                 t0 = time.perf_counter()
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
     return curve
 
 
@@ -214,7 +225,9 @@ def run_convergence(
                 split_batch = max(1, cfg.data.batch_size // replicas)
                 curves[DDP_SPLIT].append(ddp(from_dict({"data": {"batch_size": split_batch}}, cfg)))
             if "local" in systems:
-                curves[LOCAL].append(_local(cfg, data, num_classes, budget, points, train_examples))
+                curves[LOCAL].append(
+                    local_curve(cfg, data, num_classes, budget, points, train_examples)
+                )
     wall = time.perf_counter() - t_start
 
     if target is None:
