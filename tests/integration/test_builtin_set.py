@@ -9,9 +9,8 @@ from GoogLeNet under SGD, was still at chance (about 89% top-1 error) that late.
 from __future__ import annotations
 
 import pytest
-import torch
 
-from distinception.bench.common import LocalTrainer, open_stream, top1_error
+from distinception.bench.convergence import local_curve
 from distinception.config import from_dict
 from distinception.data.generated import resolve_data
 from distinception.data.shards import open_manifest
@@ -33,15 +32,8 @@ def test_the_demos_plain_loop_leaves_chance_early(tmp_path):
     )
     data = resolve_data(cfg.data)
     manifest = open_manifest(data)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        trainer = LocalTrainer(
-            cfg, manifest.num_classes, open_stream(cfg, data), manifest.counts["train"]
-        )
-        for _ in range(9600 // cfg.data.batch_size):
-            trainer.step()
-        err = top1_error(cfg, data, manifest.num_classes, trainer.core.flat)
-    finally:
-        torch.set_num_threads(threads)
+    curve = local_curve(
+        cfg, data, manifest.num_classes, 9600, 1, manifest.counts["train"], threads=2
+    )
+    err = curve[-1][2]
     assert err < BOUND, err
