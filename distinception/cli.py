@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -37,6 +38,10 @@ def _job_config(args: argparse.Namespace):
         from distinception.config import from_dict
 
         cfg = from_dict({"run": {"checkpoint_dir": args.checkpoint_dir}}, cfg)
+    if getattr(args, "register_as", None):
+        from distinception.config import from_dict
+
+        cfg = from_dict({"tracking": {"register_as": args.register_as}}, cfg)
     return cfg
 
 
@@ -71,7 +76,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     cfg = _job_config(args)
     space = build_space(args.space or [], fixed=_fixed_keys(args))
-    print(f"sweep {cfg.name}: {args.samples} trials over {space.describe()}", flush=True)
+    print(
+        f"sweep {cfg.name}: {space.trials(args.samples)} trials over {space.describe()}",
+        flush=True,
+    )
     result = sweep(
         cfg,
         space,
@@ -192,6 +200,18 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lrs(text: str) -> tuple[float, ...]:
+    from distinception.config import ConfigError
+
+    try:
+        lrs = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"--lrs={text!r}: expected a comma list of learning rates") from None
+    if any(not 0 < lr < 10 for lr in lrs):
+        raise ConfigError(f"--lrs={text!r}: expected learning rates in (0, 10)")
+    return lrs
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from distinception.config import ConfigError
 
@@ -252,6 +272,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "systems": tuple(s for s in args.systems.split(",") if s),
             "target": args.target,
             "recipe": args.recipe,
+            "lrs": _lrs(args.lrs),
         }
     print(run(replicas=args.replicas, quick=args.quick, out_dir=args.out, **extra)["text"])
     return 0
@@ -330,6 +351,77 @@ def _job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-dir", help="checkpoint here (a directory or pyarrow.fs URI)")
 
 
+#: One or two examples at the end of each command's --help.
+EXAMPLES: dict[str, list[str]] = {
+    "train": [
+        "distinception train --recipe demo",
+        "distinception train --recipe digits --set data.path=~/.cache/distinception/digits "
+        "--set ps.num_replicas=4",
+    ],
+    "sweep": [
+        "distinception sweep --recipe demo --samples 8 --scheduler asha",
+        "distinception sweep --space ps.lr=grid:0.01,0.02,0.05 --samples 1 --set run.epochs=5",
+    ],
+    "ensemble": [
+        "distinception ensemble --members 7 --recipes paper,caffe",
+        "distinception ensemble --members 3 --recipes best-of-sweep --sweep sweeps/demo-TIME",
+    ],
+    "evaluate": [
+        "distinception evaluate RUN_ID --crops center,ten,paper144",
+        "distinception evaluate models:/googlenet/1 --crops ten --limit 500 --json",
+    ],
+    "model summary": [
+        "distinception model summary",
+        "distinception model summary --variant bn --input-size 64 --width 0.25 --json",
+    ],
+    "data generate": ["distinception data generate --out data/builtin --size 64"],
+    "data import": ["distinception data import ~/images/flowers --out data/flowers"],
+    "data inspect": ["distinception data inspect data/flowers --grid flowers.png"],
+    "submit": [
+        "distinception submit jobs/train.yaml --follow",
+        "distinception submit jobs/train.yaml --address http://127.0.0.1:8265 -- "
+        "--set ps.num_replicas=8",
+    ],
+    "jobs list": ["distinception jobs list --address http://127.0.0.1:8265"],
+    "jobs status": ["distinception jobs status train-demo-1a2b3c"],
+    "jobs logs": ["distinception jobs logs train-demo-1a2b3c --follow"],
+    "jobs stop": ["distinception jobs stop train-demo-1a2b3c"],
+    "bench throughput": ["distinception bench throughput --replicas 2 --quick"],
+    "bench convergence": [
+        "distinception bench convergence --quick",
+        "distinception bench convergence --recipe digits --replicas 2 --seeds 5 "
+        "--lrs 0.02,0.05 --set data.path=~/.cache/distinception/digits",
+    ],
+    "bench staleness": ["distinception bench staleness --quick"],
+    "bench updates": [
+        "distinception bench updates --quick",
+        "distinception bench updates --recipe digits --replicas 1,2 --updates previous,default,dc "
+        "--seeds 3 --set data.path=~/.cache/distinception/digits",
+    ],
+    "bench gpu": ["distinception bench gpu --batch 64 --steps 60"],
+}
+
+
+def leaf_parsers(
+    parser: argparse.ArgumentParser, words: tuple[str, ...] = ()
+) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    """Every runnable command's parser, with its words (`bench updates`)."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield " ".join(words), parser
+    for action in subs:
+        for name, sub in action.choices.items():
+            yield from leaf_parsers(sub, (*words, name))
+
+
+def _add_examples(parser: argparse.ArgumentParser) -> None:
+    for words, p in leaf_parsers(parser):
+        lines = EXAMPLES.get(words, [])
+        if lines:
+            p.epilog = "examples:\n" + "\n".join(f"  {line}" for line in lines)
+            p.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distinception",
@@ -341,12 +433,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one model on the parameter server")
     _job_args(p)
     p.add_argument("--resume", metavar="DIR", help="continue the job checkpointed in DIR")
+    p.add_argument(
+        "--register-as",
+        metavar="NAME",
+        help="register the Polyak model in the MLflow model registry as a new version of NAME "
+        "(tagged with its recipe); same as --set tracking.register_as=NAME",
+    )
     p.add_argument("--print-config", action="store_true", help="print the resolved config")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sweep", help="Ray Tune over the sampling/photometric recipe")
     _job_args(p)
-    p.add_argument("--samples", type=int, default=4, help="number of trials (default 4)")
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=4,
+        help="number of trials (default 4); with grid domains, runs of the whole grid",
+    )
     p.add_argument("--scheduler", default="asha", help="asha (default) or fifo")
     p.add_argument(
         "--max-concurrent", type=int, default=None, help="trials at once (default: as many as fit)"
@@ -355,8 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--space",
         action="append",
         metavar="SECTION.KEY=DOMAIN",
-        help="sweep a field: uniform:A:B, loguniform:A:B or choice:a,b (repeatable; "
-        "fields given with --set are held fixed)",
+        help="sweep a field: uniform:A:B, loguniform:A:B, choice:a,b (drawn at random per "
+        "trial) or grid:a,b (every value in its own trial; --samples 2 runs the grid twice); "
+        "repeatable; fields given with --set are held fixed",
     )
     p.add_argument("--out", help="output directory (default sweeps/NAME-TIME)")
     p.set_defaults(func=cmd_sweep)
@@ -492,6 +596,13 @@ def build_parser() -> argparse.ArgumentParser:
                 help="comma list of ps, ps-previous, ddp, ddp-split, local (default all)",
             )
             p.add_argument(
+                "--lrs",
+                default="",
+                metavar="LR,LR,...",
+                help="first run each system once at each learning rate (a Ray Tune grid, an "
+                "MLflow parent run) and compare each at its best (default: the recipe's lr)",
+            )
+            p.add_argument(
                 "--target",
                 type=float,
                 default=None,
@@ -502,8 +613,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench.add_parser(
         "updates",
         help="the async update rules side by side (error, staleness, momentum, DC memory)",
-        epilog="example: distinception bench updates --recipe digits --replicas 1,2 "
-        "--updates previous,default,dc --seeds 3 --set data.path=~/.cache/distinception/digits",
     )
     p.add_argument("--replicas", default="1,2", help="comma list of replica counts (default 1,2)")
     p.add_argument(
@@ -523,6 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--device", default="cuda", help="cpu only checks that it runs")
     p.set_defaults(func=cmd_bench)
+    _add_examples(parser)
     return parser
 
 
@@ -544,6 +654,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("distinception: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        # Not the user's mistake: one line and where the whole traceback went, status 1.
+        log = _crash_log(argv)
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        print(
+            f"distinception: unexpected {type(err).__name__}: {first} (traceback in {log})",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _crash_log(argv: list[str]) -> str:
+    """Write the current exception's traceback to a file under the cache directory."""
+    import tempfile
+    import time
+    import traceback
+    from pathlib import Path
+
+    text = f"distinception {' '.join(argv)}\n\n{traceback.format_exc()}"
+    folder = Path(os.environ.get("DISTINCEPTION_LOG_DIR", "~/.cache/distinception/logs"))
+    try:
+        folder = folder.expanduser()
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        path.write_text(text)
+    except OSError:
+        fd, name = tempfile.mkstemp(prefix="distinception-crash-", suffix=".log")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        path = Path(name)
+    return str(path)
 
 
 if __name__ == "__main__":

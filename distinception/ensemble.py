@@ -98,7 +98,12 @@ def member_configs(
             cfg = from_dict({"recipe": overlay["recipe"]}, cfg)
         cfg = apply_sample(cfg, {k2: v for k2, v in overlay.items() if k2 != "recipe"})
         run = dataclasses.replace(cfg.run, seed=base.run.seed + k, init_seed=base.run.model_seed)
-        tracking = dataclasses.replace(cfg.tracking, run_name=f"{base.name}-member{k}-{label}")
+        # Every member's model is a version of one registered model, tagged with its recipe.
+        tracking = dataclasses.replace(
+            cfg.tracking,
+            run_name=f"{base.name}-member{k}-{label}",
+            register_as=base.tracking.register_as or f"{base.name}-ensemble",
+        )
         out.append(cfg.replace(run=run, tracking=tracking, name=f"{base.name}-member{k}"))
     return out
 

@@ -8,6 +8,7 @@ Metric steps are examples seen, so a resumed run's curves continue where they st
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import platform
@@ -93,6 +94,101 @@ def run_tags() -> dict[str, str]:
     }
 
 
+def source_tags() -> dict[str, str]:
+    """What MLflow shows as a run's Source: the command, and the git commit when the package
+    runs from a checkout."""
+    import subprocess
+    import sys
+
+    argv = sys.argv or [""]
+    ours = os.path.basename(argv[0]) == "distinception" or argv[0].endswith("distinception/cli.py")
+    tags = {
+        # The command typed (`distinception train`); a Tune trial's worker process has no
+        # command of ours, its parent run has.
+        "mlflow.source.name": "distinception" + (f" {argv[1]}" if ours and len(argv) > 1 else ""),
+        "mlflow.source.type": "JOB" if os.environ.get("RAY_JOB_ID") else "LOCAL",
+    }
+    root = Path(__file__).resolve().parent.parent
+    if (root / ".git").exists():
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            commit = subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            if commit:
+                tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def describe_run(cfg: JobConfig, info: dict[str, Any]) -> str:
+    """The run's description in the MLflow UI: what was trained, on what, and how."""
+    m, ps, run = cfg.model, cfg.ps, cfg.run
+    budget = (
+        f"{run.max_examples:,} examples"
+        if run.max_examples
+        else f"{run.epochs:g} epochs"
+        if run.epochs
+        else f"{run.max_seconds:g} s"
+    )
+    data = redact(str(info["data_path"]))
+    return (
+        f"**{cfg.name}**: {m.variant} GoogLeNet at width {m.width:g} and {m.input_size} px "
+        f"({int(info['params']):,} parameters), {info['num_classes']} classes, "
+        f"{int(info['train_examples']):,} training images from `{data}`.\n\n"
+        f"Asynchronous SGD: {ps.num_replicas} replicas, {ps.num_shards} shards, "
+        f"{ps.optimizer} lr {ps.lr:g}, momentum {ps.momentum:g} (correction "
+        f"{ps.momentum_correction}), batch {cfg.data.batch_size}, staleness {ps.staleness}; "
+        f"{ps.polyak} Polyak averaging; budget {budget}, seed {run.seed}."
+    )
+
+
+def dataset_input(data_path: str) -> Any:
+    """The training data as an MLflow dataset input: name, manifest digest, source and the
+    splits with their counts (None when the manifest cannot be read)."""
+    import hashlib
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    from distinception.data.shards import DataError, open_manifest
+
+    try:
+        manifest = open_manifest(data_path)
+    except (DataError, OSError):
+        return None
+    profile = {
+        "num_classes": manifest.num_classes,
+        "splits": dict(manifest.counts),
+        "image_size": manifest.image_size,
+    }
+    files = {k: [(f.name, f.rows, f.bytes) for f in v] for k, v in manifest.files.items()}
+    doc = json.dumps({"classes": manifest.classes, "files": files}, sort_keys=True)
+    name = data_path.rstrip("/").rsplit("/", 1)[-1] or "data"
+    dataset = Dataset(
+        name="builtin" if name.startswith("generated-") else name,
+        digest=hashlib.sha256(doc.encode()).hexdigest()[:16],
+        source_type="local" if "://" not in data_path else data_path.split("://")[0],
+        source=json.dumps({"uri": redact(data_path)}),
+        profile=json.dumps(profile),
+    )
+    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])
+
+
+def default_run_name(cfg: JobConfig, data_path: str) -> str:
+    """What was trained, for a run the user did not name: the recipe, the data set and the model
+    (`demo-builtin-bn0.25-64px`, `demo-flowers-bn1-32px`), so runs on other data or models do not
+    all show up as `demo`."""
+    data = data_path.rstrip("/").rsplit("/", 1)[-1] or "data"
+    if data.startswith("generated-"):  # the built-in set's cache directory
+        data = "builtin"
+    m = cfg.model
+    parts = [cfg.name] + ([data] if data != cfg.name else [])
+    return "-".join([*parts, f"{m.variant}{m.width:g}", f"{m.input_size}px"])
+
+
+#: Seconds between samples of the system metrics.
+SYSTEM_METRICS_S = 10.0
+
+
 class MlflowHooks(Hooks):
     """Records one training job as one MLflow run (or a nested child of `parent_run_id`)."""
 
@@ -108,6 +204,25 @@ class MlflowHooks(Hooks):
         self.uri = tracking_uri(cfg)
         self.run_id: str | None = None
         self.client: MlflowClient | None = None
+        self.monitor: Any = None
+
+    def _watch_system(self) -> None:
+        """CPU, memory, disk and network of this process's machine (and GPUs, where pynvml
+        finds them) as `system/*` metrics, through MLflow's own system-metrics monitor."""
+        import logging
+
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+        self.monitor = SystemMetricsMonitor(
+            self.run_id, sampling_interval=SYSTEM_METRICS_S, tracking_uri=self.uri
+        )
+        self.monitor.start()
+
+    def _unwatch_system(self) -> None:
+        if self.monitor is not None:
+            self.monitor.finish()
+            self.monitor = None
 
     def on_start(self, cfg: JobConfig, info: dict[str, Any]) -> str | None:
         experiment_id = setup(cfg)
@@ -118,12 +233,15 @@ class MlflowHooks(Hooks):
             self.client.set_tag(
                 self.run_id, "distinception.resumed_at_examples", str(info["resumed_from_examples"])
             )
+            self._watch_system()
             return self.run_id
-        tags = run_tags() | self.tags
+        tags = run_tags() | source_tags() | self.tags
         if self.parent_run_id:
             tags["mlflow.parentRunId"] = self.parent_run_id
         run = self.client.create_run(
-            experiment_id, run_name=cfg.tracking.run_name or cfg.name, tags=tags
+            experiment_id,
+            run_name=cfg.tracking.run_name or default_run_name(cfg, str(info["data_path"])),
+            tags=tags,
         )
         self.run_id = run.info.run_id
         params = {k: redact(str(v)) for k, v in cfg.flat().items()}
@@ -138,6 +256,11 @@ class MlflowHooks(Hooks):
             batch = [mlflow.entities.Param(k, v) for k, v in items[i : i + 100]]
             self.client.log_batch(self.run_id, params=batch)
         self.client.log_text(self.run_id, redact(cfg.to_yaml()), "config.yaml")
+        self.client.set_tag(self.run_id, "mlflow.note.content", describe_run(cfg, info))
+        dataset = dataset_input(str(info["data_path"]))
+        if dataset is not None:
+            self.client.log_inputs(self.run_id, datasets=[dataset])
+        self._watch_system()
         return self.run_id
 
     def on_metrics(self, metrics: dict[str, float], step: int) -> None:
@@ -159,6 +282,7 @@ class MlflowHooks(Hooks):
     def on_end(self, result: TrainResult, model: torch.nn.Module | None) -> None:
         if not (self.client and self.run_id):
             return
+        self._unwatch_system()
         self.client.log_dict(self.run_id, _result_dict(result), "result.json")
         png = plot_history(result)
         if png is not None:
@@ -170,6 +294,7 @@ class MlflowHooks(Hooks):
     def on_failure(self, error: BaseException) -> None:
         if not (self.client and self.run_id):
             return
+        self._unwatch_system()
         # SystemExit is how Ray Tune ends a trial its scheduler stopped.
         stopped = isinstance(error, (KeyboardInterrupt, SystemExit))
         status = "KILLED" if stopped else "FAILED"
@@ -190,15 +315,24 @@ def log_model(run_id: str, model: torch.nn.Module, cfg: JobConfig) -> None:
 
     size = cfg.model.input_size
     example = np.zeros((2, 3, size, size), dtype=np.float32)
+    name = cfg.tracking.register_as or None
     with mlflow.start_run(run_id=run_id):
-        mlflow.pytorch.log_model(
+        info = mlflow.pytorch.log_model(
             model,
             name="model",
             input_example=example,
             serialization_format="pt2",
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "torchvision"],
-            registered_model_name=cfg.tracking.register_as or None,
+            registered_model_name=name,
         )
+    version = getattr(info, "registered_model_version", None)
+    if name and version is not None:
+        # The registry's versions say how each was trained: its run recipe and augmentation.
+        client = MlflowClient(tracking_uri(cfg))
+        tags = {"recipe": cfg.name, "model.variant": cfg.model.variant}
+        tags |= {f"recipe.{k}": str(v) for k, v in dataclasses.asdict(cfg.recipe).items()}
+        for key, value in tags.items():
+            client.set_model_version_tag(name, str(version), key, value)
 
 
 def load_model(model_uri: str, uri: str | None = None) -> torch.nn.Module:
@@ -263,7 +397,8 @@ def plot_history(result: TrainResult):
     a2.set_xlabel("examples seen")
     a2.set_ylabel("validation error")
     a2.grid(alpha=0.3)
-    a2.legend()
+    if evals:  # a run with no evaluation has nothing to label (matplotlib would warn)
+        a2.legend()
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
@@ -283,7 +418,8 @@ def start_parent_run(cfg: JobConfig, kind: str, name: str, params: dict[str, Any
     """Open the run that a sweep's trials or an ensemble's members nest under."""
     experiment_id = setup(cfg)
     client = MlflowClient(tracking_uri(cfg))
-    run = client.create_run(experiment_id, run_name=name, tags=run_tags() | {KIND_TAG: kind})
+    tags = run_tags() | source_tags() | {KIND_TAG: kind}
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
     items = sorted((k, redact(str(v))[:6000]) for k, v in params.items())
     for i in range(0, len(items), 100):
         batch = [mlflow.entities.Param(k, v) for k, v in items[i : i + 100]]
@@ -330,6 +466,29 @@ def close_child_runs(uri: str, parent_run_id: str, status: str, trial_id: str = 
     for run in runs:
         client.set_terminated(run.info.run_id, status=status)
     return len(runs)
+
+
+def record_child_run(
+    uri: str, parent_run_id: str, name: str, params: dict[str, Any], metrics: dict[str, float]
+) -> str:
+    """A finished child run of `parent_run_id` holding only `params` and `metrics` (a
+    benchmark's sweep trial, which trains no model of its own)."""
+    client = MlflowClient(uri)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    run = client.create_run(
+        experiment_id, run_name=name, tags=run_tags() | {"mlflow.parentRunId": parent_run_id}
+    )
+    run_id = run.info.run_id
+    client.log_batch(
+        run_id,
+        params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()],
+        metrics=[
+            mlflow.entities.Metric(k, float(v), int(time.time() * 1000), 0)
+            for k, v in metrics.items()
+        ],
+    )
+    client.set_terminated(run_id, status="FINISHED")
+    return run_id
 
 
 def child_runs(uri: str, parent_run_id: str) -> list[Any]:

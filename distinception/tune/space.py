@@ -56,7 +56,26 @@ class Choice:
         return "choice:" + ",".join(str(v) for v in self.values)
 
 
-Domain = Uniform | Choice
+@dataclass(frozen=True)
+class Grid:
+    """Every one of a few values, each in its own trial (Tune's grid search). Where `choice`
+    draws at random, and three draws from three values often repeat one, `grid` tries each."""
+
+    values: tuple[Any, ...]
+
+    def ends(self) -> tuple[Any, ...]:
+        return self.values
+
+    def to_tune(self) -> Any:
+        from ray import tune
+
+        return tune.grid_search(list(self.values))
+
+    def __str__(self) -> str:
+        return "grid:" + ",".join(str(v) for v in self.values)
+
+
+Domain = Uniform | Choice | Grid
 
 
 #: What a user sweeps first: how much of the image a crop covers, its aspect range, the
@@ -134,6 +153,12 @@ class SearchSpace:
     def describe(self) -> str:
         return ", ".join(f"{k}={d}" for k, d in self.domains.items())
 
+    def trials(self, samples: int) -> int:
+        """How many trials `samples` makes: Tune runs the whole grid once per sample."""
+        return samples * math.prod(
+            len(d.values) for d in self.domains.values() if isinstance(d, Grid)
+        )
+
 
 def apply_sample(
     base: JobConfig, sample: Mapping[str, Any], *, tie_aspect: bool = True
@@ -153,11 +178,12 @@ def _flatten_sample(sample: Mapping[str, Any], prefix: str = "") -> Iterable[tup
 
 
 def parse_domain(key: str, text: str) -> Domain:
-    """`uniform:A:B`, `loguniform:A:B` or `choice:a,b,c` (values parse like `--set`)."""
+    """`uniform:A:B`, `loguniform:A:B`, `choice:a,b,c` (one drawn at random per trial) or
+    `grid:a,b,c` (every value, each in its own trial); values parse like `--set`."""
     import yaml
 
     kind, _, rest = text.partition(":")
-    expected = "uniform:LOW:HIGH, loguniform:LOW:HIGH or choice:A,B,..."
+    expected = "uniform:LOW:HIGH, loguniform:LOW:HIGH, choice:A,B,... or grid:A,B,..."
     if kind in ("uniform", "loguniform"):
         parts = rest.split(":")
         try:
@@ -167,8 +193,9 @@ def parse_domain(key: str, text: str) -> Domain:
         if not (math.isfinite(low) and math.isfinite(high)):
             raise ConfigError(f"--space {key}={text!r}: expected finite bounds")
         return Uniform(low, high, log=kind == "loguniform")
-    if kind == "choice" and rest:
-        return Choice(tuple(yaml.safe_load(v) for v in rest.split(",")))
+    if kind in ("choice", "grid") and rest:
+        values = tuple(yaml.safe_load(v) for v in rest.split(","))
+        return Choice(values) if kind == "choice" else Grid(values)
     raise ConfigError(f"--space {key}={text!r}: expected {expected}")
 
 
@@ -186,6 +213,7 @@ def build_space(items: Iterable[str] = (), fixed: Iterable[str] = ()) -> SearchS
 __all__ = [
     "DEFAULT_SPACE",
     "Choice",
+    "Grid",
     "SearchSpace",
     "Uniform",
     "apply_sample",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -16,12 +17,13 @@ def test_train_command_reports_and_records_a_run(tiny_data, mlflow_uri, tmp_path
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
     proc = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "distinception.cli",
+            # The installed entry point, as a user types it.
+            str(Path(sys.executable).with_name("distinception")),
             "train",
             "--recipe",
             "tiny",
+            "--register-as",
+            "tiny-model",
             "--set",
             f"data.path={tiny_data}",
             "--set",
@@ -43,8 +45,14 @@ def test_train_command_reports_and_records_a_run(tiny_data, mlflow_uri, tmp_path
     assert "Polyak-averaged weights" in out and "raw weights" in out
     assert "mlflow ui --backend-store-uri" in out
     run_id = out.split("MLflow run ")[1].split()[0]
-    run = MlflowClient(mlflow_uri).get_run(run_id)
+    client = MlflowClient(mlflow_uri)
+    run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.source.name"] == "distinception train"
+    # Registered as version 1, tagged with its recipe.
+    (version,) = client.search_model_versions("name = 'tiny-model'")
+    assert version.run_id == run_id and version.version == "1"
+    assert version.tags["recipe"] == "tiny" and version.tags["recipe.flip"] == "True"
     assert (tmp_path / "ckpt" / "progress.json").is_file()
     assert (tmp_path / "ckpt" / "shard-0.pt").is_file()
 

@@ -50,6 +50,12 @@ def test_three_member_ensemble_then_table3_grid(ray_local, easy_data, mlflow_uri
         seeds.add(run.data.params["run.seed"])
         init_seeds.add(run.data.params["run.init_seed"])
     assert len(seeds) == 3 and init_seeds == {"7"}  # own data order, same initial weights
+    # Each member is a version of one registered model, tagged with how it was trained.
+    versions = client.search_model_versions("name = 'tiny-ensemble'")
+    assert sorted(v.run_id for v in versions) == sorted(m["run_id"] for m in result.members)
+    area = {v.run_id: v.tags["recipe.area_min"] for v in versions}
+    assert area[result.members[1]["run_id"]] == "0.7"  # the crops member's own recipe
+    assert all(v.tags["recipe"].startswith("tiny-member") for v in versions)
 
     # Evaluated later, by the ensemble's run id, through the CLI as a user would.
     proc = subprocess.run(
@@ -80,7 +86,8 @@ def test_three_member_ensemble_then_table3_grid(ray_local, easy_data, mlflow_uri
     assert all(0.0 <= r["top1_error"] <= 1.0 for r in report["rows"])
     # The members learned (chance is 0.75). Mirrored crops swap the quadrant classes, so only the
     # center crop is a fair score on this set; the built-in set is mirror-invariant.
-    assert grid[3, 1]["top1_error"] < 0.6
+    # Measured 0.0 for 1, 2 and 3 members (2026-12-01; chance 0.75): half the accuracy fails.
+    assert grid[3, 1]["top1_error"] <= 0.1
     assert set(report["patterns"]["top1"]) == {"crops", "models"}
     artifacts = {a.path for a in client.list_artifacts(result.parent_run_id)}
     assert {"ensemble.json", "table3.json", "table3.txt", "table3.png"} <= artifacts

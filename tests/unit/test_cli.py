@@ -73,7 +73,7 @@ def test_bench_updates_help_names_every_update(capsys):
     out = " ".join(capsys.readouterr().out.split()).replace("- ", "-")  # argparse wraps at "-"
     for name in UPDATES:
         assert name in out, name
-    assert "example: distinception bench updates" in out
+    assert "examples: distinception bench updates" in out
 
 
 @pytest.mark.parametrize(
@@ -115,3 +115,39 @@ def test_data_inspect_runs_as_a_user_types_it(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "train" in proc.stdout and grid.is_file()
+
+
+def test_every_command_ends_its_help_with_examples_that_parse(capsys):
+    import shlex
+
+    from distinception.cli import EXAMPLES, build_parser, leaf_parsers
+
+    commands = dict(leaf_parsers(build_parser()))
+    assert set(commands) == set(EXAMPLES), set(commands) ^ set(EXAMPLES)
+    for words, lines in EXAMPLES.items():
+        assert 1 <= len(lines) <= 2, words
+        for line in lines:
+            argv = shlex.split(line)
+            assert argv[: 1 + len(words.split())] == ["distinception", *words.split()], line
+            if "--" in argv:
+                argv = argv[: argv.index("--")]
+            build_parser().parse_args(argv[1:])  # exits 2 on an option that does not exist
+        with pytest.raises(SystemExit):
+            main([*words.split(), "--help"])
+        assert capsys.readouterr().out.rstrip().endswith(lines[-1])
+
+
+def test_an_unexpected_error_is_one_line_with_the_log_and_exit_1(monkeypatch, tmp_path, capsys):
+    import distinception.cli as cli
+
+    def broken(args):
+        raise RuntimeError("the model exploded\nsecond line")
+
+    monkeypatch.setattr(cli, "cmd_model_summary", broken)
+    monkeypatch.setenv("DISTINCEPTION_LOG_DIR", str(tmp_path))
+    assert main(["model", "summary"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("distinception: unexpected RuntimeError:"), err
+    (log,) = tmp_path.glob("crash-*.log")
+    assert f"(traceback in {log})" in err
+    assert "Traceback" in log.read_text() and "second line" in log.read_text()

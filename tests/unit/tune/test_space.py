@@ -9,6 +9,7 @@ from distinception.recipes import get_recipe
 from distinception.tune.space import (
     DEFAULT_SPACE,
     Choice,
+    Grid,
     SearchSpace,
     Uniform,
     build_space,
@@ -94,3 +95,20 @@ def test_cluster_placement_gives_each_role_its_own_bundle():
     assert all(r["replica"] == 1 and "ps" not in r for r in replicas)
     total = sum(b["CPU"] for b in bundles(cfg))
     assert abs(total - trial_cpus(cfg)) < 1e-6
+
+
+def test_grid_tries_every_value_where_choice_draws_at_random():
+    from ray.tune.search.variant_generator import generate_variants
+
+    assert parse_domain("ps.lr", "grid:0.003,0.01,0.03") == Grid((0.003, 0.01, 0.03))
+    space = build_space(["ps.lr=grid:0.003,0.01,0.03"])
+    assert space.trials(1) == 3 and space.trials(2) == 6
+    assert "ps.lr=grid:0.003,0.01,0.03" in space.describe()
+    # Tune's own variant generator expands the space exactly as a sweep's trials get it.
+    lrs = [spec["ps"]["lr"] for _, spec in generate_variants(space.to_tune())]
+    assert lrs == [0.003, 0.01, 0.03]
+    assert build_space(["ps.lr=choice:0.003,0.01,0.03"]).trials(3) == 3
+    with pytest.raises(ConfigError, match="grid:A,B"):
+        parse_domain("ps.lr", "grid:")
+    with pytest.raises(ConfigError, match=r"ps.lr=grid:0,0.01"):
+        build_space(["ps.lr=grid:0,0.01"])  # every value must make a valid job
