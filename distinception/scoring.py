@@ -45,7 +45,7 @@ def evaluate_target(
     from distinception import tracking
     from distinception.config import ConfigError
     from distinception.data.crops import SCHEMES
-    from distinception.data.generated import resolve_data
+    from distinception.data.generated import shards_path
     from distinception.data.loader import eval_batches
 
     for s in schemes:
@@ -55,7 +55,7 @@ def evaluate_target(
         raise ConfigError("--crops: expected at least one of " + ", ".join(SCHEMES))
     kind, run_id, members = _resolve(target, uri)
     cfg = tracking.run_config(uri, tracking.model_run_id(uri, members[0]))
-    path = data_path or resolve_data(cfg.data)
+    path = data_path or shards_path(cfg.data)
     size = cfg.model.input_size
     t0 = time.perf_counter()
     models = [tracking.load_model(m, uri) for m in members]

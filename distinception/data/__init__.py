@@ -10,7 +10,7 @@ from distinception.data.augment import (
     build_train_transform,
 )
 from distinception.data.crops import SCHEMES, view_boxes, views
-from distinception.data.generated import ensure_generated, generate_dataset, resolve_data
+from distinception.data.generated import ensure_generated, generate_dataset, shards_path
 from distinception.data.importer import ImportReport, import_tree, inspect_dataset
 from distinception.data.loader import TrainStream, eval_batches, num_classes
 from distinception.data.shards import (
@@ -41,7 +41,7 @@ __all__ = [
     "inspect_dataset",
     "num_classes",
     "open_manifest",
-    "resolve_data",
+    "shards_path",
     "verify",
     "view_boxes",
     "views",

@@ -344,6 +344,6 @@ def ensure_generated(cfg: DataConfig, *, progress: bool = False) -> str:
     return final
 
 
-def resolve_data(cfg: DataConfig, *, progress: bool = False) -> str:
+def shards_path(cfg: DataConfig, *, progress: bool = False) -> str:
     """`cfg.path` when set, else the built-in set (generated on first use)."""
     return cfg.path or ensure_generated(cfg, progress=progress)

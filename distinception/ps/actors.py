@@ -15,6 +15,11 @@ Wire protocol of a shard:
   (`push_shared` takes the same request as a Ray call). See `shm`.
 The incarnation changes whenever a shard actor is restarted (and reloads its checkpoint), so a
 gradient computed on weights of a previous incarnation is refused rather than misapplied.
+
+Constructor arguments stay small and by value, so a restart never depends on an object that may
+have left the store: the coordinator registers its shards under job-unique names and hands
+replicas and the averager those names (`shard_handles`), and each shard builds its initial
+slice from `run.model_seed` itself.
 """
 
 from __future__ import annotations
@@ -40,7 +45,14 @@ from distinception.ps import checkpoint as ckpt
 from distinception.ps import shm
 from distinception.ps.averager import AveragerCore
 from distinception.ps.layout import ParamLayout
-from distinception.ps.replica import BatchPrefetcher, ReplicaCore, from_wire, straggle, to_wire
+from distinception.ps.replica import (
+    BatchPrefetcher,
+    ReplicaCore,
+    build_flat_model,
+    from_wire,
+    straggle,
+    to_wire,
+)
 from distinception.ps.shard import ShardCore
 
 #: A pull or push that takes longer than this is treated as a failure of that shard.
@@ -66,15 +78,23 @@ class ShardActor:
         start: int,
         stop: int,
         layout: ParamLayout,
-        init: list[ray.ObjectRef],
+        init: list[ray.ObjectRef] | None,
         cfg: JobConfig,
         examples_per_epoch: int,
         checkpoint_uri: str,
         resume: bool,
         shm_dir: str = "",
+        num_classes: int = 0,
     ) -> None:
+        """`init`: the initial slice, in the object store; None builds the model from
+        `run.model_seed` here instead (the coordinator's way: weights are identical everywhere,
+        and a restart never depends on an object that may have gone out of scope)."""
         torch.set_num_threads(1)
-        values = ray.get(init[0])
+        if init is None:
+            _, flat, _, _ = build_flat_model(cfg, num_classes, seed=cfg.run.model_seed)
+            values = flat[start:stop].clone()
+        else:
+            values = ray.get(init[0])
         incarnation = uuid.uuid4().hex[:12]
         self.mutex = threading.Lock()
         self.shm_dir = shm_dir
@@ -260,6 +280,14 @@ class PullTicket(NamedTuple):
     after: list[ray.ObjectRef]
 
 
+def shard_handles(shards: list[Any]) -> list[Any]:
+    """Shard actors from what a replica or the averager was given: handles, or the names the
+    coordinator registers its shards under. Names keep actor handles out of constructor
+    arguments, which Ray would have to keep in the object store for a restart (and warns about
+    on the user's terminal)."""
+    return [ray.get_actor(s) if isinstance(s, str) else s for s in shards]
+
+
 class ShardLinks:
     """How one process (a replica or the averager) reaches every shard, and its pulls.
 
@@ -276,7 +304,7 @@ class ShardLinks:
         transport: str,
         count: Callable[[str], None],
     ) -> None:
-        self.shards = shards
+        self.shards = shard_handles(shards)
         self.ranges = ranges
         self.count = count
         self.node_id = ray.get_runtime_context().get_node_id()
@@ -475,9 +503,12 @@ class ReplicaActor:
         _threads(cfg.ps.replica_cpus)
         self.index = index
         self.cfg = cfg
-        self.shards = shards
+        self.shards = shards = shard_handles(shards)
         self.ranges = ranges
         self.restarted = _reconstructed()
+        # The data position this actor was started or sought at after a failure (None for a
+        # replica that started with the run): reported, so a recovery can be checked from outside.
+        self.resumed_from = position
         device = "cuda" if cfg.ps.replica_gpus > 0 and torch.cuda.is_available() else "cpu"
         self._stream_args = (data_path, num_consumers)
         self.data = BatchPrefetcher(self._open_stream(position), pin=device == "cuda")
@@ -729,6 +760,7 @@ class ReplicaActor:
             "skipped": self.data.skipped,
             "position": self.data.position,
             "restarted": self.restarted,
+            "resumed_from": self.resumed_from,
         }
 
     def _open_stream(self, position: dict | None) -> Any:
@@ -754,6 +786,7 @@ class ReplicaActor:
         )
         self.core.batches = self.data
         self.restarted = False
+        self.resumed_from = dict(position)
 
 
 class AveragerActor:
@@ -770,7 +803,7 @@ class AveragerActor:
         _threads(cfg.ps.averager_cpus)
         self.cfg = cfg
         self.data_path = data_path
-        self.shards = shards
+        self.shards = shards = shard_handles(shards)
         self.ranges = ranges
         self.core = AveragerCore(cfg, num_classes)
         self.total = self.core.layout.total
@@ -874,8 +907,10 @@ def bn_batches(cfg: JobConfig, data_path: str):
     return (views[:, 0] for views, _ in batches)
 
 
-def remote_shard(cfg: JobConfig) -> Any:
+def remote_shard(cfg: JobConfig, name: str | None = None) -> Any:
+    """`name`: register the shard under it, so replicas and the averager can be given names."""
     return ray.remote(ShardActor).options(
+        name=name,
         num_cpus=cfg.ps.shard_cpus,
         max_restarts=cfg.ps.max_shard_restarts,
         max_task_retries=0,

@@ -15,7 +15,9 @@ import contextlib
 import logging
 import math
 import os
+import sys
 import time
+import uuid
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,10 +97,10 @@ def object_store_bytes() -> int:
 
 def resolve_data(cfg: JobConfig) -> tuple[str, int, int]:
     """(shard path, number of classes, training examples), generating the built-in set if needed."""
-    from distinception.data.generated import resolve_data as data_path
+    from distinception.data.generated import shards_path
     from distinception.data.shards import DataError, open_manifest, verify
 
-    path = data_path(cfg.data)
+    path = shards_path(cfg.data, progress=cfg.run.progress)
     manifest = open_manifest(path)
     # Files, sizes and row counts against the manifest (footers only), here rather than in
     # the actors, where a bad set would only show as actors dying.
@@ -129,8 +131,57 @@ def init_ray(address: str | None) -> bool:
         num_cpus=max(2, os.cpu_count() or 2),
         include_dashboard=False,
         log_to_driver=False,
+        # Ray's start-up notices (the local instance started, token auth on as we ask) are not
+        # the user's business; its errors still show, and its session logs keep everything.
+        logging_level=logging.ERROR,
     )
     return True
+
+
+def actor_demand(cfg: JobConfig, replicas: int | None = None) -> dict[str, float]:
+    """What the job's actors ask of the cluster in all (CPU, GPU, custom resources): shards and
+    the averager placed like a shard, and `replicas` replicas (default `ps.num_replicas`)."""
+    ps = cfg.ps
+    n = ps.num_replicas if replicas is None else replicas
+    need: Counter[str] = Counter()
+    need["CPU"] += ps.num_shards * ps.shard_cpus + ps.averager_cpus + n * ps.replica_cpus
+    need["GPU"] += n * ps.replica_gpus
+    for key, value in ps.shard_resources.items():
+        need[key] += (ps.num_shards + 1) * value
+    for key, value in ps.replica_resources.items():
+        need[key] += n * value
+    return {k: round(v, 6) for k, v in need.items() if v > 0}
+
+
+def check_fits(cfg: JobConfig, *, local: bool) -> None:
+    """Compare what the job asks with what the cluster has before anything starts. A local Ray
+    this process started cannot grow: a job that does not fit would wait forever, so it fails in
+    one line naming the fields to lower. A cluster may be waiting for its autoscaler: say so."""
+    ps = cfg.ps
+    need = actor_demand(cfg, ps.min_replicas if ps.elastic else None)
+    have = ray.cluster_resources()
+    short = {k: v for k, v in need.items() if v > have.get(k, 0.0) + 1e-6}
+    if not short:
+        return
+    key, value = next(iter(short.items()))
+    n = f"ps.min_replicas={ps.min_replicas}" if ps.elastic else f"ps.num_replicas={ps.num_replicas}"
+    fields = {
+        "CPU": f"{n} x ps.replica_cpus={ps.replica_cpus:g} + "
+        f"ps.num_shards={ps.num_shards} x ps.shard_cpus={ps.shard_cpus:g} + "
+        f"ps.averager_cpus={ps.averager_cpus:g}",
+        "GPU": f"{n} x ps.replica_gpus={ps.replica_gpus:g}",
+    }.get(
+        key, f"ps.replica_resources={ps.replica_resources}, ps.shard_resources={ps.shard_resources}"
+    )
+    has = have.get(key, 0.0)
+    what = f"the job's actors ask for {value:g} {key} ({fields}) and the cluster has {has:g}"
+    if local:
+        lower = {
+            "CPU": "lower ps.num_replicas or ps.replica_cpus",
+            "GPU": "set ps.replica_gpus=0 or run on a GPU machine",
+        }.get(key, "drop the custom resources or join a cluster that has them")
+        raise ConfigError(f"{what}; {lower}, or join a cluster with --address")
+    print(f"distinception: {what}; waiting for the autoscaler to add nodes", file=sys.stderr)
 
 
 class Coordinator:
@@ -158,27 +209,30 @@ class Coordinator:
     # -- setup ---------------------------------------------------------------------------------
     def _start_shards(self, resume: bool) -> None:
         cfg = self.cfg
-        _, flat, _, layout = build_flat_model(cfg, self.num_classes, seed=cfg.run.model_seed)
+        _, _, _, layout = build_flat_model(cfg, self.num_classes, seed=cfg.run.model_seed)
         self.layout = layout
         self.ranges = layout.shard_ranges(cfg.ps.num_shards)
-        # Held for the whole run: a restarted shard re-reads its initial slice from these refs
-        # before loading its checkpoint.
-        self.init_refs = [ray.put(flat[a:b].numpy().copy()) for a, b in self.ranges]
-        actor = remote_shard(cfg)
+        # Each shard builds the same initial weights from `run.model_seed` itself: nothing in the
+        # object store that a restart would depend on (Ray warns about such constructor args).
         # One directory per job for the same-node shared-memory transport (see ps/shm.py).
         self.shm_dir = shm.job_dir() if cfg.ps.transport == "auto" and shm.available() else ""
+        # Shards are registered by name (unique to this job) and replicas and the averager are
+        # given the names: actor handles as constructor arguments live in the object store.
+        job = uuid.uuid4().hex[:12]
+        self.shard_names = [f"distinception-{job}-shard-{i}" for i in range(len(self.ranges))]
         self.shards = [
-            actor.remote(
+            remote_shard(cfg, self.shard_names[i]).remote(
                 i,
                 a,
                 b,
                 layout,
-                [self.init_refs[i]],
+                None,
                 cfg,
                 self.train_examples,
                 self._ckpt_uri(f"shard-{i}.pt"),
                 resume,
                 self.shm_dir,
+                self.num_classes,
             )
             for i, (a, b) in enumerate(self.ranges)
         ]
@@ -193,7 +247,7 @@ class Coordinator:
             self.cfg,
             self.data_path,
             self.num_classes,
-            self.shards,
+            self.shard_names,
             self.ranges,
             self.cfg.ps.num_replicas,
             self.positions.get(index),
@@ -204,6 +258,7 @@ class Coordinator:
     def run(self, address: str | None = None) -> TrainResult:
         started_ray = init_ray(address)
         try:
+            check_fits(self.cfg, local=started_ray)
             return self._run()
         except BaseException as err:
             # A user mistake found inside an actor (bad data) reaches the caller as itself, one
@@ -238,7 +293,7 @@ class Coordinator:
             cfg,
             self.data_path,
             self.num_classes,
-            self.shards,
+            self.shard_names,
             self.ranges,
             self._ckpt_uri("averager.pt"),
             self.resume,

@@ -120,7 +120,8 @@ class ShardCore:
             self.optimizer, lambda _: lr_factor(self.examples, self.ps, self.examples_per_epoch)
         )
         self.version = 0
-        self.incarnation = 0
+        #: Which life of the shard actor this is (a new uuid at every restart; "" outside Ray).
+        self.incarnation = ""
         # Async-aware updates: momentum lowered by the staleness measured here, and DC-ASGD's
         # correction against the weights each gradient was computed on.
         self.meter = StalenessMeter()
@@ -156,7 +157,7 @@ class ShardCore:
         *,
         examples: int,
         fingerprint: str,
-        incarnation: int = 0,
+        incarnation: str = "",
         borrow: bool = False,
     ) -> PushResult:
         """Validate, then apply one gradient slice computed on weights of `base_version`.

@@ -48,13 +48,9 @@ def budget_examples(cfg: JobConfig, train_examples: int) -> int:
 
 
 def trial_cpus(cfg: JobConfig) -> float:
-    ps = cfg.ps
-    return (
-        DRIVER_CPUS
-        + ps.num_shards * ps.shard_cpus
-        + ps.num_replicas * ps.replica_cpus
-        + ps.averager_cpus
-    )
+    from distinception.ps.coordinator import actor_demand
+
+    return DRIVER_CPUS + actor_demand(cfg).get("CPU", 0.0)
 
 
 def fit_to(cfg: JobConfig, cpus: float) -> JobConfig:
@@ -123,9 +119,9 @@ def ray_session(address: str | None) -> Iterator[None]:
 def absolute_paths(cfg: JobConfig) -> JobConfig:
     """Trials run in their own working directories: resolve every relative path on the driver,
     and generate the built-in data set once here rather than in each trial at the same time."""
-    from distinception.data.generated import resolve_data
+    from distinception.data.generated import shards_path
 
-    data = dataclasses.replace(cfg.data, path=resolve_data(cfg.data, progress=True))
+    data = dataclasses.replace(cfg.data, path=shards_path(cfg.data, progress=True))
     tracking = dataclasses.replace(cfg.tracking, tracking_uri=tracking_uri(cfg))
     run = cfg.run
     if run.checkpoint_dir and "://" not in run.checkpoint_dir:

@@ -12,7 +12,7 @@ import pytest
 
 from distinception.bench.convergence import local_curve
 from distinception.config import from_dict
-from distinception.data.generated import resolve_data
+from distinception.data.generated import shards_path
 from distinception.data.shards import open_manifest
 from distinception.recipes import get_recipe
 
@@ -30,7 +30,7 @@ def test_the_demos_plain_loop_leaves_chance_early(tmp_path):
         },
         get_recipe("demo"),
     )
-    data = resolve_data(cfg.data)
+    data = shards_path(cfg.data)
     manifest = open_manifest(data)
     curve = local_curve(
         cfg, data, manifest.num_classes, 9600, 1, manifest.counts["train"], threads=2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -26,6 +27,7 @@ class Chaos(Hooks):
         self.inner, self.action, self.after = inner, action, after
         self.coordinator: Coordinator | None = None
         self.fired_at: int | None = None
+        self.last_progress: dict = {}
 
     def on_start(self, cfg, info):
         return self.inner.on_start(cfg, info)
@@ -38,6 +40,7 @@ class Chaos(Hooks):
 
     def on_checkpoint(self, directory, progress):
         self.inner.on_checkpoint(directory, progress)
+        self.last_progress = dict(progress)
 
     def on_end(self, result, model):
         self.inner.on_end(result, model)
@@ -74,12 +77,27 @@ def test_training_learns_and_is_recorded(ray_local, easy_data, mlflow_uri):
     # Polyak weights differ from the raw ones and score at least as well (within noise).
     f = result.final
     assert f["polyak_samples"] > 5
-    assert f["polyak_top1_error"] < 0.6  # 4 classes: chance is 0.75
+    # 4 classes, chance 0.75. The seeded fault run on this set ends at 0.0 after 5,000 examples
+    # with three kills (2026-12-01); this one trains 12,000 without faults. Half the accuracy
+    # (0.5) fails.
+    assert f["polyak_top1_error"] <= 0.1
     assert f["polyak_top1_error"] <= f["raw_top1_error"] + 0.1
 
     client = MlflowClient(mlflow_uri)
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
+    assert run.info.run_name == "tiny-quadrants-bn0.125-32px"  # recipe, data set, model
+    # What the MLflow UI shows about the run: its data set, source and description.
+    (data,) = run.inputs.dataset_inputs
+    assert data.dataset.name == "quadrants" and len(data.dataset.digest) == 16
+    assert json.loads(data.dataset.profile)["splits"] == {"train": 384, "val": 256}
+    assert run.data.tags["mlflow.source.name"].startswith("distinception")
+    assert len(run.data.tags["mlflow.source.git.commit"]) == 40  # run from this checkout
+    assert "bn GoogLeNet at width 0.125" in run.data.tags["mlflow.note.content"]
+    # The machine's load beside the training curves, from MLflow's system-metrics monitor.
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(
+        run.data.metrics
+    )
     assert run.data.params["ps.num_replicas"] == "2"
     assert run.data.params["model.variant"] == "bn"
     for key in (
@@ -103,44 +121,76 @@ def test_training_learns_and_is_recorded(ray_local, easy_data, mlflow_uri):
     assert logits.shape == (3, 4) and torch.isfinite(logits).all()
 
 
-def _kill_replica(coordinator: Coordinator) -> None:
-    ray.kill(coordinator.replicas[0], no_restart=False)
+def _at(position: dict | None) -> tuple[int, int]:
+    return (position["epoch"], position["offset"]) if position else (0, 0)
 
 
-def test_replica_killed_mid_run_restarts_and_training_continues(ray_local, easy_data, mlflow_uri):
-    cfg = tiny_cfg(easy_data, mlflow_uri, run={"max_examples": 5000})
-    hooks = Chaos(MlflowHooks(cfg), _kill_replica, after=1000)
+def test_replica_killed_without_restarts_left_is_replaced_at_its_data_position(
+    ray_local, easy_data, mlflow_uri
+):
+    """With no restarts left, the killed replica is replaced by a fresh actor that continues
+    from the data position the coordinator recorded, not from the start of its share."""
+    cfg = tiny_cfg(
+        easy_data, mlflow_uri, run={"max_examples": 5000}, ps={"max_replica_restarts": 0}
+    )
+    at_kill: dict = {}
+
+    def kill(coordinator: Coordinator) -> None:
+        at_kill.update(coordinator.positions.get(0) or {})
+        ray.kill(coordinator.replicas[0], no_restart=False)
+
+    hooks = Chaos(MlflowHooks(cfg), kill, after=1000)
     result = run_with(cfg, hooks)
-    assert hooks.fired_at is not None
+    assert hooks.fired_at is not None and _at(at_kill) > (0, 0)
     assert result.faults["replica_failures"] >= 1
+    assert result.faults["replica_replaced"] == 1
     assert result.examples >= 5000
-    assert result.replica_stats[0]["examples"] > 0  # the restarted replica works again
+    # The last stats of replica 0 come from its replacement, which worked and started no earlier
+    # than where the killed one had got to (a replacement from scratch starts at (0, 0)).
+    last = result.replica_stats[0]
+    assert last["resumed_from"] is not None and _at(last["resumed_from"]) >= _at(at_kill)
+    assert last["counters"]["accepted"] > 0
     assert MlflowClient(mlflow_uri).get_run(result.run_id).info.status == "FINISHED"
-
-
-def _kill_shard(coordinator: Coordinator) -> None:
-    ray.kill(coordinator.shards[1], no_restart=False)
 
 
 def test_shard_killed_mid_run_reloads_its_checkpoint(ray_local, easy_data, mlflow_uri, tmp_path):
     cfg = tiny_cfg(easy_data, mlflow_uri, run={"max_examples": 6000, "checkpoint_interval_s": 1.0})
-    hooks = Chaos(MlflowHooks(cfg), _kill_shard, after=2500)
+    seen: dict = {}
+
+    def kill(coordinator: Coordinator) -> None:
+        shard = coordinator.shards[1]
+        seen["version_at_kill"] = ray.get(shard.stats.remote(), timeout=60)["version"]
+        seen["checkpointed"] = hooks.last_progress.get("versions", [0, 0])[1]
+        ray.kill(shard, no_restart=False)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and "restored_from" not in seen:
+            try:
+                info = ray.get(shard.ready.remote(), timeout=10)
+            except ray.exceptions.RayError:
+                continue
+            if info["restarts"]:
+                seen["restored_from"] = info["restored_from"]
+
+    hooks = Chaos(MlflowHooks(cfg), kill, after=2500)
     coordinator = Coordinator(cfg, hooks, checkpoint_dir=str(tmp_path / "ckpt"))
     hooks.coordinator = coordinator
-    # Watch the shard from outside: it must come back from its checkpoint, not from scratch.
     result = coordinator.run()
     assert hooks.fired_at is not None
     assert result.examples >= 6000
     assert result.faults.get("shard_restarts", 0) >= 1
-    lost = sum(
+    # Watched from outside: the shard came back from its newest checkpoint (the one reported
+    # last before the kill, or a save made after it): not from its initial weights (version 0),
+    # not from an older save, not from the future. So it lost at most the updates applied since.
+    assert 0 < seen["checkpointed"] <= seen["restored_from"] <= seen["version_at_kill"], seen
+    dropped = sum(
         s["counters"].get("pull_failed", 0)
         + s["counters"].get("push_lost", 0)
         + s["counters"].get("refused_restarted", 0)
         for s in result.replica_stats.values()
     )
-    assert lost >= 1
-    assert result.refused.get("restarted", 0) + lost >= 1
-    assert result.final["polyak_top1_error"] < 0.75
+    assert result.refused.get("restarted", 0) + dropped >= 1
+    # Near the seeded fault run's 0.0 (5,000 examples, three kills); half the accuracy fails.
+    assert result.final["polyak_top1_error"] <= 0.2
 
 
 def test_bad_pushes_are_refused_through_the_real_actor(ray_local, easy_data, mlflow_uri):
@@ -264,6 +314,7 @@ class StopAfterCheckpoint(Hooks):
 
     def on_checkpoint(self, directory, progress):
         self.inner.on_checkpoint(directory, progress)
+        self.last_progress = dict(progress)
         if progress["examples"] >= 1500:
             raise KeyboardInterrupt
 
@@ -320,4 +371,6 @@ def test_warm_start_bounded_staleness_and_bf16_transfer(ray_local, easy_data, ml
     # With a bound of 0, concurrent replicas' stale pushes are refused and counted.
     assert result.refused.get("stale", 0) > 0
     assert set(result.staleness_hist) == {0}
-    assert result.final["polyak_top1_error"] < 0.75
+    # Not measured on its own yet (3,000 examples, stale pushes refused): well below chance
+    # (0.75) and below half the accuracy of the other runs on this set (0.0-0.1).
+    assert result.final["polyak_top1_error"] <= 0.3

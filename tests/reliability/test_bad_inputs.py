@@ -8,7 +8,10 @@ and config rooms; here each reaches the command, through the real loader, shards
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -280,3 +283,34 @@ def test_truncated_real_checkpoint_and_bad_progress_are_one_line(capsys, tmp_pat
     assert "averager.pt" in _cli(capsys, "train", "--resume", str(directory))
     (directory / "progress.json").write_text("{not json")
     assert "progress.json: not valid JSON" in _cli(capsys, "train", "--resume", str(directory))
+
+
+def test_a_job_larger_than_the_local_ray_fails_in_one_line_before_anything_starts(tmp_path):
+    """Typed as a user would (the installed entry point): the paper recipe with more replicas
+    than any machine here has cores. A local Ray cannot grow, so instead of waiting forever for
+    room the command names the fields to lower, before generating any data."""
+    env = dict(os.environ, HOME=str(tmp_path), RAY_USAGE_STATS_ENABLED="0")
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("distinception")),
+            "train",
+            "--recipe",
+            "paper",
+            "--set",
+            "ps.num_replicas=64",
+            "--set",
+            f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("distinception: error: the job's actors ask for 65.25 CPU"), last
+    assert "ps.num_replicas=64 x ps.replica_cpus=1" in last and "lower ps.num_replicas" in last
+    assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.glob(".cache/distinception/generated-*"))  # no data generated

@@ -12,7 +12,7 @@ from distinception.data.generated import (
     ensure_generated,
     generate_dataset,
     render,
-    resolve_data,
+    shards_path,
 )
 from distinception.data.loader import decode
 from distinception.data.shards import DataError, iter_batches, open_manifest
@@ -68,8 +68,8 @@ def test_ensure_generated_caches_atomically(tmp_path, monkeypatch):
     path = ensure_generated(cfg)
     assert os.path.isfile(os.path.join(path, "manifest.json"))
     assert os.listdir(tmp_path / "cache") == [os.path.basename(path)]  # no temp dir left behind
-    assert resolve_data(cfg) == path
-    assert resolve_data(DataConfig(path="/somewhere/else")) == "/somewhere/else"
+    assert shards_path(cfg) == path
+    assert shards_path(DataConfig(path="/somewhere/else")) == "/somewhere/else"
 
     def fail(*args, **kwargs):
         raise AssertionError("regenerated a cached set")
