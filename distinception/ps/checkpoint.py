@@ -1,7 +1,9 @@
 """Checkpoint files, written atomically to a local directory or any `pyarrow.fs` URI.
 
 A checkpoint is never half-written: bytes go to a temporary name, are flushed (fsync locally),
-and only then renamed over the old file. Loading never unpickles arbitrary objects
+and only then renamed over the old file. A process killed between the write and the rename
+leaves its temporary behind (no handler runs on SIGKILL); the next successful save of the same
+file removes it. Loading never unpickles arbitrary objects
 (`torch.load(weights_only=True)`), so a checkpoint from elsewhere cannot run code.
 """
 
@@ -55,15 +57,31 @@ def write_bytes(uri: str, data: bytes) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            return
-        with fs.open_output_stream(tmp) as f:
-            f.write(data)
-        fs.move(tmp, path)
+        else:
+            with fs.open_output_stream(tmp) as f:
+                f.write(data)
+            fs.move(tmp, path)
     except BaseException:
         # A failed write leaves the previous file as it was and no temporary behind.
         with contextlib.suppress(OSError, pa.ArrowException):
             fs.delete_file(tmp)
         raise
+    _remove_leftovers(fs, parent, path)
+
+
+def _remove_leftovers(fs: pafs.FileSystem, parent: str, path: str) -> None:
+    """Delete `path`'s temporaries from writes that were killed before their rename. Each file
+    has one writer at a time (a shard, the averager or the coordinator), so any temporary of it
+    still present after our own rename is an orphan."""
+    prefix = path + ".tmp-"
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(parent))
+    except (OSError, pa.ArrowException):
+        return
+    for info in infos:
+        if info.type == pafs.FileType.File and info.path.startswith(prefix):
+            with contextlib.suppress(OSError, pa.ArrowException):
+                fs.delete_file(info.path)
 
 
 def read_bytes(uri: str) -> bytes:

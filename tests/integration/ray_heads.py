@@ -33,16 +33,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def port_taken(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("0.0.0.0", port))
-        except OSError:
-            return True
-    return False
-
-
 def pids_using(path: str) -> list[int]:
     """PIDs of processes whose command line mentions `path` (our temp dir: ours only)."""
     pids = []

@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
-from ray_heads import free_port, kill_pids, pids_using, port_taken
+from ray_heads import free_port, kill_pids, pids_using
 
 from distinception.config import apply_overrides
 from distinception.ps.coordinator import Coordinator, Hooks
@@ -102,8 +103,13 @@ def _metric(client: MlflowClient, run_id: str, key: str) -> list[float]:
 def test_autoscaling_cluster_adds_nodes_and_survives_losing_one(
     start_head, tiny_data, mlflow_uri, tmp_path
 ):
-    if port_taken(6379):
-        pytest.skip("port 6379 is in use: the fake multi-node provider only works on 6379")
+    # The fake provider starts its nodes against GCS port 6379 unless the config names the
+    # head's address (`provider.gcs_address`): a copy of cluster/local.yaml names a free port.
+    port = free_port()
+    config = yaml.safe_load((ROOT / "cluster" / "local.yaml").read_text())
+    config["provider"]["gcs_address"] = f"127.0.0.1:{port}"
+    autoscaling = tmp_path / "local.yaml"
+    autoscaling.write_text(yaml.safe_dump(config))
     head = start_head(
         [
             "--num-cpus=1",
@@ -112,10 +118,10 @@ def test_autoscaling_cluster_adds_nodes_and_survives_losing_one(
             f"--ray-client-server-port={free_port()}",
             f"--dashboard-port={free_port()}",
             f"--dashboard-agent-listen-port={free_port()}",
-            f"--autoscaling-config={ROOT / 'cluster' / 'local.yaml'}",
+            f"--autoscaling-config={autoscaling}",
         ],
-        port=6379,
-        wait_port=6379,
+        port=port,
+        wait_port=port,
         extra_env={
             "RAY_FAKE_CLUSTER": "1",
             "AUTOSCALER_UPDATE_INTERVAL_S": "1",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,22 @@ from ray_heads import free_port
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
+SPECS = sorted(p.name for p in (ROOT / "jobs").glob("*.yaml"))
+#: What each shipped spec gets appended after `--` to run at a tiny budget on this head (data
+#: path and MLflow store come from the test). A spec missing here fails `test_every_spec_...`.
+TINY = {
+    name: shlex.split(args)
+    for name, args in {
+        "train.yaml": "--recipe tiny --set run.max_examples=1500",
+        "sweep.yaml": "--recipe tiny --samples 2 --max-concurrent 1 --set run.max_examples=1200",
+        "ensemble.yaml": "--recipe tiny --members 2 --max-concurrent 1 --set run.max_examples=1200",
+        # A CPU head has no GPU and no bucket: the GPU ask, the 224-px faithful model and the
+        # bucket are replaced; its elastic pool, custom resources and `--address auto` stay.
+        "train-paper-gpu.yaml": "--recipe tiny --config {tiny_config} --set ps.replica_gpus=0 "
+        "--set ps.replica_cpus=0.5 --set ps.num_replicas=2 --set ps.compute_dtype=float32 "
+        "--set run.checkpoint_dir={checkpoints} --set run.max_examples=1500",
+    }.items()
+}
 
 
 def cli(*args: str, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -31,7 +48,11 @@ def head(start_head):
     dashboard = free_port()
     head = start_head(
         [
-            "--num-cpus=2",
+            # Logical CPUs: a sweep or ensemble driver holds one (its spec's `resources`) and
+            # its trials need the rest. The custom resources are the ones the GPU spec's
+            # replicas and shards ask for (cluster/*.yaml gives them to GPU workers and the head).
+            "--num-cpus=4",
+            '--resources={"replica": 2, "ps": 4}',
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard}",
             f"--ray-client-server-port={free_port()}",
@@ -102,3 +123,49 @@ def test_missing_or_wrong_token_is_one_clear_line(head, tmp_path):
     proc = cli("jobs", "list", "--address", head.dashboard_url, env=wrong)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "refused the token" in proc.stderr, proc.stderr
+
+
+def test_every_shipped_spec_has_a_tiny_budget_here():
+    assert sorted(TINY) == SPECS
+
+
+@pytest.mark.parametrize("spec", [s for s in SPECS if s != "train.yaml"])
+def test_every_other_job_spec_runs_to_success_on_a_real_head(
+    spec, head, tiny_data, mlflow_uri, tmp_path
+):
+    """Inside a job RAY_ADDRESS names the cluster: a spec whose command starts its own Ray, or
+    asks for what the cluster lacks, fails or hangs here (train.yaml: the test above)."""
+    from distinception.recipes import get_recipe
+
+    tiny_config = tmp_path / "tiny.yaml"
+    tiny_config.write_text(get_recipe("tiny").to_yaml())
+    extra = [a.format(tiny_config=tiny_config, checkpoints=tmp_path / "ckpt") for a in TINY[spec]]
+    env = dict(head.env, MLFLOW_TRACKING_URI=mlflow_uri)
+    proc = cli(
+        "submit",
+        f"jobs/{spec}",
+        "--address",
+        head.dashboard_url,
+        "--no-requirements",
+        "--follow",
+        "--",
+        *extra,
+        "--set",
+        f"data.path={tiny_data}",
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    job_id = proc.stdout.split("submitted ")[1].split()[0]
+    assert f"job {job_id}: SUCCEEDED" in proc.stdout
+    runs = MlflowClient(mlflow_uri).search_runs(
+        [e.experiment_id for e in MlflowClient(mlflow_uri).search_experiments()]
+    )
+    statuses = sorted(r.info.status for r in runs)
+    # sweep / ensemble: a parent run and one child per trial or member; train: one run. ASHA
+    # may stop a sweep's trial at a rung (KILLED); nothing fails or stays RUNNING.
+    expected = {"sweep.yaml": 3, "ensemble.yaml": 3}.get(spec, 1)
+    assert len(statuses) == expected, (statuses, proc.stdout[-3000:])
+    assert set(statuses) <= {"FINISHED", "KILLED"} and statuses.count("FINISHED") >= min(
+        expected, 2
+    ), (statuses, proc.stdout[-3000:])

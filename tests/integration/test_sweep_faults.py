@@ -1,15 +1,18 @@
-"""A Tune trial killed mid-run: the sweep goes on, the trial's MLflow run ends FAILED."""
+"""A Tune trial killed mid-run: the sweep goes on, the trial's MLflow run ends FAILED, its actors
+and placement group are gone, and the best recipe is the survivor's."""
 
 from __future__ import annotations
 
 import random
+import time
+from pathlib import Path
 
 import pytest
 import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from distinception.config import apply_overrides
+from distinception.config import apply_overrides, load_yaml
 from distinception.recipes import get_recipe
 from distinception.tracking import child_runs
 from distinception.tune.space import build_space
@@ -66,3 +69,40 @@ def test_killed_trial_is_failed_and_the_sweep_completes(ray_local, tiny_data, ml
     runs = child_runs(mlflow_uri, result.parent_run_id)
     assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]
     assert MlflowClient(mlflow_uri).get_run(result.parent_run_id).info.status == "FINISHED"
+    # best.yaml is the survivor's recipe, even though the killed trial reported a result first.
+    survivor = next(r for r in result.ranked if r["status"] == "finished")
+    header = Path(result.best_yaml).read_text().splitlines()[0]
+    assert f"trial {survivor['trial']}," in header, header
+    best = load_yaml(result.best_yaml)
+    assert best.recipe.area_min == pytest.approx(survivor["recipe.area_min"])
+    # The killed trial took its shards, replicas, averager and placement group with it.
+    assert _settles(lambda: not _alive_training_actors() and not _live_placement_groups()), (
+        _alive_training_actors(),
+        _live_placement_groups(),
+    )
+
+
+def _alive_training_actors() -> list[str]:
+    from ray._private import state
+
+    return [
+        a["ActorClassName"]
+        for a in state.actors().values()
+        if a["State"] != "DEAD"
+        and a["ActorClassName"].split(".")[-1] in {"ShardActor", "ReplicaActor", "AveragerActor"}
+    ]
+
+
+def _live_placement_groups() -> list[str]:
+    return [
+        pg_id for pg_id, pg in ray.util.placement_group_table().items() if pg["state"] != "REMOVED"
+    ]
+
+
+def _settles(check, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True

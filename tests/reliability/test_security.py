@@ -4,6 +4,7 @@ ports in cluster files, no secrets in the tracking store."""
 from __future__ import annotations
 
 import io
+import os
 import re
 import tempfile
 import zipfile
@@ -230,17 +231,96 @@ def _is_cloud(path: Path) -> bool:
     return str((doc.get("provider") or {}).get("type", "")) in {"aws", "gcp", "azure"}
 
 
-@pytest.mark.skipif(
-    not [p for p in CLOUD_FILES if _is_cloud(p)],
-    reason="no cloud cluster YAML (cluster/*.yaml with provider aws/gcp/azure) exists yet",
-)
-@pytest.mark.parametrize("path", [p for p in CLOUD_FILES if _is_cloud(p)], ids=lambda p: p.name)
+CLOUD_YAMLS = [p for p in CLOUD_FILES if _is_cloud(p)]
+
+
+def test_both_cloud_cluster_files_are_checked():
+    assert sorted(p.name for p in CLOUD_YAMLS) == ["aws.yaml", "gcp.yaml"]
+
+
+@pytest.mark.parametrize("path", CLOUD_YAMLS, ids=lambda p: p.name)
 def test_cluster_files_open_no_port_to_the_world_but_ssh(path):
     doc = yaml.safe_load(path.read_text())
     for where, rule in _world_rules(doc):
         assert _ports(rule) == {22}, f"{path.name}{where}: opens {_ports(rule) or 'all ports'}"
     text = path.read_text()
     assert "--dashboard-host=0.0.0.0" not in text and "RAY_AUTH_MODE=disabled" not in text
+
+
+def _ray_default_aws_rules() -> tuple[list[dict], str]:
+    """The inbound rules Ray's AWS launcher authorizes on a new security group besides the
+    YAML's own `IpPermissions`, read from the installed Ray's source (importing it needs boto3):
+    the SSH rule as its literal value, and the intra-cluster rule's source code."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("ray")
+    source = Path(spec.origin).parent / "autoscaler" / "_private" / "aws" / "config.py"
+    tree = ast.parse(source.read_text())
+    funcs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    (ssh,) = [
+        n for n in ast.walk(funcs["_create_default_ssh_inbound_rules"]) if isinstance(n, ast.Return)
+    ]
+    merged = ast.unparse(funcs["_create_default_inbound_rules"])
+    assert "intracluster_rules" in merged and "ssh_rules" in merged and "extended_rules" in merged
+    return ast.literal_eval(ssh.value), ast.unparse(
+        funcs["_create_default_intracluster_inbound_rules"]
+    )
+
+
+def test_the_aws_security_group_ray_creates_from_our_yaml_opens_only_ssh_to_the_world():
+    """What the security group will allow: Ray's SSH rule, its rule between the cluster's own
+    groups, and whatever aws.yaml adds (nothing today)."""
+    doc = yaml.safe_load((ROOT / "cluster" / "aws.yaml").read_text())
+    group = doc["provider"]["security_group"]
+    assert group["GroupName"] == "distinception-ray"
+    ssh_rules, intracluster = _ray_default_aws_rules()
+    # The intra-cluster rule names security groups only: no address range at all.
+    assert "UserIdGroupPairs" in intracluster and "Cidr" not in intracluster
+    rules = [*ssh_rules, *group.get("IpPermissions", [])]
+    opened = [r for r in rules if _world_rules(r)]
+    assert opened and all(_ports(r) == {22} for r in opened), opened
+
+
+def _gcloud_rules(text: str) -> dict[str, dict]:
+    """`gcloud compute firewall-rules create` commands (continued lines joined) as GCP rules;
+    gcloud's default source range, when none is given, is the whole internet."""
+    import shlex
+
+    rules = {}
+    for command in text.replace("\\\n", " ").splitlines():
+        if not command.startswith("gcloud compute firewall-rules create "):
+            continue
+        argv = shlex.split(command)
+        opts = dict(a[2:].split("=", 1) for a in argv[5:] if a.startswith("--") and "=" in a)
+        allowed = []
+        for item in opts["allow"].split(","):
+            proto, _, ports = item.partition(":")
+            allowed.append({"IPProtocol": proto, **({"ports": [ports]} if ports else {})})
+        rules[argv[4]] = {
+            "network": opts["network"],
+            "sourceRanges": opts.get("source-ranges", "0.0.0.0/0").split(","),
+            "allowed": allowed,
+        }
+    return rules
+
+
+def test_the_gcp_network_the_yaml_uses_opens_only_ssh_to_the_world():
+    """GCP firewalls live outside the cluster YAML: the network gcp.yaml puts every node on is
+    created by the commands in cluster/README.md, so those commands are what is checked."""
+    doc = yaml.safe_load((ROOT / "cluster" / "gcp.yaml").read_text())
+    subnets = {
+        nic["subnetwork"].rsplit("/", 1)[-1]
+        for node in doc["available_node_types"].values()
+        for nic in node["node_config"].get("networkInterfaces", [])
+    }
+    assert subnets == {"distinception"}, subnets  # every node type on the project's network
+    rules = _gcloud_rules((ROOT / "cluster" / "README.md").read_text())
+    assert set(rules) == {"distinception-ssh", "distinception-internal"}
+    assert all(r["network"] == "distinception" for r in rules.values())
+    world = {name: _ports(r) for name, r in rules.items() if _world_rules(r)}
+    assert world == {"distinception-ssh": {22}}
+    assert rules["distinception-internal"]["sourceRanges"] == ["10.10.0.0/20"]
 
 
 def test_world_rule_detection_on_known_shapes():
@@ -292,3 +372,37 @@ def test_credentials_in_uris_never_reach_the_tracking_store(mlflow_uri, tmp_path
     assert redact("sqlite:////a/b.db") == "sqlite:////a/b.db"
     client.set_terminated(run_id)
     assert secret not in ui_command(f"https://u:{secret}@mlflow.example")
+
+
+# -- private files ---------------------------------------------------------------------------
+
+
+def test_shared_memory_files_directories_and_doorbells_are_private(monkeypatch):
+    """Weights, gradient slots, the lock file and the doorbell socket are 0600 in a 0700 job
+    directory whatever the umask (0 here: any mode left to the default would show as 0777 or
+    0666)."""
+    import stat
+
+    from distinception.ps import shm
+
+    if not shm.available():
+        pytest.skip("needs fcntl (POSIX)")
+    old = os.umask(0)
+    directory = shm.job_dir()
+    try:
+        fd = shm.claim(directory)
+        vector = shm.SharedVector(os.path.join(directory, "shard-0.f32"), 16, create=True)
+        bell = shm.DoorbellServer(os.path.join(directory, "bell-0"), lambda request: {})
+        modes = {
+            name: stat.S_IMODE(os.stat(os.path.join(directory, name)).st_mode)
+            for name in os.listdir(directory)
+        }
+        assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
+        assert modes == {shm.LOCK: 0o600, "shard-0.f32": 0o600, "bell-0": 0o600}
+        assert stat.S_ISSOCK(os.stat(os.path.join(directory, "bell-0")).st_mode)
+        bell.close()
+        vector.close()
+        os.close(fd)
+    finally:
+        os.umask(old)
+        shm.remove(directory)
