@@ -155,6 +155,84 @@ def _summary(
     return row, errs
 
 
+#: The seed of the learning-rate sweep: none of the compared seeds (0 .. seeds - 1), so the pick
+#: is not scored on the runs that chose it.
+SWEEP_SEED = 1000
+
+
+def _sweep_lr(
+    base: JobConfig,
+    systems: tuple[str, ...],
+    lrs: tuple[float, ...],
+    run_system: Any,
+    out_dir: str,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Each system once at each learning rate, one trial at a time (they time themselves);
+    returns every system's best lr and the rows of the grid."""
+    from ray import tune
+
+    from distinception.tracking import parent_run, record_child_run, tracking_uri
+
+    uri = tracking_uri(base)
+    grid = {"system": list(systems), "lr": sorted(lrs)}
+    name = f"bench-convergence-lr-{base.name}"
+    with parent_run(base, "bench-lr-sweep", name, {"systems": systems, "lrs": lrs}) as parent:
+
+        def trial(config: dict[str, Any]) -> None:
+            import ray
+
+            cfg = from_dict({"ps": {"lr": config["lr"]}, "run": {"seed": SWEEP_SEED}}, base)
+            # The system runs in a task of its own, scheduled outside the trial's placement
+            # group (Tune would capture its actors there): it asks for its own CPUs, as in the
+            # comparison that follows.
+            task = ray.remote(run_system).options(num_cpus=0, scheduling_strategy="DEFAULT")
+            curves = ray.get(task.remote(config["system"], cfg))
+            # The parameter server is judged on its Polyak weights, the others on theirs.
+            series = next(k for k in curves if k not in (RAW, PREV_RAW))
+            error = curves[series][-1][2]
+            record_child_run(
+                uri,
+                parent,
+                f"{config['system']}-lr{config['lr']:g}",
+                {"system": config["system"], "ps.lr": config["lr"]},
+                {"final_top1_error": error},
+            )
+            tune.report({"final_top1_error": error})
+
+        tuner = tune.Tuner(
+            # The trial itself only drives (a sliver of the extra logical CPU `local_ray` has
+            # when sweeping): the systems it starts ask for their own CPUs.
+            tune.with_resources(trial, {"cpu": 0.01}),
+            param_space={k: tune.grid_search(v) for k, v in grid.items()},
+            tune_config=tune.TuneConfig(max_concurrent_trials=1),
+            run_config=tune.RunConfig(
+                name="lr-sweep",
+                storage_path=os.path.abspath(os.path.join(out_dir, "tune")),
+                verbose=0,
+                failure_config=tune.FailureConfig(max_failures=0),
+            ),
+        )
+        results = tuner.fit()
+        rows = [
+            {
+                "system": r.config["system"],
+                "lr": r.config["lr"],
+                "final_top1_error": float(r.metrics.get("final_top1_error", float("nan"))),
+            }
+            for r in results
+        ]
+    best: dict[str, float] = {}
+    for name_ in systems:
+        done = [
+            r
+            for r in rows
+            if r["system"] == name_ and r["final_top1_error"] == r["final_top1_error"]
+        ]
+        if done:
+            best[name_] = min(done, key=lambda r: r["final_top1_error"])["lr"]
+    return best, rows
+
+
 def run_convergence(
     replicas: int = 2,
     quick: bool = False,
@@ -166,9 +244,15 @@ def run_convergence(
     overrides: tuple[str, ...] = (),
     systems: tuple[str, ...] = tuple(SYSTEMS),
     target: float | None = None,
+    lrs: tuple[float, ...] = (),
 ) -> dict[str, Any]:
     """Every system on every seed; writes convergence.md and two PNG plots (error vs seconds and
     vs examples seen, mean over seeds).
+
+    With `lrs`, each system first runs once at each of those learning rates (a Ray Tune grid,
+    on a seed the comparison does not use, recorded as an MLflow parent run with a child per
+    trial), and is then compared at the one where it ended lowest (its Polyak error for the
+    parameter server).
 
     The table gives the final error as mean ± the 95% interval over seeds, and the examples and
     seconds each system took to reach `target` error (default: 1.5 x the local loop's mean final
@@ -207,37 +291,48 @@ def run_convergence(
             examples_per_epoch=train_examples,
         )["curve"]
 
+    def run_system(name: str, cfg: JobConfig) -> dict[str, list[tuple[float, int, float]]]:
+        """One run of system `name` at `cfg`: a curve per series it adds."""
+        if name == "ps":
+            return _ps(cfg, budget, eval_s)
+        if name == "ps-previous":
+            ps = _ps(from_dict(PREVIOUS_UPDATE, cfg), budget, eval_s)
+            return {PREV_POLYAK: ps[POLYAK], PREV_RAW: ps[RAW]}
+        if name == "ddp":
+            return {DDP: ddp(cfg)}
+        if name == "ddp-split":
+            split_batch = max(1, cfg.data.batch_size // replicas)
+            return {DDP_SPLIT: ddp(from_dict({"data": {"batch_size": split_batch}}, cfg))}
+        return {LOCAL: local_curve(cfg, data, num_classes, budget, points, train_examples)}
+
     t_start = time.perf_counter()
-    with local_ray():
+    best_lr: dict[str, float] = {}
+    sweep_rows: list[dict[str, Any]] = []
+    # A sweep's Tune trials hold a sliver of a CPU each while their systems run: one logical
+    # CPU more keeps the systems' own shares whole (they are fitted to 2 CPUs either way).
+    with local_ray(num_cpus=3 if lrs else 2):
+        if lrs:
+            best_lr, sweep_rows = _sweep_lr(base, systems, lrs, run_system, out_dir)
         for seed in range(seeds):
-            cfg = from_dict({"run": {"seed": seed}}, base)
-            if "ps" in systems:
-                ps = _ps(cfg, budget, eval_s)
-                curves[POLYAK].append(ps[POLYAK])
-                curves[RAW].append(ps[RAW])
-            if "ps-previous" in systems:
-                ps = _ps(from_dict(PREVIOUS_UPDATE, cfg), budget, eval_s)
-                curves[PREV_POLYAK].append(ps[POLYAK])
-                curves[PREV_RAW].append(ps[RAW])
-            if "ddp" in systems:
-                curves[DDP].append(ddp(cfg))
-            if "ddp-split" in systems:
-                split_batch = max(1, cfg.data.batch_size // replicas)
-                curves[DDP_SPLIT].append(ddp(from_dict({"data": {"batch_size": split_batch}}, cfg)))
-            if "local" in systems:
-                curves[LOCAL].append(
-                    local_curve(cfg, data, num_classes, budget, points, train_examples)
-                )
+            for name in [n for n in SYSTEMS if n in systems]:
+                cfg = from_dict({"run": {"seed": seed}}, base)
+                if name in best_lr:
+                    cfg = from_dict({"ps": {"lr": best_lr[name]}}, cfg)
+                for series, curve in run_system(name, cfg).items():
+                    curves[series].append(curve)
     wall = time.perf_counter() - t_start
 
     if target is None:
         target = 0.5
         if LOCAL in curves:
             target = min(0.95, 1.5 * statistics.mean(run[-1][2] for run in curves[LOCAL]))
+    series_lr = {
+        series: best_lr.get(name, base.ps.lr) for name in systems for series in SYSTEMS[name]
+    }
     rows, finals = [], {}
     for name, runs in curves.items():
         row, finals[name] = _summary(name, runs, target)
-        rows.append(row)
+        rows.append([row[0], f"{series_lr[name]:g}", *row[1:]])
     os.makedirs(out_dir, exist_ok=True)
 
     def mean_curve(runs: list[list[tuple[float, int, float]]], x: int):
@@ -267,6 +362,7 @@ def run_convergence(
         f" --budget {budget} --seeds {seeds}"
         + (f" --systems {','.join(systems)}" if tuple(systems) != tuple(SYSTEMS) else "")
         + "".join(f" --set {o}" for o in overrides)
+        + (f" --lrs {','.join(f'{lr:g}' for lr in lrs)}" if lrs else "")
     )
     lines = [
         *header(cmd, info),
@@ -283,6 +379,7 @@ def run_convergence(
         *markdown_table(
             [
                 "system",
+                "lr",
                 "final top-1 error % (mean ± 95% CI)",
                 "range %",
                 "reached target",
@@ -296,6 +393,25 @@ def run_convergence(
         f"![error vs seconds]({os.path.basename(png_t)}) "
         f"![error vs examples]({os.path.basename(png_n)})",
     ]
+    if sweep_rows:
+        lines += [
+            "",
+            f"Learning rates (a Tune grid, one run each on seed {SWEEP_SEED}; each system is "
+            "compared above at its lowest final error, Polyak for the parameter server):",
+            "",
+            *markdown_table(
+                ["system", "lr", "final top-1 error %", "picked"],
+                [
+                    [
+                        r["system"],
+                        f"{r['lr']:g}",
+                        f"{100 * r['final_top1_error']:.1f}",
+                        "yes" if best_lr.get(r["system"]) == r["lr"] else "",
+                    ]
+                    for r in sorted(sweep_rows, key=lambda r: (r["system"], r["lr"]))
+                ],
+            ),
+        ]
     text = "\n".join(lines)
     with open(os.path.join(out_dir, "convergence.md"), "w") as f:
         f.write(text + "\n")
@@ -305,4 +421,6 @@ def run_convergence(
         "curves": curves,
         "pngs": [png_t, png_n],
         "target": target,
+        "best_lr": best_lr,
+        "sweep": sweep_rows,
     }

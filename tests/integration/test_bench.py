@@ -146,6 +146,49 @@ def test_bench_updates_as_a_user_types_it(tmp_path):
     _png(str(tmp_path / "updates.png"))
 
 
+def test_bench_convergence_picks_each_systems_lr_from_a_tune_grid(tmp_path):
+    """`--lrs` as a user types it: a Tune grid of systems x learning rates, one MLflow child run
+    each under a parent, then each system compared at the lr where it ended lowest."""
+    from mlflow.tracking import MlflowClient
+
+    from distinception.tracking import child_runs
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    exe = os.path.join(os.path.dirname(sys.executable), "distinception")
+    proc = subprocess.run(
+        [
+            exe,
+            *("bench", "convergence", "--quick", "--systems", "ps,local"),
+            *("--lrs", "0.001,0.05", "--seeds", "1", "--budget", "640", "--out", str(tmp_path)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, MLFLOW_TRACKING_URI=uri),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(uri)
+    (parent,) = [
+        r
+        for e in client.search_experiments()
+        for r in client.search_runs([e.experiment_id])
+        if r.data.tags.get("distinception.kind") == "bench-lr-sweep"
+    ]
+    assert parent.info.status == "FINISHED"
+    children = child_runs(uri, parent.info.run_id)
+    grid = {
+        (c.data.params["system"], float(c.data.params["ps.lr"])): c.data.metrics["final_top1_error"]
+        for c in children
+    }
+    assert set(grid) == {(s, lr) for s in ("ps", "local") for lr in (0.001, 0.05)}
+    table = (tmp_path / "convergence.md").read_text()
+    assert "--lrs 0.001,0.05" in table
+    for system, series in (("ps", "async PS, Polyak"), ("local", "local")):
+        best = min((0.001, 0.05), key=lambda lr, s=system: grid[s, lr])
+        row = next(line for line in table.splitlines() if line.startswith(f"| {series} |"))
+        assert row.split("|")[2].strip() == f"{best:g}", row  # compared at its own best lr
+
+
 def test_gpu_script_runs_without_ray_on_cpu():
     code = (
         "import sys; sys.modules['ray'] = None; sys.modules['mlflow'] = None\n"
