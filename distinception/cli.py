@@ -27,7 +27,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _job_config(args: argparse.Namespace):
-    from distinception.config import apply_overrides, load_yaml
+    from distinception.config import apply_overrides, from_dict, load_yaml
     from distinception.recipes import get_recipe
 
     cfg = get_recipe(args.recipe)
@@ -35,12 +35,8 @@ def _job_config(args: argparse.Namespace):
         cfg = load_yaml(args.config, base=cfg)
     cfg = apply_overrides(cfg, args.set or [])
     if args.checkpoint_dir:
-        from distinception.config import from_dict
-
         cfg = from_dict({"run": {"checkpoint_dir": args.checkpoint_dir}}, cfg)
     if getattr(args, "register_as", None):
-        from distinception.config import from_dict
-
         cfg = from_dict({"tracking": {"register_as": args.register_as}}, cfg)
     return cfg
 

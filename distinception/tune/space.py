@@ -57,14 +57,9 @@ class Choice:
 
 
 @dataclass(frozen=True)
-class Grid:
+class Grid(Choice):
     """Every one of a few values, each in its own trial (Tune's grid search). Where `choice`
     draws at random, and three draws from three values often repeat one, `grid` tries each."""
-
-    values: tuple[Any, ...]
-
-    def ends(self) -> tuple[Any, ...]:
-        return self.values
 
     def to_tune(self) -> Any:
         from ray import tune
