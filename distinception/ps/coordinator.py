@@ -352,6 +352,10 @@ class Coordinator:
                     self._replica_failed(i, err, pending, stopping)
                     continue
                 self._record(i, stats, losses)
+                if stats["restarted"]:
+                    # Ray restarted it and this call, queued after the failure, ran before any
+                    # seek: its batches came from its stream's start. Seek it back now.
+                    self._resume(i)
                 # Aim each call at CALL_SECONDS of work.
                 per_step = stats["wall_s"] / max(1, stats["steps"])
                 steps[i] = max(1, min(256, int(CALL_SECONDS / max(per_step, 1e-4))))
@@ -439,7 +443,8 @@ class Coordinator:
 
     def _record(self, i: int, stats: dict[str, Any], losses: deque[float]) -> None:
         self.examples += stats["examples"]
-        self.positions[i] = stats["position"]
+        if not stats["restarted"]:  # a restarted actor's position is not its recorded one
+            self.positions[i] = stats["position"]
         self.replica_stats[i] = stats
         if math.isfinite(stats["loss"]):
             losses.append(stats["loss"])
@@ -494,20 +499,26 @@ class Coordinator:
             return
         log.warning("replica %d failed (%s); restarting", i, type(err).__name__)
         if any(v == i for v in pending.values()):
-            return  # its other queued call will fail too; recover once, from that one
-        actor = self.replicas[i]
+            # Its other queued call fails too, or runs on the restarted actor and reports
+            # `restarted`; either way it is sought then, once.
+            return
+        actor = self._resume(i)
+        if not stopping:
+            for _ in range(2):
+                pending[actor.train.remote(2)] = i
+
+    def _resume(self, i: int) -> Any:
+        """Seek replica `i` to its recorded data position; replace it when out of restarts."""
         try:
             ray.get(
-                actor.seek.remote(self.positions.get(i) or {"epoch": 0, "offset": 0}),
+                self.replicas[i].seek.remote(self.positions.get(i) or {"epoch": 0, "offset": 0}),
                 timeout=RPC_TIMEOUT_S,
             )
         except (RayActorError, GetTimeoutError):
             # Out of restarts: replace it with a fresh actor at the same data position.
             self.faults["replica_replaced"] += 1
-            actor = self.replicas[i] = self._new_replica(i)
-        if not stopping:
-            for _ in range(2):
-                pending[actor.train.remote(2)] = i
+            self.replicas[i] = self._new_replica(i)
+        return self.replicas[i]
 
     def _shard_versions(self) -> list[int]:
         try:
