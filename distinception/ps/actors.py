@@ -506,12 +506,13 @@ class ReplicaActor:
         self.shards = shards = shard_handles(shards)
         self.ranges = ranges
         self.restarted = _reconstructed()
-        # The data position this actor was started or sought at after a failure (None for a
-        # replica that started with the run): reported, so a recovery can be checked from outside.
-        self.resumed_from = position
         device = "cuda" if cfg.ps.replica_gpus > 0 and torch.cuda.is_available() else "cpu"
         self._stream_args = (data_path, num_consumers)
         self.data = BatchPrefetcher(self._open_stream(position), pin=device == "cuda")
+        # Where this actor's data stream really starts when it was started or sought at a
+        # recorded position after a failure (None for a replica that started with the run):
+        # reported, so a recovery can be checked from outside.
+        self.resumed_from = dict(self.data.position) if position is not None else None
         self.core = ReplicaCore(cfg, num_classes, self.data, device=device)
         self.fingerprint = self.core.layout.fingerprint
         self.lock = threading.Lock()
@@ -786,7 +787,7 @@ class ReplicaActor:
         )
         self.core.batches = self.data
         self.restarted = False
-        self.resumed_from = dict(position)
+        self.resumed_from = dict(self.data.position)
 
 
 class AveragerActor:
