@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -249,11 +250,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         from distinception.bench.staleness import run_staleness
 
-        def run(replicas: int, quick: bool, out_dir: str) -> dict:
+        def run(replicas: int, quick: bool, out_dir: str, **extra: Any) -> dict:
             counts = tuple(sorted({1, replicas, 2 * replicas}))
-            return run_staleness(replicas=counts, quick=quick, out_dir=out_dir)
+            return run_staleness(replicas=counts, quick=quick, out_dir=out_dir, **extra)
 
-    extra = {}
+    extra: dict[str, Any] = {}
+    if args.bench_command == "throughput":
+        for flag in ("seconds", "steps"):
+            value = getattr(args, flag)
+            if value is not None and value <= 0:
+                raise ConfigError(f"--{flag}={value}: expected a number > 0")
+        extra = {"recipe": args.recipe or "demo", "seconds": args.seconds, "steps": args.steps}
+    if args.bench_command == "staleness":
+        from distinception.config import parse_staleness
+
+        policies = tuple(p for p in args.policies.split(",") if p)
+        for policy in policies:
+            try:
+                parse_staleness(policy)
+            except ConfigError as err:
+                raise ConfigError(f"--policies: {err}") from None
+        if not policies or (args.budget is not None and args.budget < 1):
+            raise ConfigError(
+                f"--policies={args.policies!r} --budget={args.budget}: expected at least one "
+                "policy and a number of examples >= 1"
+            )
+        extra = {"policies": policies, "budget": args.budget, "recipe": args.recipe}
     if args.bench_command == "convergence":
         if args.budget is not None and args.budget < 1:
             raise ConfigError(f"--budget={args.budget}: expected a number of examples >= 1")
@@ -566,6 +588,36 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--replicas", type=int, default=2, help="replicas/workers (default 2)")
         p.add_argument("--quick", action="store_true", help="small sizes, a few minutes")
         p.add_argument("--out", default="bench/results", help="where tables and PNGs go")
+        if name == "throughput":
+            p.add_argument(
+                "--recipe", default=None, help="run recipe every system runs (default demo)"
+            )
+            p.add_argument(
+                "--seconds",
+                type=float,
+                default=None,
+                help="seconds each system is timed (default 60; 15 with --quick)",
+            )
+            p.add_argument(
+                "--steps",
+                type=int,
+                default=None,
+                help="steps the local loop, the Ray docs pattern and DDP time (default 200; 40 "
+                "with --quick)",
+            )
+        if name == "staleness":
+            p.add_argument(
+                "--policies",
+                default="none,scale,bound:1",
+                help="comma list of ps.staleness policies (default none,scale,bound:1)",
+            )
+            p.add_argument(
+                "--budget",
+                type=int,
+                default=None,
+                help="training examples per run (default 30,000; 3,000 with --quick)",
+            )
+            p.add_argument("--recipe", default=None, help="default demo; tiny with --quick")
         if name == "convergence":
             p.add_argument(
                 "--budget",

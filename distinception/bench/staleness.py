@@ -32,6 +32,13 @@ def run_staleness(
     budget: int | None = None,
 ) -> dict[str, Any]:
     """One training run per (replicas, policy); writes staleness.md and staleness.png."""
+    # The command that makes this table (`--replicas N` runs 1, N and 2N replicas).
+    cmd = f"distinception bench staleness --replicas {max(1, max(replicas) // 2)}"
+    cmd += " --quick" if quick else ""
+    if policies != ("none", "scale", "bound:1"):
+        cmd += f" --policies {','.join(policies)}"
+    cmd += f" --budget {budget}" if budget else ""
+    cmd += f" --recipe {recipe}" if recipe else ""
     recipe = recipe or ("tiny" if quick else "demo")
     budget = budget or (3000 if quick else 30000)
     info = machine()
@@ -87,7 +94,6 @@ def run_staleness(
         "fraction of applied gradients",
         f"{recipe} model, {budget:,} examples per run",
     )
-    cmd = "distinception bench staleness" + (" --quick" if quick else "")
     lines = [
         *header(cmd, info),
         f"Recipe `{recipe}`, {budget:,} examples per run; whole run {wall:.0f} s.",

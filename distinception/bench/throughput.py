@@ -120,6 +120,13 @@ def run_throughput(
     straggler: float = 2.0,
 ) -> dict[str, Any]:
     """Measure (a)-(d), then again with a straggler; write throughput.md and throughput.png."""
+    cmd = f"distinception bench throughput --replicas {replicas}{' --quick' if quick else ''}"
+    if recipe != "demo":
+        cmd += f" --recipe {recipe}"
+    if seconds:
+        cmd += f" --seconds {seconds:g}"
+    if steps:
+        cmd += f" --steps {steps}"
     seconds = seconds or (15.0 if quick else 60.0)
     steps = steps or (40 if quick else 200)
     base = fit_cpus(get_recipe(recipe), replicas)
@@ -156,9 +163,6 @@ def run_throughput(
         "images/s",
         f"{replicas} replicas/workers, {base.name} model, batch {base.data.batch_size}",
     )
-    cmd = f"distinception bench throughput --replicas {replicas}{' --quick' if quick else ''}"
-    if recipe != "demo":
-        cmd = f"run_throughput(recipe={recipe!r}, replicas={replicas})"
     lines = [
         *header(cmd, info),
         f"Model `{base.name}` ({base.model.variant} GoogLeNet, width {base.model.width}, "

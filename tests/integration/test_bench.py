@@ -20,23 +20,46 @@ def _png(path: str) -> None:
     assert os.path.getsize(path) < 300_000
 
 
-def test_throughput_compares_four_systems_with_and_without_a_straggler(tmp_path):
-    from distinception.bench.throughput import DDP, DOCS, LOCAL, PS, run_throughput
-
-    out = run_throughput(
-        replicas=2, quick=True, out_dir=str(tmp_path), recipe="tiny", seconds=5.0, steps=8
+def _cli(tmp_path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`distinception ARGS` as a user types it: the installed entry point, in a subprocess."""
+    exe = os.path.join(os.path.dirname(sys.executable), "distinception")
+    proc = subprocess.run(
+        [exe, *args, "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
-    assert set(out["scenarios"]) == {"all at full speed", "worker 0 slowed 2x"}
-    for res in out["scenarios"].values():
-        assert set(res) == {PS, DOCS, DDP, LOCAL}
-        for r in res.values():
-            assert r["images_per_s"] > 0 and math.isfinite(r["images_per_s"])
-            assert r["updates_per_s"] > 0 and math.isfinite(r["updates_per_s"])
-    slow_ps = out["scenarios"]["worker 0 slowed 2x"][PS]["result"]
-    assert slow_ps.replica_stats[0]["counters"]["pushes"] > 0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _rows(table: str, first: str) -> list[list[str]]:
+    return [
+        [c.strip() for c in line.split("|")[1:-1]]
+        for line in table.splitlines()
+        if line.startswith(f"| {first}")
+    ]
+
+
+def test_throughput_compares_four_systems_with_and_without_a_straggler(tmp_path):
+    from distinception.bench.throughput import DDP, DOCS, LOCAL, PS
+
+    args = ("--replicas", "2", "--quick", "--recipe", "tiny", "--seconds", "5", "--steps", "8")
+    proc = _cli(tmp_path, "bench", "throughput", *args)
     text = (tmp_path / "throughput.md").read_text()
-    assert "Ray Train DDP" in text and "Command: `run_throughput(recipe=" in text
-    _png(out["png"])
+    assert text.strip() in proc.stdout  # the table printed is the table written
+    assert f"Command: `distinception bench throughput {' '.join(args)}`" in text
+    rows = _rows(text, "all at full speed") + _rows(text, "worker 0 slowed 2x")
+    systems = {(r[0], r[1].removesuffix(" (no workers to slow)")) for r in rows}
+    assert systems == {
+        (s, x) for s in ("all at full speed", "worker 0 slowed 2x") for x in (PS, DOCS, DDP, LOCAL)
+    }
+    for row in rows:
+        images_per_s, updates_per_s = float(row[2]), float(row[3])
+        assert images_per_s > 0 and math.isfinite(images_per_s), row
+        assert updates_per_s > 0 and math.isfinite(updates_per_s), row
+    _png(str(tmp_path / "throughput.png"))
 
 
 @pytest.mark.parametrize("transport", ["auto", "object_store"])
@@ -58,7 +81,7 @@ def test_round_trip_benchmark_goes_through_the_replicas_transport(transport):
     assert jobs() <= before  # its shared memory is gone
 
 
-def test_convergence_and_staleness_write_tables_and_plots(tmp_path):
+def test_convergence_writes_tables_and_plots(tmp_path):
     from distinception.bench.convergence import (
         DDP_SPLIT,
         POLYAK,
@@ -67,7 +90,6 @@ def test_convergence_and_staleness_write_tables_and_plots(tmp_path):
         RAW,
         run_convergence,
     )
-    from distinception.bench.staleness import run_staleness
 
     conv = run_convergence(
         replicas=2,
@@ -95,18 +117,20 @@ def test_convergence_and_staleness_write_tables_and_plots(tmp_path):
     for png in conv["pngs"]:
         _png(png)
 
-    stale = run_staleness(
-        replicas=(1, 2),
-        policies=("none", "bound:0"),
-        quick=True,
-        out_dir=str(tmp_path),
-        budget=640,
-    )
-    results = stale["results"]
-    assert set(results[(1, "bound:0")].staleness_hist) <= {0}
-    assert sum(results[(2, "none")].staleness_hist.values()) > 0
-    assert "| 2 | bound:0 |" in (tmp_path / "staleness.md").read_text()
-    _png(stale["png"])
+
+def test_bench_staleness_as_a_user_types_it(tmp_path):
+    """`--replicas 1` runs 1 and 2 replicas, each under every policy given."""
+    args = ("--replicas", "1", "--quick", "--policies", "none,bound:0", "--budget", "640")
+    _cli(tmp_path, "bench", "staleness", *args)
+    text = (tmp_path / "staleness.md").read_text()
+    assert f"Command: `distinception bench staleness {' '.join(args)}`" in text
+    cells = {(r[0], r[1]): r for r in _rows(text, "1 |") + _rows(text, "2 |")}
+    assert set(cells) == {(n, p) for n in ("1", "2") for p in ("none", "bound:0")}
+    # One replica is never stale; two are, unless a bound of 0 refuses their stale pushes.
+    assert cells["1", "none"][2] == "0.00" and cells["1", "bound:0"][4] == "0"
+    assert float(cells["2", "none"][2]) > 0
+    assert cells["2", "bound:0"][5] == "0" and float(cells["2", "bound:0"][6].rstrip("%")) > 0
+    _png(str(tmp_path / "staleness.png"))
 
 
 def test_bench_updates_as_a_user_types_it(tmp_path):

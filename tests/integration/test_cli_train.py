@@ -1,7 +1,9 @@
-"""`distinception train` as a user runs it: a subprocess, its progress, its report, its run."""
+"""`distinception train` and `evaluate` as a user runs them: subprocesses of the installed entry
+point, their progress, report, MLflow run, registered model and scores."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -55,6 +57,28 @@ def test_train_command_reports_and_records_a_run(tiny_data, mlflow_uri, tmp_path
     assert version.tags["recipe"] == "tiny" and version.tags["recipe.flip"] == "True"
     assert (tmp_path / "ckpt" / "progress.json").is_file()
     assert (tmp_path / "ckpt" / "shard-0.pt").is_file()
+
+    # Scored later by each name a user has for it: the run id, the run's model URI and the
+    # registered version. All three are the same model, so they score the same.
+    errors = []
+    for target in (run_id, f"runs:/{run_id}/model", "models:/tiny-model/1"):
+        ev = subprocess.run(
+            [
+                str(Path(sys.executable).with_name("distinception")),
+                *("evaluate", target, "--crops", "center,ten", "--limit", "16", "--json"),
+                *("--tracking-uri", mlflow_uri),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert ev.returncode == 0, ev.stderr[-3000:]
+        report = json.loads(ev.stdout)
+        assert report["kind"] == "model" and report["images"] == 16, report
+        assert [r["crops"] for r in report["rows"]] == [1, 10]
+        errors.append([r["top1_error"] for r in report["rows"]])
+    assert errors[0] == errors[1] == errors[2], errors
 
 
 def test_resume_of_a_missing_checkpoint_is_one_line(tmp_path):
