@@ -188,6 +188,36 @@ def default_run_name(cfg: JobConfig, data_path: str) -> str:
 #: Seconds between samples of the system metrics.
 SYSTEM_METRICS_S = 10.0
 
+#: The training-side metrics; every other non-evaluation metric a job reports is the parameter
+#: server's (updates, staleness, versions, transport, elastic pool).
+TRAIN_METRICS = frozenset({"loss", "examples_per_s", "epoch", "lr", "momentum"})
+
+
+def chart_name(key: str) -> str:
+    """The name a job's metric has in MLflow. Metrics that belong together share a prefix
+    (`train/`, `val/`, `ps/`, `faults/`; MLflow's own are `system/`), so the UI charts them as
+    one group; the coordinator and Tune keep the bare names."""
+    if "/" in key:
+        return key
+    if key.endswith("_error"):
+        return "val/" + key
+    if key.startswith("fault_"):
+        return "faults/" + key.removeprefix("fault_")
+    return ("train/" if key in TRAIN_METRICS else "ps/") + key
+
+
+def chart_metrics(metrics: dict[str, float], polyak: bool) -> dict[str, float]:
+    """`metrics` under their MLflow names, plus `val/top1_error` and `val/top5_error` (and their
+    `final_` forms): the error of the weights the job serves (Polyak unless switched off), the
+    one number to compare runs by."""
+    out = {chart_name(k): float(v) for k, v in metrics.items()}
+    scored = "polyak" if polyak else "raw"
+    for final in ("", "final_"):
+        for k in ("top1_error", "top5_error"):
+            if f"{final}{scored}_{k}" in metrics:
+                out[f"val/{final}{k}"] = float(metrics[f"{final}{scored}_{k}"])
+    return out
+
 
 class MlflowHooks(Hooks):
     """Records one training job as one MLflow run (or a nested child of `parent_run_id`)."""
@@ -267,9 +297,10 @@ class MlflowHooks(Hooks):
         if not (self.client and self.run_id):
             return
         ts = int(time.time() * 1000)
+        named = chart_metrics(metrics, polyak=self.cfg.ps.polyak != "off")
         batch = [
-            mlflow.entities.Metric(k, float(v), ts, int(step))
-            for k, v in metrics.items()
+            mlflow.entities.Metric(k, v, ts, int(step))
+            for k, v in named.items()
             if v == v  # NaN metrics are dropped rather than plotted as gaps
         ]
         if batch:
@@ -574,6 +605,8 @@ __all__ = [
     "KIND_TAG",
     "TRIAL_TAG",
     "MlflowHooks",
+    "chart_metrics",
+    "chart_name",
     "child_runs",
     "close_child_runs",
     "default_tracking_uri",

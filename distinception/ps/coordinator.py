@@ -45,6 +45,18 @@ log = logging.getLogger(__name__)
 #: long enough that the driver's round trips cost nothing measurable.
 CALL_SECONDS = 1.0
 STATS_EVERY_S = 2.0
+#: The faults a job survives and counts, reported from its start (as 0) so a run's charts show
+#: when each happened. `skipped_images` are undecodable images its replicas read past.
+FAULTS = (
+    "replica_failures",
+    "replica_replaced",
+    "replicas_lost",
+    "shard_restarts",
+    "shard_stats_failed",
+    "eval_failed",
+    "checkpoint_failed",
+    "skipped_images",
+)
 
 
 class Hooks:
@@ -380,6 +392,10 @@ class Coordinator:
                 )
                 last_examples, last_stats = self.examples, now
                 metrics["epoch"] = self.examples / self.train_examples
+                faults = self.faults + Counter(
+                    skipped_images=sum(int(x["skipped"]) for x in self.replica_stats.values())
+                )
+                metrics |= {f"fault_{k}": float(faults[k]) for k in FAULTS}
                 if self.pool is not None:
                     metrics["replicas"] = float(len(self.replicas))
                     metrics["replicas_starting"] = float(len(self.pool.starting))

@@ -92,7 +92,7 @@ def test_default_async_update_trains_the_digits_like_a_plain_loop(digits, mlflow
     run = MlflowClient(mlflow_uri).get_run(run_id)
     metrics = run.data.metrics
     assert run.data.params["ps.momentum_correction"] == "auto"
-    assert metrics["polyak_top1_error"] <= POLYAK_BOUND, proc.stdout
-    assert metrics["raw_top1_error"] <= POLYAK_BOUND + 0.03, proc.stdout
+    assert metrics["val/polyak_top1_error"] <= POLYAK_BOUND, proc.stdout
+    assert metrics["val/raw_top1_error"] <= POLYAK_BOUND + 0.03, proc.stdout
     # Two replicas, one step of lag: the shards measured staleness and lowered their momentum.
-    assert 0.0 < metrics["momentum"] < 0.9
+    assert 0.0 < metrics["train/momentum"] < 0.9

@@ -181,7 +181,7 @@ def test_autoscaling_cluster_adds_nodes_and_survives_losing_one(
                 runs = client.search_runs([exp.experiment_id]) if exp else []
                 run_id = runs[0].info.run_id if runs else None
                 continue
-            if killed is None and max(_metric(client, run_id, "replicas"), default=0) >= 2:
+            if killed is None and max(_metric(client, run_id, "ps/replicas"), default=0) >= 2:
                 workers = _raylets_of_fake_workers(head.temp_dir)
                 assert workers, "replicas run, so worker nodes must exist"
                 killed = workers[0]
@@ -202,9 +202,9 @@ def test_autoscaling_cluster_adds_nodes_and_survives_losing_one(
 
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    replicas = _metric(client, run_id, "replicas")
+    replicas = _metric(client, run_id, "ps/replicas")
     assert max(replicas) >= 2  # more replicas than the head could hold (none) contributed
-    assert max(_metric(client, run_id, "replica_nodes")) >= 2  # on different nodes
+    assert max(_metric(client, run_id, "ps/replica_nodes")) >= 2  # on different nodes
     result = json.loads(
         Path(client.download_artifacts(run_id, "result.json", str(tmp_path))).read_text()
     )

@@ -77,8 +77,7 @@ def test_training_learns_and_is_recorded(ray_local, easy_data, mlflow_uri):
     # Polyak weights differ from the raw ones and score at least as well (within noise).
     f = result.final
     assert f["polyak_samples"] > 5
-    # 4 classes, chance 0.75. The seeded fault run on this set ends at 0.0 after 5,000 examples
-    # with three kills (2026-12-01); this one trains 12,000 without faults. Half the accuracy
+    # 4 classes, chance 0.75. Measured 0.0 Polyak and raw (2026-12-01). Half the accuracy
     # (0.5) fails.
     assert f["polyak_top1_error"] <= 0.1
     assert f["polyak_top1_error"] <= f["raw_top1_error"] + 0.1
@@ -100,17 +99,23 @@ def test_training_learns_and_is_recorded(ray_local, easy_data, mlflow_uri):
     )
     assert run.data.params["ps.num_replicas"] == "2"
     assert run.data.params["model.variant"] == "bn"
+    # Grouped by prefix, so the UI charts training, validation and the server apart.
     for key in (
-        "loss",
-        "examples_per_s",
-        "updates_per_s",
-        "staleness_p95",
-        "lr",
-        "polyak_top1_error",
-        "raw_top5_error",
+        "train/loss",
+        "train/examples_per_s",
+        "train/lr",
+        "ps/updates_per_s",
+        "ps/staleness_p95",
+        "val/polyak_top1_error",
+        "val/raw_top5_error",
+        "val/top1_error",
+        "val/final_top1_error",
+        "faults/replica_failures",
     ):
         assert key in run.data.metrics, key
-    assert len(client.get_metric_history(result.run_id, "loss")) >= 3
+    # The headline is the served (Polyak) weights' error.
+    assert run.data.metrics["val/final_top1_error"] == f["polyak_top1_error"]
+    assert len(client.get_metric_history(result.run_id, "train/loss")) >= 3
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"config.yaml", "result.json", "training.png"} <= artifacts
 
@@ -189,8 +194,8 @@ def test_shard_killed_mid_run_reloads_its_checkpoint(ray_local, easy_data, mlflo
         for s in result.replica_stats.values()
     )
     assert result.refused.get("restarted", 0) + dropped >= 1
-    # Near the seeded fault run's 0.0 (5,000 examples, three kills); half the accuracy fails.
-    assert result.final["polyak_top1_error"] <= 0.2
+    # Measured 0.0 Polyak and raw (2026-12-01; chance 0.75); half the accuracy (0.5) fails.
+    assert result.final["polyak_top1_error"] <= 0.1
 
 
 def test_bad_pushes_are_refused_through_the_real_actor(ray_local, easy_data, mlflow_uri):
@@ -335,7 +340,7 @@ def test_driver_killed_then_resumed_into_the_same_run(ray_local, easy_data, mlfl
     runs = client.search_runs([client.get_experiment_by_name("distinception").experiment_id])
     first = runs[0]
     assert first.info.status == "KILLED"
-    steps_before = [m.step for m in client.get_metric_history(first.info.run_id, "loss")]
+    steps_before = [m.step for m in client.get_metric_history(first.info.run_id, "train/loss")]
     assert steps_before
 
     time.sleep(0.5)
@@ -344,7 +349,7 @@ def test_driver_killed_then_resumed_into_the_same_run(ray_local, easy_data, mlfl
     assert result.examples >= 5000
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
-    steps_after = [m.step for m in client.get_metric_history(result.run_id, "loss")]
+    steps_after = [m.step for m in client.get_metric_history(result.run_id, "train/loss")]
     assert len(steps_after) > len(steps_before)
     assert min(s for s in steps_after if s not in steps_before) >= max(steps_before)
 
@@ -371,6 +376,6 @@ def test_warm_start_bounded_staleness_and_bf16_transfer(ray_local, easy_data, ml
     # With a bound of 0, concurrent replicas' stale pushes are refused and counted.
     assert result.refused.get("stale", 0) > 0
     assert set(result.staleness_hist) == {0}
-    # Not measured on its own yet (3,000 examples, stale pushes refused): well below chance
-    # (0.75) and below half the accuracy of the other runs on this set (0.0-0.1).
-    assert result.final["polyak_top1_error"] <= 0.3
+    # Measured 0.0 Polyak and raw (2026-12-01; chance 0.75). How many pushes a bound of 0
+    # refuses depends on the machine's timing, so more slack; half the accuracy (0.5) fails.
+    assert result.final["polyak_top1_error"] <= 0.2

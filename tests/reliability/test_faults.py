@@ -225,7 +225,9 @@ def test_seeded_replica_shard_and_averager_kills_in_one_run(
 
     run = _one_run(mlflow_uri)
     assert run.info.run_id == result.run_id and run.info.status == "FINISHED"
-    steps = [m.step for m in MlflowClient(mlflow_uri).get_metric_history(run.info.run_id, "loss")]
+    steps = [
+        m.step for m in MlflowClient(mlflow_uri).get_metric_history(run.info.run_id, "train/loss")
+    ]
     assert steps == sorted(steps) and len(steps) >= 3
     progress = _checkpoint_is_whole(directory, cfg.ps.num_shards)
     assert progress["examples"] == result.examples
@@ -355,11 +357,11 @@ def test_driver_process_sigkilled_then_resumed_into_one_run(
     client = MlflowClient(mlflow_uri)
     killed = _one_run(mlflow_uri)
     assert killed.info.status == "RUNNING"  # SIGKILL leaves no chance to close it
-    versions = client.get_metric_history(killed.info.run_id, "version")
+    versions = client.get_metric_history(killed.info.run_id, "ps/version")
     seen_versions = max(int(m.value) for m in versions) if versions else 0
-    rates = [m.value for m in client.get_metric_history(killed.info.run_id, "updates_per_s")]
+    rates = [m.value for m in client.get_metric_history(killed.info.run_id, "ps/updates_per_s")]
     rate = sum(rates) / len(rates) if rates else 0.0
-    before = {m.step for m in client.get_metric_history(killed.info.run_id, "loss")}
+    before = {m.step for m in client.get_metric_history(killed.info.run_id, "train/loss")}
 
     resumed = _driver(["--resume", str(directory)], roots / "b", tmp_path)
     try:
@@ -374,15 +376,15 @@ def test_driver_process_sigkilled_then_resumed_into_one_run(
     run = _one_run(mlflow_uri)
     assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
     assert run.data.tags["distinception.resumed_at_examples"] == str(progress["examples"])
-    history = client.get_metric_history(run.info.run_id, "loss")
+    history = client.get_metric_history(run.info.run_id, "train/loss")
     new = sorted(m.step for m in history if m.step not in before)
     # The resumed driver counts on from the checkpoint: every point it logs is past what was
     # saved. When the kill lands near the end, the rest may be shorter than one loss interval,
     # so the final evaluation (logged at the examples seen when the job ends) is the sure one.
     assert all(step > progress["examples"] for step in new)
-    final = client.get_metric_history(run.info.run_id, "final_polyak_top1_error")
+    final = client.get_metric_history(run.info.run_id, "val/final_polyak_top1_error")
     assert final and max(m.step for m in final) > progress["examples"]
-    assert "final_polyak_top1_error" in run.data.metrics
+    assert "val/final_polyak_top1_error" in run.data.metrics
     saved = client.download_artifacts(run.info.run_id, "result.json", str(tmp_path))
     assert json.loads(Path(saved).read_text())["examples"] >= 12000
 
