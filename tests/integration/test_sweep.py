@@ -1,4 +1,5 @@
-"""A real sweep on a real local Ray, recorded in a real `mlflow server` checked over REST."""
+"""A real sweep on a real local Ray, recorded in a real `mlflow server`: checked over REST, then
+compared in the MLflow UI in a real browser as a user compares trials."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from browser import chromium, click, compared_metrics, table_row, wait_for
 
 from distinception.config import apply_overrides, load_yaml
 from distinception.recipes import get_recipe
@@ -27,9 +29,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def mlflow_server(tmp_path: Path):
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
     """`mlflow server` on 127.0.0.1 with a sqlite backend and artifacts in a temporary dir."""
+    tmp_path = tmp_path_factory.mktemp("mlflow-server")
     port = _free_port()
     log = open(tmp_path / "mlflow-server.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
@@ -84,9 +87,9 @@ def _rest(url: str, path: str, body: dict | None = None) -> dict:
         return json.loads(r.read())
 
 
-def test_two_trial_sweep_ranks_writes_best_yaml_and_nests_runs(
-    ray_local, tiny_data, mlflow_server, tmp_path
-):
+@pytest.fixture(scope="module")
+def swept(ray_local, tiny_data, mlflow_server, tmp_path_factory):
+    """Two trials over the crop area, recorded in the server: (config, result)."""
     cfg = apply_overrides(
         get_recipe("tiny"),
         [
@@ -99,8 +102,12 @@ def test_two_trial_sweep_ranks_writes_best_yaml_and_nests_runs(
         ],
     )
     space = build_space(["recipe.area_min=uniform:0.3:1.0"], fixed=["ps.lr"])
-    result = sweep(cfg, space, samples=2, scheduler="asha", out_dir=str(tmp_path / "sw"))
+    out = tmp_path_factory.mktemp("sweep") / "sw"
+    return cfg, sweep(cfg, space, samples=2, scheduler="asha", out_dir=str(out))
 
+
+def test_two_trial_sweep_ranks_writes_best_yaml_and_nests_runs(swept, tiny_data, mlflow_server):
+    cfg, result = swept
     # Ranked: every trial accounted for, the best first, and its job trains as it is.
     assert len(result.ranked) == 2
     assert {r["status"] for r in result.ranked} <= {"finished", "stopped"}
@@ -137,14 +144,66 @@ def test_two_trial_sweep_ranks_writes_best_yaml_and_nests_runs(
         row = next(r for r in result.ranked if r["run_id"] == child["info"]["run_id"])
         assert float(params["recipe.area_min"]) == pytest.approx(row["recipe.area_min"])
         metrics = {m["key"] for m in child["data"]["metrics"]}
-        assert {"polyak_top1_error", "raw_top1_error"} <= metrics
+        # Grouped in the UI by prefix; val/top1_error is the served (Polyak) weights' error.
+        assert {"val/polyak_top1_error", "val/raw_top1_error", "val/top1_error"} <= metrics
         if child["info"]["status"] == "FINISHED":  # a stopped trial may predate its first loss
-            assert {"loss", "final_polyak_top1_error"} <= metrics
+            assert {"train/loss", "val/final_polyak_top1_error", "val/final_top1_error"} <= metrics
             history = _rest(
                 mlflow_server,
-                "metrics/get-history?run_id={}&metric_key=loss".format(child["info"]["run_id"]),
+                "metrics/get-history?run_id={}&metric_key=train%2Floss".format(
+                    child["info"]["run_id"]
+                ),
             )
             assert len(history["metrics"]) >= 1
     finished = [c for c in children if c["info"]["status"] == "FINISHED"]
     assert finished, "the best trial ran to its budget"
     assert Path(result.out_dir, "ranked.json").is_file()
+
+
+def test_the_mlflow_ui_compares_the_trials_and_shows_the_best(swept, mlflow_server, tmp_path):
+    """As a user compares a sweep: open the experiment in the MLflow UI, expand the sweep's
+    parent run, select its trials, open the compare view, and read the recipe and the error."""
+    _, result = swept
+    trials = {r["run_id"]: r for r in result.ranked}
+    parent = _rest(mlflow_server, f"runs/get?run_id={result.parent_run_id}")["run"]["info"]
+    header = Path(result.best_yaml).read_text().splitlines()[0]  # "# best of sweep P: trial T, ..."
+    best_trial = header.split(": trial ")[1].split(",")[0]
+    best_run = next(r["run_id"] for r in result.ranked if r["trial"] == best_trial)
+    shots = tmp_path / "screenshots"
+
+    with chromium(shots) as browser:
+        browser.get(mlflow_server + "/")
+        click(browser, "//*[normalize-space()='Model training']")
+        click(browser, "//a[normalize-space()='sweep-test']")
+        row = "//div[@role='row'][.//a[contains(@href, '/runs/{}')]]"
+        parent_row = wait_for(browser, row.format(parent["run_id"]))
+        assert parent["run_name"] in parent_row.text
+        click(
+            browser,
+            row.format(parent["run_id"]) + "//button[contains(@data-component-id, "
+            "'runnamecellrenderer')]",
+        )
+        for run_id in trials:  # the trials appear under their parent once it is expanded
+            click(browser, row.format(run_id) + "//div[contains(@class, 'ag-checkbox-input')]")
+        browser.save_screenshot(str(shots / "runs.png"))
+        click(browser, "//button[normalize-space()='Compare']")
+        run_ids = table_row(browser, "Run ID:")
+        areas = table_row(browser, "recipe.area_min")
+        metrics = compared_metrics(browser)
+        browser.save_screenshot(str(shots / "compare.png"))
+
+    assert sorted(run_ids) == sorted(trials), run_ids
+    # Each trial's sampled crop area, as it ran.
+    for run_id, area in zip(run_ids, areas, strict=True):
+        assert float(area) == pytest.approx(trials[run_id]["recipe.area_min"], rel=1e-6)
+    # Every trial's validation error is charted under val/, beside train/, ps/ and faults/.
+    assert sorted(metrics["val/top1_error"]) == list(range(len(run_ids))), metrics
+    assert all(0.0 <= float(v) <= 1.0 for v in metrics["val/top1_error"].values())
+    assert {"train/loss", "ps/updates_per_s", "faults/replica_failures"} <= set(metrics)
+    # The best trial in the compare view (lowest final error of the weights served) is the one
+    # best.yaml names (a trial ASHA stopped has no final error).
+    final = {run_ids[col]: float(v) for col, v in metrics["val/final_top1_error"].items()}
+    lowest = min(final.values())
+    assert best_run in final and final[best_run] == pytest.approx(lowest, abs=1e-9), final
+    assert lowest == pytest.approx(trials[best_run]["polyak_top1_error"], abs=5e-4)
+    assert (shots / "compare.png").stat().st_size > 10_000
