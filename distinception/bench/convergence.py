@@ -264,6 +264,7 @@ def run_convergence(
         raise ConfigError(
             f"--systems={','.join(systems)!r}: expected a comma list of " + ", ".join(SYSTEMS)
         )
+    given_recipe, given_target = recipe, target  # for the command line in the table
     recipe = recipe or ("tiny" if quick else "demo")
     base = fit_cpus(apply_overrides(get_recipe(recipe), overrides), replicas)
     # The demo model leaves chance within ~10k examples of the built-in set and is close to its
@@ -360,6 +361,8 @@ def run_convergence(
     cmd = (
         f"distinception bench convergence --replicas {replicas}{' --quick' if quick else ''}"
         f" --budget {budget} --seeds {seeds}"
+        + (f" --recipe {given_recipe}" if given_recipe else "")
+        + (f" --target {given_target:g}" if given_target is not None else "")
         + (f" --systems {','.join(systems)}" if tuple(systems) != tuple(SYSTEMS) else "")
         + "".join(f" --set {o}" for o in overrides)
         + (f" --lrs {','.join(f'{lr:g}' for lr in lrs)}" if lrs else "")

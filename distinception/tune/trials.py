@@ -173,8 +173,12 @@ def _trial(config: dict[str, Any], *, make_cfg: Callable, parent: str, metric: s
     from distinception.ps.coordinator import Coordinator
 
     cfg: JobConfig = make_cfg(config)
-    ctx = tune.get_context()
-    hooks = TrialHooks(cfg, parent, ctx.get_trial_id(), metric)
+    trial_id = tune.get_context().get_trial_id()
+    if not cfg.tracking.run_name:  # named as ranked.json and best.yaml name the trial
+        cfg = cfg.replace(
+            tracking=dataclasses.replace(cfg.tracking, run_name=f"{cfg.name}-trial-{trial_id}")
+        )
+    hooks = TrialHooks(cfg, parent, trial_id, metric)
     Coordinator(cfg, hooks).run()
 
 

@@ -222,6 +222,12 @@ def test_gpu_script_runs_without_ray_on_cpu():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "replica (flat buffers" in proc.stdout and "Replica / local" in proc.stdout
+    # ... and as a user types it.
+    exe = os.path.join(os.path.dirname(sys.executable), "distinception")
+    args = ("bench", "gpu", "--device", "cpu", "--batch", "2", "--steps", "1")
+    proc = subprocess.run([exe, *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Replica / local" in proc.stdout
 
 
 def test_bench_command_rejects_bad_replicas():

@@ -188,6 +188,7 @@ def test_the_mlflow_ui_compares_the_trials_and_shows_the_best(swept, mlflow_serv
         browser.save_screenshot(str(shots / "runs.png"))
         click(browser, "//button[normalize-space()='Compare']")
         run_ids = table_row(browser, "Run ID:")
+        names = table_row(browser, "Run Name:")
         areas = table_row(browser, "recipe.area_min")
         metrics = compared_metrics(browser)
         browser.save_screenshot(str(shots / "compare.png"))
@@ -206,4 +207,6 @@ def test_the_mlflow_ui_compares_the_trials_and_shows_the_best(swept, mlflow_serv
     lowest = min(final.values())
     assert best_run in final and final[best_run] == pytest.approx(lowest, abs=1e-9), final
     assert lowest == pytest.approx(trials[best_run]["polyak_top1_error"], abs=5e-4)
+    # Each trial's run is named after its trial, as best.yaml names the best one.
+    assert names[run_ids.index(best_run)] == f"tiny-trial-{best_trial}", names
     assert (shots / "compare.png").stat().st_size > 10_000
