@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from as_typed import distinception
 
 pytestmark = pytest.mark.integration
 
@@ -18,20 +19,6 @@ def _png(path: str) -> None:
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert os.path.getsize(path) < 300_000
-
-
-def _cli(tmp_path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`distinception ARGS` as a user types it: the installed entry point, in a subprocess."""
-    exe = os.path.join(os.path.dirname(sys.executable), "distinception")
-    proc = subprocess.run(
-        [exe, *args, "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
 
 
 def _rows(table: str, first: str) -> list[list[str]]:
@@ -46,7 +33,7 @@ def test_throughput_compares_four_systems_with_and_without_a_straggler(tmp_path)
     from distinception.bench.throughput import DDP, DOCS, LOCAL, PS
 
     args = ("--replicas", "2", "--quick", "--recipe", "tiny", "--seconds", "5", "--steps", "8")
-    proc = _cli(tmp_path, "bench", "throughput", *args)
+    proc = distinception("bench", "throughput", *args, "--out", str(tmp_path))
     text = (tmp_path / "throughput.md").read_text()
     assert text.strip() in proc.stdout  # the table printed is the table written
     assert f"Command: `distinception bench throughput {' '.join(args)}`" in text
@@ -121,7 +108,7 @@ def test_convergence_writes_tables_and_plots(tmp_path):
 def test_bench_staleness_as_a_user_types_it(tmp_path):
     """`--replicas 1` runs 1 and 2 replicas, each under every policy given."""
     args = ("--replicas", "1", "--quick", "--policies", "none,bound:0", "--budget", "640")
-    _cli(tmp_path, "bench", "staleness", *args)
+    distinception("bench", "staleness", *args, "--out", str(tmp_path))
     text = (tmp_path / "staleness.md").read_text()
     assert f"Command: `distinception bench staleness {' '.join(args)}`" in text
     cells = {(r[0], r[1]): r for r in _rows(text, "1 |") + _rows(text, "2 |")}
@@ -135,27 +122,10 @@ def test_bench_staleness_as_a_user_types_it(tmp_path):
 
 def test_bench_updates_as_a_user_types_it(tmp_path):
     """The quickest form of `distinception bench updates`: two update rules, one seed."""
-    exe = os.path.join(os.path.dirname(sys.executable), "distinception")
-    proc = subprocess.run(
-        [
-            exe,
-            "bench",
-            "updates",
-            "--quick",
-            "--replicas",
-            "2",
-            "--updates",
-            "previous,default",
-            "--seeds",
-            "1",
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    distinception(
+        *("bench", "updates", "--quick", "--replicas", "2", "--updates", "previous,default"),
+        *("--seeds", "1", "--out", str(tmp_path)),
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     table = (tmp_path / "updates.md").read_text()
     rows = {
         line.split("|")[2].strip(): line for line in table.splitlines() if line.startswith("| 2 ")
@@ -178,19 +148,11 @@ def test_bench_convergence_picks_each_systems_lr_from_a_tune_grid(tmp_path):
     from distinception.tracking import child_runs
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    exe = os.path.join(os.path.dirname(sys.executable), "distinception")
-    proc = subprocess.run(
-        [
-            exe,
-            *("bench", "convergence", "--quick", "--systems", "ps,local"),
-            *("--lrs", "0.001,0.05", "--seeds", "1", "--budget", "640", "--out", str(tmp_path)),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    distinception(
+        *("bench", "convergence", "--quick", "--systems", "ps,local"),
+        *("--lrs", "0.001,0.05", "--seeds", "1", "--budget", "640", "--out", str(tmp_path)),
         env=dict(os.environ, MLFLOW_TRACKING_URI=uri),
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(uri)
     (parent,) = [
         r
@@ -223,19 +185,10 @@ def test_gpu_script_runs_without_ray_on_cpu():
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "replica (flat buffers" in proc.stdout and "Replica / local" in proc.stdout
     # ... and as a user types it.
-    exe = os.path.join(os.path.dirname(sys.executable), "distinception")
-    args = ("bench", "gpu", "--device", "cpu", "--batch", "2", "--steps", "1")
-    proc = subprocess.run([exe, *args], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = distinception("bench", "gpu", "--device", "cpu", "--batch", "2", "--steps", "1")
     assert "Replica / local" in proc.stdout
 
 
 def test_bench_command_rejects_bad_replicas():
-    proc = subprocess.run(
-        [sys.executable, "-m", "distinception.cli", "bench", "throughput", "--replicas", "0"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 2
+    proc = distinception("bench", "throughput", "--replicas", "0", code=2)
     assert proc.stderr.strip() == ("distinception: error: --replicas=0: expected an integer >= 1")

@@ -6,24 +6,16 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from as_typed import distinception
 from PIL import Image
 
 pytestmark = pytest.mark.integration
 
-EXE = str(Path(sys.executable).with_name("distinception"))
 TABLE1 = Path(__file__).parents[1] / "data" / "reference" / "googlenet_table1.csv"
-
-
-def _cli(*args: str, code: int = 0) -> subprocess.CompletedProcess:
-    proc = subprocess.run([EXE, *args], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == code, proc.stderr[-3000:]
-    return proc
 
 
 def _image_tree(root: Path) -> Path:
@@ -41,7 +33,7 @@ def _image_tree(root: Path) -> Path:
 def test_import_then_inspect_a_folder_tree(tmp_path):
     src = _image_tree(tmp_path / "src")
     out = tmp_path / "shards"
-    proc = _cli("data", "import", str(src), "--out", str(out), "--val-fraction", "0.25")
+    proc = distinception("data", "import", str(src), "--out", str(out), "--val-fraction", "0.25")
     report = proc.stdout
     assert "files read: 13" in report
     assert "train: 8 images written" in report and "val: 4 images written" in report
@@ -50,12 +42,14 @@ def test_import_then_inspect_a_folder_tree(tmp_path):
     assert manifest["classes"] == ["cat", "dog"]
 
     grid = tmp_path / "grid.png"
-    text = _cli("data", "inspect", str(out), "--grid", str(grid)).stdout
+    text = distinception("data", "inspect", str(out), "--grid", str(grid)).stdout
     assert "2 classes" in text and "train: 8 images" in text and "val: 4 images" in text
     assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # A tree that is not there is one line and exit 2, and nothing is written.
-    proc = _cli("data", "import", str(tmp_path / "nope"), "--out", str(tmp_path / "x"), code=2)
+    proc = distinception(
+        "data", "import", str(tmp_path / "nope"), "--out", str(tmp_path / "x"), code=2
+    )
     assert proc.stderr.count("\n") == 1 and "nope" in proc.stderr
     assert not (tmp_path / "x").exists()
 
@@ -63,13 +57,13 @@ def test_import_then_inspect_a_folder_tree(tmp_path):
 def test_generate_writes_the_built_in_set_it_says(tmp_path):
     out = tmp_path / "gen"
     args = ("--classes", "3", "--per-class", "5", "--val-per-class", "2", "--size", "32")
-    _cli("data", "generate", "--out", str(out), *args)
-    text = _cli("data", "inspect", str(out)).stdout
+    distinception("data", "generate", "--out", str(out), *args)
+    text = distinception("data", "inspect", str(out)).stdout
     assert "3 classes" in text and "train: 15 images" in text and "val: 6 images" in text
 
 
 def test_model_summary_matches_table1_in_the_shell(tmp_path):
-    summary = json.loads(_cli("model", "summary", "--json").stdout)
+    summary = json.loads(distinception("model", "summary", "--json").stdout)
     assert (summary["variant"], summary["input_size"]) == ("faithful", 224)
     with TABLE1.open() as f:
         paper = list(csv.DictReader(line for line in f if not line.startswith("#")))
@@ -79,8 +73,10 @@ def test_model_summary_matches_table1_in_the_shell(tmp_path):
         assert rows[p["name"]]["params"] == int(p["exact_params"]), p["name"]
         assert rows[p["name"]]["macs"] == int(p["exact_macs"]), p["name"]
         assert rows[p["name"]]["out_hw"] == int(p["out_hw"]), p["name"]
-    text = _cli("model", "summary", "--variant", "bn", "--input-size", "64", "--width", "0.25")
+    text = distinception(
+        "model", "summary", "--variant", "bn", "--input-size", "64", "--width", "0.25"
+    )
     assert "conv1" in text.stdout and "5b" in text.stdout
-    proc = _cli("model", "summary", "--width", "0", code=2)
+    proc = distinception("model", "summary", "--width", "0", code=2)
     assert proc.stderr.count("\n") == 1 and "width=0.0" in proc.stderr
     assert os.listdir(tmp_path) == []  # printing a summary writes nothing

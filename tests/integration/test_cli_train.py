@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from as_typed import distinception
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.integration
@@ -17,31 +15,13 @@ pytestmark = pytest.mark.integration
 
 def test_train_command_reports_and_records_a_run(tiny_data, mlflow_uri, tmp_path):
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
-    proc = subprocess.run(
-        [
-            # The installed entry point, as a user types it.
-            str(Path(sys.executable).with_name("distinception")),
-            "train",
-            "--recipe",
-            "tiny",
-            "--register-as",
-            "tiny-model",
-            "--set",
-            f"data.path={tiny_data}",
-            "--set",
-            f"tracking.tracking_uri={mlflow_uri}",
-            "--set",
-            "run.max_examples=1500",
-            "--checkpoint-dir",
-            str(tmp_path / "ckpt"),
-        ],
+    proc = distinception(
+        *("train", "--recipe", "tiny", "--register-as", "tiny-model"),
+        *("--set", f"data.path={tiny_data}", "--set", f"tracking.tracking_uri={mlflow_uri}"),
+        *("--set", "run.max_examples=1500", "--checkpoint-dir", str(tmp_path / "ckpt")),
         cwd=tmp_path,
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "distinception train: tiny" in out
     assert "Polyak-averaged weights" in out and "raw weights" in out
@@ -62,18 +42,11 @@ def test_train_command_reports_and_records_a_run(tiny_data, mlflow_uri, tmp_path
     # registered version. All three are the same model, so they score the same.
     errors = []
     for target in (run_id, f"runs:/{run_id}/model", "models:/tiny-model/1"):
-        ev = subprocess.run(
-            [
-                str(Path(sys.executable).with_name("distinception")),
-                *("evaluate", target, "--crops", "center,ten", "--limit", "16", "--json"),
-                *("--tracking-uri", mlflow_uri),
-            ],
+        ev = distinception(
+            *("evaluate", target, "--crops", "center,ten", "--limit", "16", "--json"),
+            *("--tracking-uri", mlflow_uri),
             env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
         )
-        assert ev.returncode == 0, ev.stderr[-3000:]
         report = json.loads(ev.stdout)
         assert report["kind"] == "model" and report["images"] == 16, report
         assert [r["crops"] for r in report["rows"]] == [1, 10]
@@ -82,12 +55,6 @@ def test_train_command_reports_and_records_a_run(tiny_data, mlflow_uri, tmp_path
 
 
 def test_resume_of_a_missing_checkpoint_is_one_line(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "distinception.cli", "train", "--resume", str(tmp_path / "no")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 2
+    proc = distinception("train", "--resume", str(tmp_path / "no"), code=2, timeout=120)
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "distinception: error:" in proc.stderr

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from as_typed import distinception
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.integration
@@ -66,28 +67,13 @@ def test_import_script_rejects_a_bad_size(tmp_path):
 
 def test_default_async_update_trains_the_digits_like_a_plain_loop(digits, mlflow_uri, tmp_path):
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
-    proc = subprocess.run(
-        [
-            os.path.join(os.path.dirname(sys.executable), "distinception"),
-            "train",
-            "--recipe",
-            "digits",
-            "--set",
-            f"data.path={digits}",
-            "--set",
-            f"tracking.tracking_uri={mlflow_uri}",
-            "--set",
-            "tracking.log_model=false",
-            "--set",
-            "run.progress=false",
-        ],
+    proc = distinception(
+        *("train", "--recipe", "digits", "--set", f"data.path={digits}"),
+        *("--set", f"tracking.tracking_uri={mlflow_uri}", "--set", "tracking.log_model=false"),
+        *("--set", "run.progress=false"),
         cwd=tmp_path,
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     run_id = proc.stdout.split("MLflow run ")[1].split()[0]
     run = MlflowClient(mlflow_uri).get_run(run_id)
     metrics = run.data.metrics

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from as_typed import distinception
 from mlflow.tracking import MlflowClient
 from ray_heads import free_port
 
@@ -33,14 +33,7 @@ TINY = {
 
 
 def cli(*args: str, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "distinception.cli", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return distinception(*args, code=None, cwd=ROOT, env=env, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

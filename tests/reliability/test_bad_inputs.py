@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from as_typed import distinception
 
 from distinception.cli import main
 from distinception.config import PSConfig, RecipeConfig
@@ -291,24 +290,14 @@ def test_a_job_larger_than_the_local_ray_fails_in_one_line_before_anything_start
     room the command names the fields to lower, before generating any data."""
     env = dict(os.environ, HOME=str(tmp_path), RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run(
-        [
-            str(Path(sys.executable).with_name("distinception")),
-            "train",
-            "--recipe",
-            "paper",
-            "--set",
-            "ps.num_replicas=64",
-            "--set",
-            f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-        ],
+    proc = distinception(
+        *("train", "--recipe", "paper", "--set", "ps.num_replicas=64"),
+        *("--set", f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db"),
+        code=2,
         env=env,
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
         timeout=300,
     )
-    assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("distinception: error: the job's actors ask for 65.25 CPU"), last
     assert "ps.num_replicas=64 x ps.replica_cpus=1" in last and "lower ps.num_replicas" in last

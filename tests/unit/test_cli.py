@@ -1,8 +1,8 @@
-import os
 import subprocess
 import sys
 
 import pytest
+from as_typed import distinception
 
 from distinception.cli import build_parser, main
 
@@ -105,15 +105,8 @@ def test_data_inspect_runs_as_a_user_types_it(tmp_path):
 
     data = tmp_path / "set"
     generate_dataset(str(data), classes=2, per_class=4, val_per_class=2, size=16, seed=0)
-    exe = os.path.join(os.path.dirname(sys.executable), "distinception")
     grid = tmp_path / "grid.png"
-    proc = subprocess.run(
-        [exe, "data", "inspect", str(data), "--grid", str(grid)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = distinception("data", "inspect", str(data), "--grid", str(grid), timeout=120)
     assert "train" in proc.stdout and grid.is_file()
 
 
