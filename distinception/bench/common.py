@@ -133,7 +133,7 @@ class LocalTrainer:
 
 def top1_error(cfg: JobConfig, data: str, num_classes: int, flat: torch.Tensor) -> float:
     """Top-1 error of plain weights, scored exactly as the averager scores the raw PS weights."""
-    from distinception.ps.actors import bn_batches, val_batches
+    from distinception.data.loader import bn_batches, val_batches
     from distinception.ps.averager import AveragerCore
 
     core = AveragerCore(from_dict({"ps": {"polyak": "off"}}, cfg), num_classes)

@@ -12,7 +12,14 @@ from distinception.data.augment import (
 from distinception.data.crops import SCHEMES, view_boxes, views
 from distinception.data.generated import ensure_generated, generate_dataset, shards_path
 from distinception.data.importer import ImportReport, import_tree, inspect_dataset
-from distinception.data.loader import TrainStream, eval_batches, num_classes
+from distinception.data.loader import (
+    TrainStream,
+    bn_batches,
+    eval_batches,
+    num_classes,
+    sample_batches,
+    val_batches,
+)
 from distinception.data.shards import (
     DataError,
     DatasetWriter,
@@ -32,6 +39,7 @@ __all__ = [
     "Manifest",
     "ShardWriter",
     "TrainStream",
+    "bn_batches",
     "build_eval_transform",
     "build_train_transform",
     "ensure_generated",
@@ -41,7 +49,9 @@ __all__ = [
     "inspect_dataset",
     "num_classes",
     "open_manifest",
+    "sample_batches",
     "shards_path",
+    "val_batches",
     "verify",
     "view_boxes",
     "views",

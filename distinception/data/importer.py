@@ -6,8 +6,10 @@ decoder training uses (`loader.decode`), so a file that passes import cannot fai
 later. JPEG and PNG bytes are stored as they are, whatever their colour model or depth; anything
 else PIL reads (GIF, BMP, TIFF, WebP, and the rare JPEG only PIL decodes) is stored re-encoded
 as 8-bit RGB PNG, which is lossless for what training sees. Bad files are skipped and counted by
-reason. The check runs in a pool of processes over a bounded window of files while this process
-writes, so memory holds a window of images, never the set.
+reason. Rows are stored in a random order drawn from the seed, not class by class, so any
+prefix of a split (`data.val_limit`, a quick look) holds every class. The check runs in a pool
+of processes over a bounded window of files while this process writes, so memory holds a window
+of images, never the set.
 """
 
 from __future__ import annotations
@@ -155,7 +157,8 @@ def _class_dirs(folder: str) -> list[str]:
 
 
 def plan(src: str, val_fraction: float, seed: int) -> tuple[str, list[str], list[_Item], Counter]:
-    """(layout, classes, [(file, split, label)], counts of files that cannot be labelled)."""
+    """(layout, classes, [(file, split, label)] in the order they are stored, counts of files
+    that cannot be labelled)."""
     if not os.path.isdir(src):
         raise DataError(f"src={src!r}: expected a directory of class folders")
     train_dir, val_dir = os.path.join(src, "train"), os.path.join(src, "val")
@@ -188,6 +191,8 @@ def plan(src: str, val_fraction: float, seed: int) -> tuple[str, list[str], list
     if not classes:
         where = train_dir if layout == "train/val" else src
         raise DataError(f"src={where!r}: no class folders found; expected src/<class>/<images>")
+    order = np.random.default_rng([seed, len(items)]).permutation(len(items))
+    items = [items[k] for k in order]
     return layout, classes, items, Counter({OUTSIDE: len(outside), UNKNOWN_CLASS: len(unknown)})
 
 

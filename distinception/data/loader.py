@@ -26,7 +26,7 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as F
 
-from distinception.config import RecipeConfig
+from distinception.config import JobConfig, RecipeConfig
 from distinception.data.augment import build_train_transform, normalize
 from distinception.data.crops import SCHEMES, views
 from distinception.data.shards import (
@@ -39,7 +39,16 @@ from distinception.data.shards import (
     open_parquet,
 )
 
-__all__ = ["TrainStream", "decode", "eval_batches", "num_classes"]
+__all__ = [
+    "RowReader",
+    "TrainStream",
+    "bn_batches",
+    "decode",
+    "eval_batches",
+    "num_classes",
+    "sample_batches",
+    "val_batches",
+]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +106,64 @@ def _parse_position(position: dict | None, share: int) -> tuple[int, int]:
     return (epoch + 1, 0) if offset == share else (epoch, offset)
 
 
+class RowReader:
+    """Reads chosen rows of one split, by their index in stored order, touching only the row
+    groups that hold them: a consumer's share, or a sample, never the whole split."""
+
+    def __init__(self, manifest: Manifest, split: str) -> None:
+        self.manifest, self.split = manifest, split
+        self._files = manifest.shard_files(split)
+        self._groups: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def _row_groups(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(first split row, file index, group index in file) of every row group, from footers."""
+        if self._groups is None:
+            fs, root = self.manifest.filesystem()
+            starts, files, groups, start = [], [], [], 0
+            for i, shard in enumerate(self._files):
+                meta = open_parquet(fs, f"{root.rstrip('/')}/{shard.name}").metadata
+                if meta.num_rows != shard.rows:
+                    raise DataError(
+                        f"shard {shard.name}: {meta.num_rows} rows, the manifest says {shard.rows}"
+                    )
+                for g in range(meta.num_row_groups):
+                    starts.append(start)
+                    files.append(i)
+                    groups.append(g)
+                    start += meta.row_group(g).num_rows
+            self._groups = (np.asarray(starts), np.asarray(files), np.asarray(groups))
+        return self._groups
+
+    def read(self, rows: np.ndarray) -> tuple[list[bytes], np.ndarray]:
+        """(encoded images, labels) of `rows`, in the order given."""
+        order = np.argsort(rows, kind="stable")
+        wanted = rows[order]
+        starts, file_of, group_of = self._row_groups()
+        where = np.searchsorted(starts, wanted, side="right") - 1
+        fs, root = self.manifest.filesystem()
+        images: list[bytes] = []
+        labels: list[np.ndarray] = []
+        open_file, pf = -1, None
+        for g in np.unique(where):
+            if file_of[g] != open_file:
+                open_file = int(file_of[g])
+                path = f"{root.rstrip('/')}/{self._files[open_file].name}"
+                pf = open_parquet(fs, path)
+            assert pf is not None
+            table = pf.read_row_group(int(group_of[g]), columns=["image", "label"])
+            take = wanted[where == g] - starts[g]
+            part = table.take(take)
+            values = part.column("label").to_numpy().astype(np.int64)
+            check_labels(values, self.manifest.num_classes, self._files[open_file].name)
+            images += part.column("image").to_pylist()
+            labels.append(values)
+        # Back from stored order to the order asked for.
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        out = np.concatenate(labels)[inverse] if labels else np.zeros(0, np.int64)
+        return [images[k] for k in inverse], out
+
+
 class TrainStream:
     """An endless stream of augmented training batches for consumer `consumer` of
     `num_consumers`: float32 [B, 3, S, S] normalised images and int64 [B] labels.
@@ -127,7 +194,6 @@ class TrainStream:
             raise DataError(f"batch_size={batch_size}: expected an integer >= 1")
         self.manifest: Manifest = open_manifest(path)
         self.split = split
-        self._files = self.manifest.shard_files(split)
         self.total = self.manifest.counts[split]
         if self.total < num_consumers:
             raise DataError(
@@ -141,7 +207,7 @@ class TrainStream:
         self.skipped = 0
         self._bad: set[int] = set()
         self._transform = build_train_transform(recipe, input_size)
-        self._groups: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._reader = RowReader(self.manifest, split)
         self._share_epoch = -1
         self._images: list[bytes] = []
         self._labels = np.zeros(0, dtype=np.int64)
@@ -156,54 +222,10 @@ class TrainStream:
         perm = np.random.default_rng([self.seed, epoch]).permutation(self.total)
         return perm[self.consumer :: self.num_consumers]
 
-    def _row_groups(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(first split row, file index, group index in file) of every row group, from footers."""
-        if self._groups is None:
-            fs, root = self.manifest.filesystem()
-            starts, files, groups, start = [], [], [], 0
-            for i, shard in enumerate(self._files):
-                meta = open_parquet(fs, f"{root.rstrip('/')}/{shard.name}").metadata
-                if meta.num_rows != shard.rows:
-                    raise DataError(
-                        f"shard {shard.name}: {meta.num_rows} rows, the manifest says {shard.rows}"
-                    )
-                for g in range(meta.num_row_groups):
-                    starts.append(start)
-                    files.append(i)
-                    groups.append(g)
-                    start += meta.row_group(g).num_rows
-            self._groups = (np.asarray(starts), np.asarray(files), np.asarray(groups))
-        return self._groups
-
     def _load(self, epoch: int) -> None:
         """Read this epoch's share, one row group at a time, keeping only the rows it owns."""
         rows = self.share(epoch)
-        order = np.argsort(rows, kind="stable")
-        wanted = rows[order]
-        starts, file_of, group_of = self._row_groups()
-        where = np.searchsorted(starts, wanted, side="right") - 1
-        fs, root = self.manifest.filesystem()
-        images: list[bytes] = []
-        labels: list[np.ndarray] = []
-        open_file, pf = -1, None
-        for g in np.unique(where):
-            if file_of[g] != open_file:
-                open_file = int(file_of[g])
-                path = f"{root.rstrip('/')}/{self._files[open_file].name}"
-                pf = open_parquet(fs, path)
-            assert pf is not None
-            table = pf.read_row_group(int(group_of[g]), columns=["image", "label"])
-            take = wanted[where == g] - starts[g]
-            part = table.take(take)
-            values = part.column("label").to_numpy().astype(np.int64)
-            check_labels(values, self.manifest.num_classes, self._files[open_file].name)
-            images += part.column("image").to_pylist()
-            labels.append(values)
-        # Back from stored order to share order.
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(len(order))
-        self._images = [images[k] for k in inverse]
-        self._labels = np.concatenate(labels)[inverse] if labels else np.zeros(0, np.int64)
+        self._images, self._labels = self._reader.read(rows)
         self._rows = rows
         self._share_epoch = epoch
 
@@ -307,3 +329,63 @@ def _eval_batches(
         log.warning(
             "skipped %d undecodable images in split %r of %s", skipped, split, manifest.path
         )
+
+
+def sample_batches(
+    path: str,
+    *,
+    split: str = "train",
+    input_size: int,
+    batch_size: int,
+    count: int,
+    seed: int = 0,
+) -> Iterator[torch.Tensor]:
+    """Center crops of `count` rows drawn at random (from `seed`) across the split, as float32
+    [B, 3, S, S] batches in that random order.
+
+    What BatchNorm statistics are recomputed on. They must be a sample of the split, not its
+    first rows: an imported folder tree may be stored class by class, and a batch of one class
+    has a smaller variance than the split, so averaging per-batch statistics of sorted rows
+    shrinks every variance the model normalises by (measured on the digits stored by class: 29%
+    validation error against 2% with the same weights). Only the row groups holding the sample
+    are read.
+    """
+    if batch_size < 1:
+        raise DataError(f"batch_size={batch_size}: expected an integer >= 1")
+    if count < 1:
+        raise DataError(f"count={count}: expected an integer >= 1")
+    manifest = open_manifest(path)
+    total = manifest.counts.get(split, 0)
+    rows = np.random.default_rng(seed).permutation(total)[:count]
+    reader = RowReader(manifest, split)
+    for start in range(0, len(rows), batch_size):
+        images, _ = reader.read(rows[start : start + batch_size])
+        crops = [
+            views(img, "center", input_size)[0] for img in map(decode, images) if img is not None
+        ]
+        if crops:
+            yield normalize(torch.stack(crops))
+
+
+def val_batches(cfg: JobConfig, data_path: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The validation images every evaluation scores (center crop, `data.val_limit`)."""
+    return eval_batches(
+        data_path,
+        split="val",
+        input_size=cfg.model.input_size,
+        batch_size=cfg.data.eval_batch_size,
+        scheme="center",
+        limit=cfg.data.val_limit,
+    )
+
+
+def bn_batches(cfg: JobConfig, data_path: str) -> Iterator[torch.Tensor]:
+    """Training images (center crop, a fixed random sample of the split) that BatchNorm
+    statistics are recomputed on."""
+    return sample_batches(
+        data_path,
+        split="train",
+        input_size=cfg.model.input_size,
+        batch_size=cfg.data.eval_batch_size,
+        count=max(256, 4 * cfg.data.eval_batch_size),
+    )

@@ -41,6 +41,7 @@ import torch
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
 from distinception.config import JobConfig
+from distinception.data.loader import bn_batches, val_batches
 from distinception.ps import checkpoint as ckpt
 from distinception.ps import shm
 from distinception.ps.averager import AveragerCore
@@ -877,35 +878,6 @@ class AveragerActor:
             if self.checkpoint_uri:
                 ckpt.save_state(self.checkpoint_uri, self.core.state_dict())
             return self.core.version
-
-
-def val_batches(cfg: JobConfig, data_path: str):
-    """The validation images every evaluation scores (center crop, `data.val_limit`)."""
-    from distinception.data.loader import eval_batches
-
-    return eval_batches(
-        data_path,
-        split="val",
-        input_size=cfg.model.input_size,
-        batch_size=cfg.data.eval_batch_size,
-        scheme="center",
-        limit=cfg.data.val_limit,
-    )
-
-
-def bn_batches(cfg: JobConfig, data_path: str):
-    """Training images (center crop) that BatchNorm statistics are recomputed on."""
-    from distinception.data.loader import eval_batches
-
-    batches = eval_batches(
-        data_path,
-        split="train",
-        input_size=cfg.model.input_size,
-        batch_size=cfg.data.eval_batch_size,
-        scheme="center",
-        limit=max(256, 4 * cfg.data.eval_batch_size),
-    )
-    return (views[:, 0] for views, _ in batches)
 
 
 def remote_shard(cfg: JobConfig, name: str | None = None) -> Any:

@@ -96,6 +96,13 @@ def test_import_counts_every_file_and_skips_by_reason(tree, tmp_path):
     keys = [
         k for b in iter_batches(m, "train", columns=("key",)) for k in b.column("key").to_pylist()
     ]
+    # Stored in a random order, not class by class, so a prefix of a split holds every class.
+    labels = [
+        v
+        for b in iter_batches(m, "train", columns=("label",))
+        for v in b.column("label").to_pylist()
+    ]
+    assert labels != sorted(labels) and set(labels[:7]) == {0, 1}
     assert "dog/nested/deep.png" in keys + [
         k for b in iter_batches(m, "val", columns=("key",)) for k in b.column("key").to_pylist()
     ]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from distinception.config import AUGMENT_PRESETS, RecipeConfig
-from distinception.data.loader import TrainStream, eval_batches, num_classes
+from distinception.data.loader import TrainStream, eval_batches, num_classes, sample_batches
 from distinception.data.shards import DataError, DatasetWriter, open_manifest
 
 
@@ -220,3 +220,49 @@ def test_a_shard_missing_under_a_stream_fails_with_one_line(tiny_set, tmp_path):
     with pytest.raises(DataError, match=r"train-00001\.parquet: missing file") as err:
         next(iter(_stream(str(out))))
     assert "\n" not in str(err.value)
+
+
+def _set_stored_class_by_class(out, classes=4, per_class=100):
+    """Class k is a flat grey image of level 60k, written class after class, as a folder tree
+    imported without shuffling is stored."""
+    from torchvision.io import encode_png
+
+    with DatasetWriter(
+        out, [str(k) for k in range(classes)], shard_rows=150, row_group_rows=25
+    ) as w:
+        for k in range(classes):
+            png = encode_png(torch.full((3, 16, 16), 60 * k, dtype=torch.uint8)).numpy().tobytes()
+            for i in range(per_class):
+                w.write("train", png, k, f"{k}/{i}")
+
+
+def test_bn_sample_spans_a_split_stored_class_by_class(tmp_path):
+    """BatchNorm statistics are averages of per-batch statistics: a batch of one class has
+    almost no variance, so only batches drawn across the split give the split's variance."""
+    from distinception.config import from_dict
+    from distinception.ps.actors import bn_batches
+
+    out = str(tmp_path / "sorted")
+    _set_stored_class_by_class(out)
+    everything = torch.cat(
+        [x[:, 0] for x, _ in eval_batches(out, split="train", input_size=16, batch_size=50)]
+    )
+    split_var = everything[:, 0].var().item()
+    # The first rows, in stored order, are what BN was recomputed on before: one class a batch.
+    prefix = [
+        x[:, 0] for x, _ in eval_batches(out, split="train", input_size=16, batch_size=16, limit=64)
+    ]
+    assert np.mean([b[:, 0].var().item() for b in prefix]) < 0.05 * split_var
+    sample = list(sample_batches(out, input_size=16, batch_size=16, count=64, seed=0))
+    assert [len(b) for b in sample] == [16] * 4
+    assert np.mean([b[:, 0].var().item() for b in sample]) > 0.6 * split_var
+    assert sample[0].shape == (16, 3, 16, 16) and sample[0].dtype == torch.float32
+    # The same seed gives the same sample; the evaluation's recompute uses such a sample.
+    again = list(sample_batches(out, input_size=16, batch_size=16, count=64, seed=0))
+    assert all(torch.equal(a, b) for a, b in zip(sample, again, strict=True))
+    cfg = from_dict({"model": {"input_size": 32}, "data": {"eval_batch_size": 32}})
+    used = list(bn_batches(cfg, out))
+    assert sum(len(b) for b in used) == 256 and used[0].shape[-1] == 32
+    assert np.mean([b[:, 0].var().item() for b in used]) > 0.6 * split_var
+    with pytest.raises(DataError, match="count=0: expected an integer >= 1"):
+        next(sample_batches(out, input_size=16, batch_size=16, count=0))
