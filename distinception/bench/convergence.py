@@ -51,17 +51,6 @@ SYSTEMS = {
 DDP_SPLIT = "sync DDP, split batch"
 
 
-class _Evaluations(Hooks):
-    def __init__(self) -> None:
-        self.t0 = time.perf_counter()
-        self.points: list[tuple[float, int, float, float]] = []
-
-    def on_metrics(self, metrics: dict[str, float], step: int) -> None:
-        if "raw_top1_error" in metrics:
-            t = time.perf_counter() - self.t0
-            self.points.append((t, step, metrics["raw_top1_error"], metrics["polyak_top1_error"]))
-
-
 def _ps(cfg: JobConfig, budget: int, eval_s: float) -> dict[str, Any]:
     cfg = from_dict(
         {
@@ -75,11 +64,15 @@ def _ps(cfg: JobConfig, budget: int, eval_s: float) -> dict[str, Any]:
         },
         cfg,
     )
-    hooks = _Evaluations()
-    res = Coordinator(cfg, hooks).run()
+    res = Coordinator(cfg, Hooks()).run()
+    # Each evaluation at the training seconds and examples of its request (the clock starts
+    # when the replicas do, not when the actors are being created), then the final one.
+    points = [h for h in res.history if "raw_top1_error" in h]
     final = (res.seconds, res.examples)
-    raw = [(t, n, r) for t, n, r, _ in hooks.points] + [(*final, res.final["raw_top1_error"])]
-    pol = [(t, n, p) for t, n, _, p in hooks.points] + [(*final, res.final["polyak_top1_error"])]
+    raw = [(h["seconds"], h["examples"], h["raw_top1_error"]) for h in points]
+    pol = [(h["seconds"], h["examples"], h["polyak_top1_error"]) for h in points]
+    raw.append((*final, res.final["raw_top1_error"]))
+    pol.append((*final, res.final["polyak_top1_error"]))
     return {RAW: raw, POLYAK: pol}
 
 

@@ -338,6 +338,7 @@ class Coordinator:
         t_start = time.perf_counter()
         last_stats = last_eval = last_ckpt = t_start
         eval_ref: ray.ObjectRef | None = None
+        eval_at = (self.examples, self.elapsed_before)
         losses: deque[float] = deque(maxlen=4 * cfg.ps.num_replicas)
         last_versions = self._shard_versions()
         last_examples = self.examples
@@ -413,9 +414,10 @@ class Coordinator:
                     )
             if eval_ref is None and now - last_eval >= cfg.run.eval_interval_s and not stopping:
                 eval_ref = self.averager.evaluate.remote()
+                eval_at = (self.examples, elapsed)
                 last_eval = now
             if eval_ref is not None and ray.wait([eval_ref], timeout=0)[0]:
-                self._eval_done(eval_ref)
+                self._eval_done(eval_ref, *eval_at)
                 eval_ref = None
             if self.checkpoint_dir and now - last_ckpt >= cfg.run.checkpoint_interval_s:
                 self._checkpoint(elapsed)
@@ -582,7 +584,12 @@ class Coordinator:
             metrics["object_store_bytes"] = float(store)
         return metrics, versions
 
-    def _eval_done(self, ref: ray.ObjectRef) -> dict[str, Any] | None:
+    def _eval_done(
+        self, ref: ray.ObjectRef, examples: int, seconds: float
+    ) -> dict[str, Any] | None:
+        """Record an evaluation at the examples and training seconds of its request: the
+        averager scores the weights it holds then, and scoring takes seconds, so stamping the
+        result when it arrives would shift every curve to the right by the scoring time."""
         try:
             res = ray.get(ref, timeout=RPC_TIMEOUT_S)
         except RayError as err:
@@ -590,8 +597,8 @@ class Coordinator:
             log.warning("evaluation failed: %s", err)
             return None
         metrics = {k: float(v) for k, v in res.items() if k.endswith("_error")}
-        self.hooks.on_metrics(metrics, self.examples)
-        self.history.append(metrics | {"examples": self.examples})
+        self.hooks.on_metrics(metrics, examples)
+        self.history.append(metrics | {"examples": examples, "seconds": seconds})
         return res
 
     def _checkpoint(self, elapsed: float) -> None:
