@@ -20,11 +20,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 #: Measured (`distinception bench updates --recipe digits`, BENCHMARKS.md "Async parity"), 2
 #: replicas, lr 0.05, momentum 0.9, 10 epochs, seeds 0-2 on this 2-core machine: the default
-#: update ends at Polyak top-1 error 7.0-18.1% (mean 10.9%); the previous update (full momentum,
-#: one step of lag) at 26.7-53.8% (mean 40.7%). Chance is 90%; a model that lost half its
-#: accuracy would be near 55%. The bound sits above the default's worst seed and below the
+#: update ends at Polyak top-1 error 1.1-1.7% (raw 1.4-1.7%), level with a plain loop; the
+#: previous update (full momentum, one step of lag) at 4.5-10.6% (raw 8.4-11.1%); weights scored
+#: with BatchNorm statistics recomputed on the first, class-sorted training rows (the bug this
+#: also guards) at about 29%. The bounds sit above the default's worst seed and below the
 #: previous update's best.
-POLYAK_BOUND = 0.22
+POLYAK_BOUND = 0.04
+RAW_BOUND = 0.06
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +81,6 @@ def test_default_async_update_trains_the_digits_like_a_plain_loop(digits, mlflow
     metrics = run.data.metrics
     assert run.data.params["ps.momentum_correction"] == "auto"
     assert metrics["val/polyak_top1_error"] <= POLYAK_BOUND, proc.stdout
-    assert metrics["val/raw_top1_error"] <= POLYAK_BOUND + 0.03, proc.stdout
+    assert metrics["val/raw_top1_error"] <= RAW_BOUND, proc.stdout
     # Two replicas, one step of lag: the shards measured staleness and lowered their momentum.
     assert 0.0 < metrics["train/momentum"] < 0.9
