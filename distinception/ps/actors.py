@@ -780,8 +780,9 @@ class ReplicaActor:
             position=position,
         )
 
-    def seek(self, position: dict) -> None:
-        """Continue from a recorded data position (after a restart of this actor)."""
+    def seek(self, position: dict) -> dict:
+        """Continue from a recorded data position (after a restart of this actor); returns the
+        position the stream now starts at."""
         self.data.close()
         self.data = BatchPrefetcher(
             self._open_stream(position), pin=self.core.device.type == "cuda"
@@ -789,6 +790,7 @@ class ReplicaActor:
         self.core.batches = self.data
         self.restarted = False
         self.resumed_from = dict(self.data.position)
+        return self.resumed_from
 
 
 class AveragerActor:

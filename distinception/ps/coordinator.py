@@ -528,7 +528,7 @@ class Coordinator:
     def _resume(self, i: int) -> Any:
         """Seek replica `i` to its recorded data position; replace it when out of restarts."""
         try:
-            ray.get(
+            resumed = ray.get(
                 self.replicas[i].seek.remote(self.positions.get(i) or {"epoch": 0, "offset": 0}),
                 timeout=RPC_TIMEOUT_S,
             )
@@ -536,6 +536,11 @@ class Coordinator:
             # Out of restarts: replace it with a fresh actor at the same data position.
             self.faults["replica_replaced"] += 1
             self.replicas[i] = self._new_replica(i)
+            resumed = self.positions.get(i)
+        # Recorded now, not only by its next call: a run that reaches its budget while the
+        # replica is down makes no further call to it.
+        if i in self.replica_stats:
+            self.replica_stats[i]["resumed_from"] = resumed
         return self.replicas[i]
 
     def _shard_versions(self) -> list[int]:
