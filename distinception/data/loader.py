@@ -111,7 +111,7 @@ class RowReader:
     groups that hold them: a consumer's share, or a sample, never the whole split."""
 
     def __init__(self, manifest: Manifest, split: str) -> None:
-        self.manifest, self.split = manifest, split
+        self.manifest = manifest
         self._files = manifest.shard_files(split)
         self._groups: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
@@ -357,12 +357,12 @@ def sample_batches(
     manifest = open_manifest(path)
     total = manifest.counts.get(split, 0)
     rows = np.random.default_rng(seed).permutation(total)[:count]
-    reader = RowReader(manifest, split)
-    for start in range(0, len(rows), batch_size):
-        images, _ = reader.read(rows[start : start + batch_size])
-        crops = [
-            views(img, "center", input_size)[0] for img in map(decode, images) if img is not None
-        ]
+    # One read of the sample's row groups (the rows are spread over nearly all of them), then
+    # decoded a batch at a time.
+    images, _ = RowReader(manifest, split).read(rows)
+    for start in range(0, len(images), batch_size):
+        batch = map(decode, images[start : start + batch_size])
+        crops = [views(img, "center", input_size)[0] for img in batch if img is not None]
         if crops:
             yield normalize(torch.stack(crops))
 
