@@ -16,8 +16,7 @@ import numpy as np
 import torch
 
 from distinception.config import ConfigError, JobConfig, from_dict
-from distinception.ps.replica import ReplicaCore
-from distinception.ps.shard import build_optimizer, lr_factor
+from distinception.ps import ReplicaCore, build_optimizer, lr_factor
 
 
 def machine() -> dict[str, str]:
@@ -134,7 +133,7 @@ class LocalTrainer:
 def top1_error(cfg: JobConfig, data: str, num_classes: int, flat: torch.Tensor) -> float:
     """Top-1 error of plain weights, scored exactly as the averager scores the raw PS weights."""
     from distinception.data.loader import bn_batches, val_batches
-    from distinception.ps.averager import AveragerCore
+    from distinception.ps import AveragerCore
 
     core = AveragerCore(from_dict({"ps": {"polyak": "off"}}, cfg), num_classes)
     core.observe(0, flat)

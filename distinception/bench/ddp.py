@@ -18,7 +18,7 @@ import torch
 
 from distinception.bench.common import LocalTrainer, open_stream, top1_error
 from distinception.config import JobConfig, from_dict
-from distinception.ps.replica import straggle
+from distinception.ps import straggle
 
 
 def _loop(config: dict[str, Any]) -> None:

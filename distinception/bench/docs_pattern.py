@@ -17,9 +17,7 @@ import torch
 from distinception.bench.common import LocalTrainer, open_stream
 from distinception.config import JobConfig
 from distinception.model.googlenet import build_model
-from distinception.ps.actors import RPC_TIMEOUT_S
-from distinception.ps.replica import straggle
-from distinception.ps.shard import build_optimizer, lr_factor
+from distinception.ps import RPC_TIMEOUT_S, build_optimizer, lr_factor, straggle
 
 
 class DocsParameterServer:

@@ -27,7 +27,7 @@ import torch
 from distinception.config import JobConfig, ModelConfig, PSConfig
 from distinception.model.googlenet import build_model
 from distinception.model.loss import googlenet_loss
-from distinception.ps.replica import ReplicaCore
+from distinception.ps import ReplicaCore
 
 FORWARD_MACS = 1.583e9
 TRAIN_FLOPS_PER_IMAGE = FORWARD_MACS * 2 * 3

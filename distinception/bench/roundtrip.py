@@ -33,10 +33,10 @@ from distinception.bench.docs_pattern import DocsParameterServer
 from distinception.bench.throughput import run_local
 from distinception.config import JobConfig, ModelConfig, from_dict
 from distinception.model.googlenet import build_model
-from distinception.ps import shm
-from distinception.ps.actors import RPC_TIMEOUT_S, ShardLinks, remote_replica, remote_shard
+from distinception.ps import RPC_TIMEOUT_S, build_flat_model, shm
+from distinception.ps.actors import remote_replica, remote_shard
 from distinception.ps.coordinator import Coordinator, Hooks, resolve_data
-from distinception.ps.replica import build_flat_model
+from distinception.ps.transport.objstore import ShardLinks
 from distinception.recipes import get_recipe
 
 

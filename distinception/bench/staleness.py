@@ -18,8 +18,8 @@ from distinception.bench.common import (
     markdown_table,
 )
 from distinception.config import from_dict
+from distinception.ps import histogram_quantile
 from distinception.ps.coordinator import Coordinator, Hooks
-from distinception.ps.shard import histogram_quantile
 from distinception.recipes import get_recipe
 
 

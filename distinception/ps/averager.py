@@ -5,11 +5,17 @@ The averager samples the published weights on its own clock and folds them into
 or an exponential moving average. BatchNorm statistics of an average of weights are not the
 average of statistics, so for the BN variant they are recomputed (`update_bn`) on training images
 before every evaluation, for the raw weights too (replicas' running stats never leave them).
+
+`AveragerCore` is the averaging; `AveragerLoop` samples the shards through a `ShardChannel` on a
+thread of its own, plain Python that the Ray shell (`actors.AveragerActor`) wraps.
 """
 
 from __future__ import annotations
 
 import copy
+import threading
+import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -17,8 +23,11 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from distinception.config import JobConfig
+from distinception.data.loader import bn_batches, val_batches
 from distinception.evaluate import evaluate_model
+from distinception.ps import checkpoint as ckpt
 from distinception.ps.replica import build_flat_model
+from distinception.ps.transport import RPC_TIMEOUT_S, ShardChannel
 
 
 def has_batchnorm(model: torch.nn.Module) -> bool:
@@ -99,3 +108,95 @@ class AveragerCore:
         self.averaged.load_state_dict(state["averaged"])
         self.version = int(state["version"])
         self.samples = int(state["samples"])
+
+
+class AveragerLoop:
+    """Samples the shards' weights every `ps.averager_interval_s` on its own thread, and answers
+    evaluations and checkpoints beside it (one lock around the core).
+
+    `connect(count)` makes the channel to the shards. `restarted`: this is a new life of an
+    averager that failed; it reloads its checkpoint and resumes sampling on its own."""
+
+    def __init__(
+        self,
+        cfg: JobConfig,
+        data_path: str,
+        num_classes: int,
+        connect: Callable[[Callable[[str], None]], ShardChannel],
+        checkpoint_uri: str,
+        resume: bool,
+        restarted: bool = False,
+    ) -> None:
+        self.cfg = cfg
+        self.data_path = data_path
+        self.core = AveragerCore(cfg, num_classes)
+        self.total = self.core.layout.total
+        self.counters: Counter[str] = Counter()
+        self.links = connect(self._count)
+        self.checkpoint_uri = checkpoint_uri
+        self.restarts = 1 if restarted else 0
+        if (resume or self.restarts) and checkpoint_uri and ckpt.exists(checkpoint_uri):
+            self.core.load_state_dict(ckpt.load_state(checkpoint_uri))
+        self.lock = threading.Lock()
+        self.running = False
+        self.thread: threading.Thread | None = None
+        self.errors = 0
+        if self.restarts:
+            self.start()
+
+    def _count(self, key: str) -> None:
+        self.counters[key] += 1
+
+    def _sample(self) -> bool:
+        values = torch.empty(self.total)
+        self.links.finish(self.links.issue(), lambda a, b, v: values[a:b].copy_(v), attempts=1)
+        version = sum(self.links.versions) // len(self.links.versions)
+        with self.lock:
+            return self.core.observe(version, values)
+
+    def _loop(self) -> None:
+        while self.running:
+            try:
+                self._sample()
+            except self.links.errors:
+                self.errors += 1
+            time.sleep(self.cfg.ps.averager_interval_s)
+
+    def start(self) -> bool:
+        if not self.running:
+            self.running = True
+            self.thread = threading.Thread(target=self._loop, daemon=True)
+            self.thread.start()
+        return True
+
+    def stop(self) -> dict[str, Any]:
+        """Stop sampling, then take one last sample so the average includes the final weights."""
+        self.running = False
+        if self.thread is not None:
+            self.thread.join(timeout=RPC_TIMEOUT_S)
+        try:
+            self._sample()
+        except self.links.errors:
+            self.errors += 1
+        return {"version": self.core.version, "samples": self.core.samples}
+
+    def _val(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        return val_batches(self.cfg, self.data_path)
+
+    def _bn(self) -> Iterable[torch.Tensor]:
+        return bn_batches(self.cfg, self.data_path)
+
+    def evaluate(self) -> dict[str, Any]:
+        with self.lock:
+            return self.core.evaluate(self._val, self._bn) | {"sampler_errors": self.errors}
+
+    def inference_state(self) -> dict[str, torch.Tensor]:
+        with self.lock:
+            model = self.core.inference_model(self._bn)
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def save(self) -> int:
+        with self.lock:
+            if self.checkpoint_uri:
+                ckpt.save_state(self.checkpoint_uri, self.core.state_dict())
+            return self.core.version

@@ -8,12 +8,13 @@ large FC matrix would otherwise unbalance the shards).
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from distinception.ps.transport import wire
 
 
 @dataclass(frozen=True)
@@ -46,10 +47,7 @@ class ParamLayout:
     @property
     def fingerprint(self) -> str:
         """Identifies the layout so a push from a replica built differently is refused."""
-        h = hashlib.sha1()
-        for e in self.entries:
-            h.update(f"{e.name}:{e.shape}:{e.offset};".encode())
-        return h.hexdigest()[:16]
+        return wire.fingerprint((e.name, e.shape, e.offset) for e in self.entries)
 
     @property
     def nbytes(self) -> int:

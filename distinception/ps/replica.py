@@ -1,6 +1,6 @@
 """A model replica's compute: pull weights in, run forward/backward on its own data, hand out grads.
 
-Plain Python (no Ray): `actors.ReplicaActor` adds the communication with shards around it.
+Plain Python (no Ray): `replica_loop.ReplicaLoop` adds the communication with shards around it.
 The model's parameters are views of one flat vector, so loading a pull is one copy per shard and
 the accumulated gradient is already the flat vector that is cut into per-shard slices.
 """
@@ -11,11 +11,9 @@ import contextlib
 import queue
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import numpy as np
 import torch
 
 from distinception.config import JobConfig
@@ -33,28 +31,6 @@ def build_flat_model(
     model = build_model(cfg.model, num_classes)
     flat, grad, layout = flatten_module(model)
     return model, flat, grad, layout
-
-
-def to_wire(t: torch.Tensor, dtype: str) -> np.ndarray:
-    """Gradient/weight slice as a numpy array for the object store; bf16 travels as raw int16."""
-    if dtype == "bfloat16":
-        return t.to(torch.bfloat16).view(torch.int16).numpy()
-    return t.numpy()
-
-
-def from_wire(a: np.ndarray, widen: bool = True) -> torch.Tensor:
-    """A tensor over the received buffer, without a copy: callers only read it.
-
-    bf16 is widened to fp32 (one pass) unless `widen` is off, for a caller that copies it into
-    an fp32 buffer anyway (`copy_` converts on the way)."""
-    with warnings.catch_warnings():
-        # Object-store buffers are read-only; torch warns but reading them is safe.
-        warnings.simplefilter("ignore", UserWarning)
-        t = torch.from_numpy(np.asarray(a))
-    if t.dtype == torch.int16:
-        t = t.view(torch.bfloat16)
-        return t.float() if widen else t
-    return t
 
 
 def straggle(factor: float, compute_s: float) -> None:

@@ -1,6 +1,7 @@
 """A parameter shard: one contiguous slice of the flat vector, its optimizer and its version.
 
-Plain Python (no Ray) so the update rule is unit-tested directly; `actors.ShardActor` wraps it.
+Plain Python (no Ray) so the update rule is unit-tested directly; `shard_server.ShardServer`
+serves it to replicas.
 *Update* = one gradient applied; *version* = the number of updates applied so far.
 """
 
@@ -24,7 +25,7 @@ from distinception.ps.policies import (
     StalenessPolicy,
     explicit_momentum,
 )
-from distinception.ps.shm import SharedVector
+from distinception.ps.transport.shm import SharedVector
 
 #: Reasons a push is refused; every refusal is counted under its reason and never applied.
 #: "source": a same-node push named a shared-memory gradient that could not be read.

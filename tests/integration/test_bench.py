@@ -53,7 +53,7 @@ def test_throughput_compares_four_systems_with_and_without_a_straggler(tmp_path)
 def test_round_trip_benchmark_goes_through_the_replicas_transport(transport):
     from distinception.bench.common import local_ray
     from distinception.bench.roundtrip import bench_p1
-    from distinception.ps import shm
+    from distinception.ps.transport import shm
 
     def jobs() -> set[str]:
         return {n for n in os.listdir(shm.root()) if n.startswith(shm.PREFIX)}

@@ -231,9 +231,9 @@ def test_bad_shared_memory_pushes_are_refused_through_the_real_actor(
 ):
     import numpy as np
 
-    from distinception.ps import shm
     from distinception.ps.actors import remote_shard
     from distinception.ps.layout import ParamLayout
+    from distinception.ps.transport import shm
 
     cfg = tiny_cfg(easy_data, mlflow_uri)
     layout = ParamLayout.from_module(torch.nn.Linear(4, 2))

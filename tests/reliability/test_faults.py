@@ -298,7 +298,7 @@ def _driver(args: list[str], ray_root: Path, cwd: Path) -> subprocess.Popen:
 
 
 def _shm_jobs() -> set[str]:
-    from distinception.ps import shm
+    from distinception.ps.transport import shm
 
     return {n for n in os.listdir(shm.root()) if n.startswith(shm.PREFIX)}
 

@@ -383,7 +383,7 @@ def test_shared_memory_files_directories_and_doorbells_are_private(monkeypatch):
     0666)."""
     import stat
 
-    from distinception.ps import shm
+    from distinception.ps.transport import shm
 
     if not shm.available():
         pytest.skip("needs fcntl (POSIX)")

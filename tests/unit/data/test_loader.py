@@ -240,7 +240,7 @@ def test_bn_sample_spans_a_split_stored_class_by_class(tmp_path):
     """BatchNorm statistics are averages of per-batch statistics: a batch of one class has
     almost no variance, so only batches drawn across the split give the split's variance."""
     from distinception.config import from_dict
-    from distinception.ps.actors import bn_batches
+    from distinception.data.loader import bn_batches
 
     out = str(tmp_path / "sorted")
     _set_stored_class_by_class(out)

@@ -75,7 +75,7 @@ def test_fingerprint_tells_layouts_apart():
 def test_wire_formats_round_trip():
     import numpy as np
 
-    from distinception.ps.replica import from_wire, to_wire
+    from distinception.ps.transport.wire import from_wire, to_wire
 
     t = torch.linspace(-3, 3, 101)
     torch.testing.assert_close(from_wire(to_wire(t, "float32")), t)

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from distinception.config import JobConfig, ModelConfig, PSConfig
-from distinception.ps import shm
 from distinception.ps.layout import ParamLayout
 from distinception.ps.replica import ReplicaCore
 from distinception.ps.shard import ShardCore
+from distinception.ps.transport import shm
 
 pytestmark = pytest.mark.skipif(not shm.available(), reason="needs fcntl (POSIX)")
 

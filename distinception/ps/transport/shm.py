@@ -1,4 +1,4 @@
-"""Same-node transport: weights and gradients in shared memory rather than the object store.
+"""The same-node channel: weights and gradients in shared memory rather than the object store.
 
 Ray's object store is shared memory too, but its objects are immutable: every published version
 and every pushed gradient is a fresh allocation, written once (page faults included), read, and
@@ -302,3 +302,140 @@ class DoorbellServer:
             self.sock.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+
+
+# -- the two ends of the same-node transport ----------------------------------------------------
+class ShardFiles:
+    """A shard's end: its weights in a mapped file, its doorbell, and the replicas' gradient
+    slots it reads its slice from. `weights` is None when this node offers no usable shared
+    memory; replicas then reach the shard through the object store only."""
+
+    def __init__(self, directory: str, index: int, incarnation: str, size: int) -> None:
+        self.directory = directory
+        self.name = f"shard-{index}-{incarnation}"
+        self.doorbell: DoorbellServer | None = None
+        self._grads: dict[str, SharedVector] = {}
+        self.weights = self._share(index, size)
+
+    def _share(self, index: int, size: int) -> SharedVector | None:
+        if not self.directory or not available():
+            return None
+        try:
+            self._claim = claim(self.directory)  # held while this process lives
+            sweep(keep=self.directory)  # directories of jobs whose processes are all gone
+            remove_matching(self.directory, f"shard-{index}-")  # a killed predecessor's files
+            return SharedVector(os.path.join(self.directory, self.name + ".w"), size, create=True)
+        except OSError:
+            return None
+
+    def listen(self, handle: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        """Open the doorbell, answering with `handle` (only once the shard can answer)."""
+        if self.weights is None:
+            return
+        with contextlib.suppress(OSError):  # without one, replicas push by Ray calls
+            self.doorbell = DoorbellServer(
+                os.path.join(self.directory, self.name + ".sock"), handle
+            )
+
+    def gradient(self, path: str) -> torch.Tensor | None:
+        """The flat gradient in the replica slot `path`, mapped once and kept; None for a path
+        that is not a replica slot of this job or cannot be mapped."""
+        mapped = self._grads.get(path)
+        if mapped is not None:
+            return mapped.values
+        real = os.path.realpath(path)
+        if (
+            not self.directory
+            or os.path.dirname(real) != os.path.realpath(self.directory)
+            or not os.path.basename(real).startswith("replica-")
+        ):
+            return None
+        # Forget the slots of replicas that have gone (their files removed) before mapping more.
+        for gone in [p for p in self._grads if not os.path.exists(p)]:
+            self._grads.pop(gone).close()
+        try:
+            size = os.path.getsize(real)
+            numel = max(0, (size - HEADER) // 4)
+            mapped = SharedVector(real, numel)
+        except (OSError, ValueError):
+            return None
+        self._grads[path] = mapped
+        return mapped.values
+
+    def hang_up(self) -> None:
+        if self.doorbell is not None:
+            self.doorbell.close()
+
+    def unmap_gradients(self) -> None:
+        for mapped in self._grads.values():
+            mapped.close()
+        self._grads.clear()
+
+
+class NodeShards:
+    """A replica's or the averager's end: the weights files of the shards on its own node,
+    mapped, and their doorbells, connected on first use (by the pushing thread). A shard with
+    no file here (None) is reached through the object store instead."""
+
+    def __init__(
+        self, count: int, enabled: bool, timeout: float, tally: Callable[[str], None]
+    ) -> None:
+        self.enabled = enabled and available()
+        self.timeout = timeout
+        self.tally = tally
+        self.vectors: list[SharedVector | None] = [None] * count
+        self.bell_paths = [""] * count
+        self.bells: list[Doorbell | None] = [None] * count
+        self.directory = ""
+
+    def link(self, s: int, path: str, size: int, bell: str, here: bool) -> None:
+        """Attach shard `s` as it describes itself; a file already mapped is kept."""
+        self.bell_paths[s] = bell if here else ""
+        old = self.vectors[s]
+        if old is not None and old.path == path:
+            return
+        if old is not None:
+            old.close()
+        self.vectors[s] = None
+        if self.enabled and path and here:
+            try:
+                self.vectors[s] = SharedVector(path, size)
+                self.directory = os.path.dirname(path)
+            except (OSError, ValueError):
+                self.tally("shm_unavailable")
+
+    def gone(self) -> bool:
+        """Whether a mapped shard file has been removed (its shard was restarted)."""
+        return any(v is not None and not os.path.exists(v.path) for v in self.vectors)
+
+    def bell(self, s: int) -> Doorbell | None:
+        """The doorbell of shard `s`, connected on first use (None: push by a Ray call)."""
+        bell, path = self.bells[s], self.bell_paths[s]
+        if bell is not None and bell.path != path:
+            bell.close()
+            bell = self.bells[s] = None
+        if bell is None and path and self.enabled:
+            try:
+                bell = self.bells[s] = Doorbell(path, self.timeout)
+            except OSError:
+                self.tally("doorbell_failed")
+        return bell
+
+    def hang_up(self, s: int) -> None:
+        bell = self.bells[s]
+        if bell is not None:
+            bell.close()
+        self.bells[s] = None
+
+    def gradient_slots(self, owner: str, numel: int, count: int) -> list[SharedVector]:
+        """`count` fresh gradient slots named after `owner` in this node's job directory, once a
+        shard here is known (none before); files a predecessor of `owner` left are removed."""
+        if not self.directory:
+            return []
+        self._claim = claim(self.directory)  # held while this process lives
+        remove_matching(self.directory, f"{owner}-")
+        name = f"{owner}-{uuid.uuid4().hex[:12]}"
+        return [
+            SharedVector(os.path.join(self.directory, f"{name}-{k}.g"), numel, create=True)
+            for k in range(count)
+        ]
