@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from distinception.config import JobConfig
-from distinception.ps.coordinator import Coordinator, TrainResult, load_progress_config
-from distinception.tracking import MlflowHooks, redact, tracking_uri, ui_command
+from distinception.ps.callbacks import TrainResult
+from distinception.ps.coordinator import Coordinator, load_progress_config
+from distinception.tracking import MlflowCallback, redact, tracking_uri, ui_command
 
 
 def train(
@@ -17,8 +18,8 @@ def train(
     """Train `cfg` (or continue the job checkpointed in `resume`) and log it to MLflow."""
     if resume:
         cfg = load_progress_config(resume)
-    hooks = MlflowHooks(cfg, parent_run_id=parent_run_id)
-    coordinator = Coordinator(cfg, hooks, checkpoint_dir=resume or None, resume=bool(resume))
+    tracker = MlflowCallback(cfg, parent_run_id=parent_run_id)
+    coordinator = Coordinator(cfg, [tracker], checkpoint_dir=resume or None, resume=bool(resume))
     return coordinator.run(address=address)
 
 

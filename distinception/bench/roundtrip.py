@@ -35,7 +35,8 @@ from distinception.config import JobConfig, ModelConfig, from_dict
 from distinception.model.googlenet import build_model
 from distinception.ps import shm
 from distinception.ps.actors import RPC_TIMEOUT_S, ShardLinks, remote_replica, remote_shard
-from distinception.ps.coordinator import Coordinator, Hooks, resolve_data
+from distinception.ps.callbacks import Callback
+from distinception.ps.coordinator import Coordinator, resolve_data
 from distinception.ps.replica import build_flat_model
 from distinception.recipes import get_recipe
 
@@ -207,7 +208,7 @@ def bench_p2(steps: int, rounds: int = 3) -> dict[str, Any]:
     }
 
 
-class _Clock(Hooks):
+class _Clock(Callback):
     """Notes the wall-clock time of every evaluation (no MLflow)."""
 
     def __init__(self) -> None:
@@ -229,7 +230,7 @@ class _Clock(Hooks):
 def bench_p4(target: float = 0.25) -> dict[str, object]:
     cfg = from_dict({"run": {"progress": False, "eval_interval_s": 15.0}}, get_recipe("demo"))
     clock = _Clock()
-    result = Coordinator(cfg, clock).run()
+    result = Coordinator(cfg, [clock]).run()
     reached = next((e for e in clock.evals if e[3] <= target), None)
     return {
         "target": target,

@@ -18,7 +18,7 @@ from distinception.bench.common import (
     markdown_table,
 )
 from distinception.config import from_dict
-from distinception.ps.coordinator import Coordinator, Hooks
+from distinception.ps.coordinator import Coordinator
 from distinception.ps.shard import histogram_quantile
 from distinception.recipes import get_recipe
 
@@ -60,7 +60,7 @@ def run_staleness(
                     },
                     fit_cpus(get_recipe(recipe), n),
                 )
-                results[(n, policy)] = Coordinator(cfg, Hooks()).run()
+                results[(n, policy)] = Coordinator(cfg).run()
     wall = time.perf_counter() - t0
 
     rows, series = [], {}

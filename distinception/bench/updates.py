@@ -26,7 +26,7 @@ from distinception.bench.common import (
 )
 from distinception.bench.convergence import interval95
 from distinception.config import ConfigError, apply_overrides, from_dict
-from distinception.ps.coordinator import Coordinator, Hooks, resolve_data
+from distinception.ps.coordinator import Coordinator, resolve_data
 from distinception.recipes import get_recipe
 
 #: Named update rules: `ps.*` values over the recipe's. "default" is the recipe as it is.
@@ -95,7 +95,7 @@ def run_updates(
                         },
                         fit_cpus(base, n),
                     )
-                    res = Coordinator(cfg, Hooks()).run()
+                    res = Coordinator(cfg).run()
                     results.setdefault((n, name), []).append(res)
                     print(
                         f"bench updates: N={n} {name} seed {seed}: raw "

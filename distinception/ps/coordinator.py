@@ -1,7 +1,7 @@
 """The coordinator: the control plane of one training job.
 
 It starts the shards, the averager and the replicas, keeps the replicas busy, watches and
-restarts them, checkpoints, and reports what happened through `Hooks` (tracking plugs in there;
+restarts them, checkpoints, and reports what happened through its callbacks (tracking is one;
 this module never imports MLflow). It never touches weights or gradients while training: those
 flow between replicas, shards and the averager directly.
 
@@ -19,7 +19,7 @@ import sys
 import time
 import uuid
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import ray
@@ -35,6 +35,7 @@ from distinception.ps.actors import (
     remote_replica,
     remote_shard,
 )
+from distinception.ps.callbacks import Callback, CallbackList, TrainResult
 from distinception.ps.elastic import ReplicaPool
 from distinception.ps.replica import build_flat_model
 from distinception.ps.shard import histogram_quantile
@@ -57,43 +58,6 @@ FAULTS = (
     "checkpoint_failed",
     "skipped_images",
 )
-
-
-class Hooks:
-    """Callbacks the coordinator calls; each does nothing by default."""
-
-    def on_start(self, cfg: JobConfig, info: dict[str, Any]) -> str | None:
-        """Called once; may return a run id that is stored with checkpoints for `--resume`."""
-        return None
-
-    def on_metrics(self, metrics: dict[str, float], step: int) -> None: ...
-
-    def on_checkpoint(self, directory: str, progress: dict[str, Any]) -> None: ...
-
-    def on_end(self, result: TrainResult, model: torch.nn.Module | None) -> None: ...
-
-    def on_failure(self, error: BaseException) -> None: ...
-
-
-@dataclass
-class TrainResult:
-    run_id: str | None
-    examples: int
-    epochs: float
-    seconds: float
-    updates: int
-    final: dict[str, Any]
-    history: list[dict[str, Any]] = field(default_factory=list)
-    faults: dict[str, int] = field(default_factory=dict)
-    refused: dict[str, int] = field(default_factory=dict)
-    staleness_hist: dict[int, int] = field(default_factory=dict)
-    replica_stats: dict[int, dict[str, Any]] = field(default_factory=dict)
-    checkpoint_dir: str = ""
-    data_path: str = ""
-
-    @property
-    def examples_per_s(self) -> float:
-        return self.examples / self.seconds if self.seconds else 0.0
 
 
 def object_store_bytes() -> int:
@@ -200,13 +164,13 @@ class Coordinator:
     def __init__(
         self,
         cfg: JobConfig,
-        hooks: Hooks | None = None,
+        callbacks: Sequence[Callback] = (),
         *,
         checkpoint_dir: str | None = None,
         resume: bool = False,
     ) -> None:
         self.cfg = cfg
-        self.hooks = hooks or Hooks()
+        self.callbacks = CallbackList(callbacks)
         self.resume = resume
         self.checkpoint_dir = checkpoint_dir or cfg.run.checkpoint_dir
         self.faults: Counter[str] = Counter()
@@ -277,9 +241,9 @@ class Coordinator:
             # line, not wrapped in the remote traceback.
             cause = err.cause if isinstance(err, RayTaskError) else None
             if isinstance(cause, ConfigError):
-                self.hooks.on_failure(cause)
+                self.callbacks.on_failure(cause)
                 raise cause from None
-            self.hooks.on_failure(err)
+            self.callbacks.on_failure(err)
             raise
         finally:
             self._teardown()
@@ -320,7 +284,7 @@ class Coordinator:
             "resumed_from_examples": self.examples,
             "run_id": self.run_id,
         }
-        self.run_id = self.hooks.on_start(cfg, info) or self.run_id
+        self.run_id = self.callbacks.on_start(cfg, info) or self.run_id
 
         budget = self._budget_examples()
         warm = cfg.ps.warm_start_updates if self.examples == 0 else 0
@@ -402,7 +366,7 @@ class Coordinator:
                     metrics["replicas_starting"] = float(len(self.pool.starting))
                     metrics["replicas_joined"] = float(self.pool.joined)
                     metrics["replica_nodes"] = float(self.pool.node_count())
-                self.hooks.on_metrics(metrics, self.examples)
+                self.callbacks.on_metrics(metrics, self.examples)
                 self.history.append(metrics | {"examples": self.examples, "seconds": elapsed})
                 if progress is not None:
                     progress.set_postfix(
@@ -602,7 +566,7 @@ class Coordinator:
             log.warning("evaluation failed: %s", err)
             return None
         metrics = {k: float(v) for k, v in res.items() if k.endswith("_error")}
-        self.hooks.on_metrics(metrics, examples)
+        self.callbacks.on_metrics(metrics, examples)
         self.history.append(metrics | {"examples": examples, "seconds": seconds})
         return res
 
@@ -627,7 +591,7 @@ class Coordinator:
             "time": time.time(),
         }
         ckpt.save_json(self._ckpt_uri("progress.json"), progress)
-        self.hooks.on_checkpoint(self.checkpoint_dir, progress)
+        self.callbacks.on_checkpoint(self.checkpoint_dir, progress)
 
     def _finish(self, seconds: float) -> TrainResult:
         ray.get(self.averager.stop.remote(), timeout=RPC_TIMEOUT_S)
@@ -658,11 +622,11 @@ class Coordinator:
             checkpoint_dir=self.checkpoint_dir or "",
             data_path=self.data_path,
         )
-        self.hooks.on_metrics(
+        self.callbacks.on_metrics(
             {f"final_{k}": float(v) for k, v in final.items() if k.endswith("_error")},
             self.examples,
         )
-        self.hooks.on_end(result, model)
+        self.callbacks.on_end(result, model)
         return result
 
     def _teardown(self) -> None:
