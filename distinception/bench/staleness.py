@@ -9,6 +9,7 @@ import os
 import time
 from typing import Any
 
+from distinception import api
 from distinception.bench.common import (
     fit_cpus,
     header,
@@ -18,7 +19,6 @@ from distinception.bench.common import (
     markdown_table,
 )
 from distinception.config import from_dict
-from distinception.ps.coordinator import Coordinator
 from distinception.ps.shard import histogram_quantile
 from distinception.recipes import get_recipe
 
@@ -60,7 +60,7 @@ def run_staleness(
                     },
                     fit_cpus(get_recipe(recipe), n),
                 )
-                results[(n, policy)] = Coordinator(cfg).run()
+                results[(n, policy)] = api.train(cfg, track=False)
     wall = time.perf_counter() - t0
 
     rows, series = [], {}

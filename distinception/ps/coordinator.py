@@ -27,6 +27,7 @@ import torch
 from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 
 from distinception.config import ConfigError, JobConfig, from_dict
+from distinception.data.generated import resolve_data
 from distinception.ps import checkpoint as ckpt
 from distinception.ps import shm
 from distinception.ps.actors import (
@@ -69,27 +70,6 @@ def object_store_bytes() -> int:
         return int(get_memory_info_reply(state).store_stats.object_store_bytes_used)
     except Exception:  # private API: metrics must never kill a run
         return -1
-
-
-def resolve_data(cfg: JobConfig) -> tuple[str, int, int]:
-    """(shard path, number of classes, training examples), generating the built-in set if needed."""
-    from distinception.data.generated import shards_path
-    from distinception.data.shards import DataError, open_manifest, verify
-
-    path = shards_path(cfg.data, progress=cfg.run.progress)
-    manifest = open_manifest(path)
-    # Files, sizes and row counts against the manifest (footers only), here rather than in
-    # the actors, where a bad set would only show as actors dying.
-    verify(manifest, splits=["train", "val"], labels=False)
-    train, val = int(manifest.counts["train"]), int(manifest.counts["val"])
-    if train < cfg.ps.num_replicas:
-        raise DataError(
-            f"data path {path!r}: {train} training images, too few for "
-            f"ps.num_replicas={cfg.ps.num_replicas}"
-        )
-    if val < 1:
-        raise DataError(f"data path {path!r}: the val split is empty; expected images to score")
-    return path, manifest.num_classes, train
 
 
 def init_ray(address: str | None) -> bool:
