@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import sys
 import time
 import uuid
@@ -39,6 +38,7 @@ from distinception.ps.actors import (
 from distinception.ps.callbacks import Callback, CallbackList, TrainResult
 from distinception.ps.elastic import ReplicaPool
 from distinception.ps.replica import build_flat_model
+from distinception.ps.session import ray_session
 from distinception.ps.shard import histogram_quantile
 
 log = logging.getLogger(__name__)
@@ -70,28 +70,6 @@ def object_store_bytes() -> int:
         return int(get_memory_info_reply(state).store_stats.object_store_bytes_used)
     except Exception:  # private API: metrics must never kill a run
         return -1
-
-
-def init_ray(address: str | None) -> bool:
-    """Connect to `address`, or start a local Ray (no dashboard, token auth on); True if started.
-
-    Inside a Ray job `RAY_ADDRESS` names the job's cluster: it is joined even when the command
-    gave no `--address` (starting a local Ray there fails: a connection takes no `num_cpus`)."""
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address:
-        ray.init(address=address, log_to_driver=False)
-        return False
-    ray.init(
-        num_cpus=max(2, os.cpu_count() or 2),
-        include_dashboard=False,
-        log_to_driver=False,
-        # Ray's start-up notices (the local instance started, token auth on as we ask) are not
-        # the user's business; its errors still show, and its session logs keep everything.
-        logging_level=logging.ERROR,
-    )
-    return True
 
 
 def actor_demand(cfg: JobConfig, replicas: int | None = None) -> dict[str, float]:
@@ -212,23 +190,21 @@ class Coordinator:
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self, address: str | None = None) -> TrainResult:
-        started_ray = init_ray(address)
-        try:
-            check_fits(self.cfg, local=started_ray)
-            return self._run()
-        except BaseException as err:
-            # A user mistake found inside an actor (bad data) reaches the caller as itself, one
-            # line, not wrapped in the remote traceback.
-            cause = err.cause if isinstance(err, RayTaskError) else None
-            if isinstance(cause, ConfigError):
-                self.callbacks.on_failure(cause)
-                raise cause from None
-            self.callbacks.on_failure(err)
-            raise
-        finally:
-            self._teardown()
-            if started_ray:
-                ray.shutdown()
+        with ray_session(address) as started_ray:
+            try:
+                check_fits(self.cfg, local=started_ray)
+                return self._run()
+            except BaseException as err:
+                # A user mistake found inside an actor (bad data) reaches the caller as itself,
+                # one line, not wrapped in the remote traceback.
+                cause = err.cause if isinstance(err, RayTaskError) else None
+                if isinstance(cause, ConfigError):
+                    self.callbacks.on_failure(cause)
+                    raise cause from None
+                self.callbacks.on_failure(err)
+                raise
+            finally:
+                self._teardown()
 
     def _load_progress(self) -> dict[str, Any]:
         progress = ckpt.load_json(self._ckpt_uri("progress.json"))

@@ -11,12 +11,11 @@ becomes a job.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,22 +97,6 @@ def plan_concurrency(cfg: JobConfig, cluster_cpus: float, max_concurrent: int | 
         raise ConfigError(f"--max-concurrent={max_concurrent}: expected an integer >= 1")
     fit = max(1, int(cluster_cpus // trial_cpus(cfg)))
     return max_concurrent or fit
-
-
-@contextlib.contextmanager
-def ray_session(address: str | None) -> Iterator[None]:
-    """Ray for a sweep or an ensemble: the cluster at `address`, else a local one, shut down
-    afterwards."""
-    import ray
-
-    from distinception.ps.coordinator import init_ray
-
-    started = init_ray(address)
-    try:
-        yield
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def absolute_paths(cfg: JobConfig) -> JobConfig:
@@ -289,7 +272,6 @@ __all__ = [
     "bundles",
     "fit_to",
     "plan_concurrency",
-    "ray_session",
     "run_trials",
     "trial_callbacks",
     "trial_cpus",

@@ -129,7 +129,7 @@ def test_the_local_ray_keeps_token_auth_and_starts_no_dashboard(monkeypatch):
     import ray
     from ray._private.authentication.authentication_utils import is_token_auth_enabled
 
-    from distinception.ps.coordinator import init_ray
+    from distinception.ps.session import init_ray
 
     assert not ray.is_initialized()
     root = tempfile.mkdtemp(prefix="sec-", dir="/tmp")  # Ray's socket paths must stay short
