@@ -139,6 +139,17 @@ class Coordinator:
         self.run_id: str | None = None
         self.elapsed_before = 0.0
         self.pool: ReplicaPool | None = None
+        # What the job starts, empty until it does: teardown stops whatever exists by then.
+        self.data_path = ""
+        self.num_classes = 0
+        self.train_examples = 0
+        self.layout: Any = None
+        self.ranges: list[tuple[int, int]] = []
+        self.shm_dir = ""
+        self.shard_names: list[str] = []
+        self.shards: list[Any] = []
+        self.averager: Any = None
+        self.replicas: dict[int, Any] = {}
 
     # -- setup ---------------------------------------------------------------------------------
     def _start_shards(self, resume: bool) -> None:
@@ -246,7 +257,7 @@ class Coordinator:
         warm = cfg.ps.warm_start_updates if self.examples == 0 else 0
         n_active = 1 if warm else cfg.ps.num_replicas
         if cfg.ps.elastic:
-            self.replicas: dict[int, Any] = self._first_elastic_replicas(n_active)
+            self.replicas = self._first_elastic_replicas(n_active)
         else:
             self.replicas = {i: self._new_replica(i) for i in range(n_active)}
         steps = dict.fromkeys(self.replicas, 2)
@@ -588,16 +599,15 @@ class Coordinator:
     def _teardown(self) -> None:
         if self.pool is not None:
             self.pool.close()
-        for actor in [*getattr(self, "replicas", {}).values(), getattr(self, "averager", None)]:
+        for actor in [*self.replicas.values(), self.averager]:
             if actor is not None:
                 ray.kill(actor, no_restart=True)
-        shards = getattr(self, "shards", [])
-        if getattr(self, "shm_dir", ""):
+        if self.shm_dir:
             # Each shard clears the job's shared memory on its node; this covers the driver's.
             with contextlib.suppress(RayError):
-                ray.get([s.release.remote() for s in shards], timeout=30)
+                ray.get([s.release.remote() for s in self.shards], timeout=30)
             shm.remove(self.shm_dir)
-        for actor in shards:
+        for actor in self.shards:
             ray.kill(actor, no_restart=True)
 
 
