@@ -28,13 +28,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _job_config(args: argparse.Namespace):
-    from distinception.config import apply_overrides, from_dict, load_yaml
-    from distinception.recipes import get_recipe
+    from distinception.api import load_config
+    from distinception.config import from_dict
 
-    cfg = get_recipe(args.recipe)
-    if args.config:
-        cfg = load_yaml(args.config, base=cfg)
-    cfg = apply_overrides(cfg, args.set or [])
+    cfg = load_config(args.recipe, args.config, args.set or [])
     if args.checkpoint_dir:
         cfg = from_dict({"run": {"checkpoint_dir": args.checkpoint_dir}}, cfg)
     if getattr(args, "register_as", None):

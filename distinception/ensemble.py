@@ -125,13 +125,13 @@ def ensemble(
     import ray
     from ray import tune
 
+    from distinception.ps.session import ray_session
     from distinception.tracking import ENSEMBLE_FILE, log_json, parent_run
     from distinception.tune.sweep import metric_of
     from distinception.tune.trials import (
         absolute_paths,
         fit_to,
         plan_concurrency,
-        ray_session,
         run_trials,
     )
 

@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from distinception import __version__
 from distinception.config import JobConfig
-from distinception.ps.coordinator import Hooks, TrainResult
+from distinception.ps.callbacks import Callback, TrainResult
 
 DEFAULT_DIR = "mlruns"
 # Artifact downloads here are a few small files; a progress bar per file is only noise.
@@ -219,7 +219,7 @@ def chart_metrics(metrics: dict[str, float], polyak: bool) -> dict[str, float]:
     return out
 
 
-class MlflowHooks(Hooks):
+class MlflowCallback(Callback):
     """Records one training job as one MLflow run (or a nested child of `parent_run_id`)."""
 
     def __init__(
@@ -604,7 +604,7 @@ __all__ = [
     "ENSEMBLE_FILE",
     "KIND_TAG",
     "TRIAL_TAG",
-    "MlflowHooks",
+    "MlflowCallback",
     "chart_metrics",
     "chart_name",
     "child_runs",

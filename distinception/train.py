@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from distinception.config import JobConfig
-from distinception.ps.coordinator import Coordinator, TrainResult, load_progress_config
-from distinception.tracking import MlflowHooks, redact, tracking_uri, ui_command
+from distinception.ps.callbacks import Callback, TrainResult
+from distinception.ps.coordinator import Coordinator, load_progress_config
+from distinception.tracking import MlflowCallback, redact, tracking_uri, ui_command
 
 
 def train(
     cfg: JobConfig,
     *,
+    callbacks: Sequence[Callback] = (),
+    track: bool = True,
     address: str | None = None,
     resume: str | None = None,
     parent_run_id: str | None = None,
 ) -> TrainResult:
-    """Train `cfg` (or continue the job checkpointed in `resume`) and log it to MLflow."""
+    """Train `cfg` (or continue the job checkpointed in `resume`), logged to MLflow with `track`.
+
+    The MLflow callback comes first: the job's run id is the run it opens, and the other
+    callbacks see every event after it is recorded."""
     if resume:
         cfg = load_progress_config(resume)
-    hooks = MlflowHooks(cfg, parent_run_id=parent_run_id)
-    coordinator = Coordinator(cfg, hooks, checkpoint_dir=resume or None, resume=bool(resume))
+    tracking = [MlflowCallback(cfg, parent_run_id=parent_run_id)] if track else []
+    coordinator = Coordinator(
+        cfg, [*tracking, *callbacks], checkpoint_dir=resume or None, resume=bool(resume)
+    )
     return coordinator.run(address=address)
 
 

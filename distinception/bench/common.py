@@ -46,21 +46,20 @@ def header(command: str, info: dict[str, str]) -> list[str]:
 
 @contextlib.contextmanager
 def local_ray(num_cpus: int = 2) -> Iterator[str]:
-    """A private Ray on this machine (own temp dir, no dashboard), always shut down."""
-    import ray
+    """A private Ray on this machine (own temp dir, no dashboard), shut down afterwards; inside
+    a Ray job, the job's cluster (`RAY_ADDRESS`) instead, as every command does."""
+    from distinception.ps.session import ray_session
 
-    with tempfile.TemporaryDirectory(prefix="dist-bench-") as tmp:
-        ray.init(
+    with (
+        tempfile.TemporaryDirectory(prefix="dist-bench-") as tmp,
+        ray_session(
+            None,
             num_cpus=num_cpus,
-            include_dashboard=False,
-            log_to_driver=False,
             _temp_dir=tmp,
             runtime_env={"env_vars": {"PYTHONPATH": _source_root()}},
-        )
-        try:
-            yield tmp
-        finally:
-            ray.shutdown()
+        ),
+    ):
+        yield tmp
 
 
 def _source_root() -> str:

@@ -19,6 +19,7 @@ import statistics
 import time
 from typing import Any
 
+from distinception import api
 from distinception.bench.common import (
     LocalTrainer,
     fit_cpus,
@@ -31,7 +32,7 @@ from distinception.bench.common import (
     top1_error,
 )
 from distinception.config import ConfigError, JobConfig, apply_overrides, from_dict
-from distinception.ps.coordinator import Coordinator, Hooks, resolve_data
+from distinception.data.generated import resolve_data
 from distinception.recipes import get_recipe
 
 POLYAK, RAW, DDP, LOCAL = "async PS, Polyak", "async PS, raw", "sync DDP", "local"
@@ -64,7 +65,7 @@ def _ps(cfg: JobConfig, budget: int, eval_s: float) -> dict[str, Any]:
         },
         cfg,
     )
-    res = Coordinator(cfg, Hooks()).run()
+    res = api.train(cfg, track=False)
     # Each evaluation at the training seconds and examples of its request (the clock starts
     # when the replicas do, not when the actors are being created), then the final one.
     points = [h for h in res.history if "raw_top1_error" in h]

@@ -28,14 +28,15 @@ import numpy as np
 import ray
 import torch
 
+from distinception import api
 from distinception.bench.common import local_ray
 from distinception.bench.docs_pattern import DocsParameterServer
 from distinception.bench.throughput import run_local
 from distinception.config import JobConfig, ModelConfig, from_dict
+from distinception.data.generated import resolve_data
 from distinception.model.googlenet import build_model
 from distinception.ps import RPC_TIMEOUT_S, build_flat_model, shm
 from distinception.ps.actors import remote_replica, remote_shard
-from distinception.ps.coordinator import Coordinator, Hooks, resolve_data
 from distinception.ps.transport.objstore import ShardLinks
 from distinception.recipes import get_recipe
 
@@ -207,7 +208,7 @@ def bench_p2(steps: int, rounds: int = 3) -> dict[str, Any]:
     }
 
 
-class _Clock(Hooks):
+class _Clock(api.Callback):
     """Notes the wall-clock time of every evaluation (no MLflow)."""
 
     def __init__(self) -> None:
@@ -229,7 +230,7 @@ class _Clock(Hooks):
 def bench_p4(target: float = 0.25) -> dict[str, object]:
     cfg = from_dict({"run": {"progress": False, "eval_interval_s": 15.0}}, get_recipe("demo"))
     clock = _Clock()
-    result = Coordinator(cfg, clock).run()
+    result = api.train(cfg, callbacks=[clock], track=False)
     reached = next((e for e in clock.evals if e[3] <= target), None)
     return {
         "target": target,

@@ -9,6 +9,7 @@ import os
 import time
 from typing import Any
 
+from distinception import api
 from distinception.bench.common import (
     fit_cpus,
     header,
@@ -19,7 +20,6 @@ from distinception.bench.common import (
 )
 from distinception.config import from_dict
 from distinception.ps import histogram_quantile
-from distinception.ps.coordinator import Coordinator, Hooks
 from distinception.recipes import get_recipe
 
 
@@ -60,7 +60,7 @@ def run_staleness(
                     },
                     fit_cpus(get_recipe(recipe), n),
                 )
-                results[(n, policy)] = Coordinator(cfg, Hooks()).run()
+                results[(n, policy)] = api.train(cfg, track=False)
     wall = time.perf_counter() - t0
 
     rows, series = [], {}

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from distinception import api
 from distinception.bench.common import (
     LocalTrainer,
     bar_chart,
@@ -27,7 +28,7 @@ from distinception.bench.common import (
     open_stream,
 )
 from distinception.config import JobConfig, from_dict
-from distinception.ps.coordinator import Coordinator, Hooks, resolve_data
+from distinception.data.generated import resolve_data
 from distinception.recipes import get_recipe
 
 PS, DOCS, DDP, LOCAL = "parameter server", "Ray docs pattern", "Ray Train DDP", "local loop"
@@ -58,7 +59,7 @@ def run_ps(cfg: JobConfig, seconds: float) -> dict[str, Any]:
         },
         cfg,
     )
-    result = Coordinator(cfg, Hooks()).run()
+    result = api.train(cfg, track=False)
     images, updates = steady_rates(result)
     return {"images_per_s": images, "updates_per_s": updates, "result": result}
 

@@ -16,6 +16,7 @@ import sys
 import time
 from typing import Any
 
+from distinception import api
 from distinception.bench.common import (
     bar_chart,
     fit_cpus,
@@ -26,7 +27,7 @@ from distinception.bench.common import (
 )
 from distinception.bench.convergence import interval95
 from distinception.config import ConfigError, apply_overrides, from_dict
-from distinception.ps.coordinator import Coordinator, Hooks, resolve_data
+from distinception.data.generated import resolve_data
 from distinception.recipes import get_recipe
 
 #: Named update rules: `ps.*` values over the recipe's. "default" is the recipe as it is.
@@ -95,7 +96,7 @@ def run_updates(
                         },
                         fit_cpus(base, n),
                     )
-                    res = Coordinator(cfg, Hooks()).run()
+                    res = api.train(cfg, track=False)
                     results.setdefault((n, name), []).append(res)
                     print(
                         f"bench updates: N={n} {name} seed {seed}: raw "

@@ -32,8 +32,8 @@ import torch
 from torchvision.io import encode_jpeg
 from tqdm import tqdm
 
-from distinception.config import DataConfig
-from distinception.data.shards import DataError, DatasetWriter, Manifest, open_manifest
+from distinception.config import DataConfig, JobConfig
+from distinception.data.shards import DataError, DatasetWriter, Manifest, open_manifest, verify
 
 #: Bumped whenever the pictures change, so cached sets of an older generator are not reused.
 GENERATOR_VERSION = 3
@@ -347,3 +347,21 @@ def ensure_generated(cfg: DataConfig, *, progress: bool = False) -> str:
 def shards_path(cfg: DataConfig, *, progress: bool = False) -> str:
     """`cfg.path` when set, else the built-in set (generated on first use)."""
     return cfg.path or ensure_generated(cfg, progress=progress)
+
+
+def resolve_data(cfg: JobConfig) -> tuple[str, int, int]:
+    """(shard path, number of classes, training examples), generating the built-in set if needed."""
+    path = shards_path(cfg.data, progress=cfg.run.progress)
+    manifest = open_manifest(path)
+    # Files, sizes and row counts against the manifest (footers only), here rather than in
+    # the actors, where a bad set would only show as actors dying.
+    verify(manifest, splits=["train", "val"], labels=False)
+    train, val = int(manifest.counts["train"]), int(manifest.counts["val"])
+    if train < cfg.ps.num_replicas:
+        raise DataError(
+            f"data path {path!r}: {train} training images, too few for "
+            f"ps.num_replicas={cfg.ps.num_replicas}"
+        )
+    if val < 1:
+        raise DataError(f"data path {path!r}: the val split is empty; expected images to score")
+    return path, manifest.num_classes, train

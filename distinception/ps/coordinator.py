@@ -1,7 +1,7 @@
 """The coordinator: the control plane of one training job.
 
 It starts the shards, the averager and the replicas, keeps the replicas busy, watches and
-restarts them, checkpoints, and reports what happened through `Hooks` (tracking plugs in there;
+restarts them, checkpoints, and reports what happened through its callbacks (tracking is one;
 this module never imports MLflow). It never touches weights or gradients while training: those
 flow between replicas, shards and the averager directly.
 
@@ -14,12 +14,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import sys
 import time
 import uuid
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import ray
@@ -27,6 +26,7 @@ import torch
 from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 
 from distinception.config import ConfigError, JobConfig, from_dict
+from distinception.data.generated import resolve_data
 from distinception.ps import checkpoint as ckpt
 from distinception.ps import shm
 from distinception.ps.actors import (
@@ -35,8 +35,10 @@ from distinception.ps.actors import (
     remote_replica,
     remote_shard,
 )
+from distinception.ps.callbacks import Callback, CallbackList, TrainResult
 from distinception.ps.elastic import ReplicaPool
 from distinception.ps.replica import build_flat_model
+from distinception.ps.session import ray_session
 from distinception.ps.shard import histogram_quantile
 
 log = logging.getLogger(__name__)
@@ -59,43 +61,6 @@ FAULTS = (
 )
 
 
-class Hooks:
-    """Callbacks the coordinator calls; each does nothing by default."""
-
-    def on_start(self, cfg: JobConfig, info: dict[str, Any]) -> str | None:
-        """Called once; may return a run id that is stored with checkpoints for `--resume`."""
-        return None
-
-    def on_metrics(self, metrics: dict[str, float], step: int) -> None: ...
-
-    def on_checkpoint(self, directory: str, progress: dict[str, Any]) -> None: ...
-
-    def on_end(self, result: TrainResult, model: torch.nn.Module | None) -> None: ...
-
-    def on_failure(self, error: BaseException) -> None: ...
-
-
-@dataclass
-class TrainResult:
-    run_id: str | None
-    examples: int
-    epochs: float
-    seconds: float
-    updates: int
-    final: dict[str, Any]
-    history: list[dict[str, Any]] = field(default_factory=list)
-    faults: dict[str, int] = field(default_factory=dict)
-    refused: dict[str, int] = field(default_factory=dict)
-    staleness_hist: dict[int, int] = field(default_factory=dict)
-    replica_stats: dict[int, dict[str, Any]] = field(default_factory=dict)
-    checkpoint_dir: str = ""
-    data_path: str = ""
-
-    @property
-    def examples_per_s(self) -> float:
-        return self.examples / self.seconds if self.seconds else 0.0
-
-
 def object_store_bytes() -> int:
     """Bytes in use in the object store of this node (-1 when Ray cannot say)."""
     try:
@@ -105,49 +70,6 @@ def object_store_bytes() -> int:
         return int(get_memory_info_reply(state).store_stats.object_store_bytes_used)
     except Exception:  # private API: metrics must never kill a run
         return -1
-
-
-def resolve_data(cfg: JobConfig) -> tuple[str, int, int]:
-    """(shard path, number of classes, training examples), generating the built-in set if needed."""
-    from distinception.data.generated import shards_path
-    from distinception.data.shards import DataError, open_manifest, verify
-
-    path = shards_path(cfg.data, progress=cfg.run.progress)
-    manifest = open_manifest(path)
-    # Files, sizes and row counts against the manifest (footers only), here rather than in
-    # the actors, where a bad set would only show as actors dying.
-    verify(manifest, splits=["train", "val"], labels=False)
-    train, val = int(manifest.counts["train"]), int(manifest.counts["val"])
-    if train < cfg.ps.num_replicas:
-        raise DataError(
-            f"data path {path!r}: {train} training images, too few for "
-            f"ps.num_replicas={cfg.ps.num_replicas}"
-        )
-    if val < 1:
-        raise DataError(f"data path {path!r}: the val split is empty; expected images to score")
-    return path, manifest.num_classes, train
-
-
-def init_ray(address: str | None) -> bool:
-    """Connect to `address`, or start a local Ray (no dashboard, token auth on); True if started.
-
-    Inside a Ray job `RAY_ADDRESS` names the job's cluster: it is joined even when the command
-    gave no `--address` (starting a local Ray there fails: a connection takes no `num_cpus`)."""
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address:
-        ray.init(address=address, log_to_driver=False)
-        return False
-    ray.init(
-        num_cpus=max(2, os.cpu_count() or 2),
-        include_dashboard=False,
-        log_to_driver=False,
-        # Ray's start-up notices (the local instance started, token auth on as we ask) are not
-        # the user's business; its errors still show, and its session logs keep everything.
-        logging_level=logging.ERROR,
-    )
-    return True
 
 
 def actor_demand(cfg: JobConfig, replicas: int | None = None) -> dict[str, float]:
@@ -200,13 +122,13 @@ class Coordinator:
     def __init__(
         self,
         cfg: JobConfig,
-        hooks: Hooks | None = None,
+        callbacks: Sequence[Callback] = (),
         *,
         checkpoint_dir: str | None = None,
         resume: bool = False,
     ) -> None:
         self.cfg = cfg
-        self.hooks = hooks or Hooks()
+        self.callbacks = CallbackList(callbacks)
         self.resume = resume
         self.checkpoint_dir = checkpoint_dir or cfg.run.checkpoint_dir
         self.faults: Counter[str] = Counter()
@@ -217,6 +139,17 @@ class Coordinator:
         self.run_id: str | None = None
         self.elapsed_before = 0.0
         self.pool: ReplicaPool | None = None
+        # What the job starts, empty until it does: teardown stops whatever exists by then.
+        self.data_path = ""
+        self.num_classes = 0
+        self.train_examples = 0
+        self.layout: Any = None
+        self.ranges: list[tuple[int, int]] = []
+        self.shm_dir = ""
+        self.shard_names: list[str] = []
+        self.shards: list[Any] = []
+        self.averager: Any = None
+        self.replicas: dict[int, Any] = {}
 
     # -- setup ---------------------------------------------------------------------------------
     def _start_shards(self, resume: bool) -> None:
@@ -268,23 +201,21 @@ class Coordinator:
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self, address: str | None = None) -> TrainResult:
-        started_ray = init_ray(address)
-        try:
-            check_fits(self.cfg, local=started_ray)
-            return self._run()
-        except BaseException as err:
-            # A user mistake found inside an actor (bad data) reaches the caller as itself, one
-            # line, not wrapped in the remote traceback.
-            cause = err.cause if isinstance(err, RayTaskError) else None
-            if isinstance(cause, ConfigError):
-                self.hooks.on_failure(cause)
-                raise cause from None
-            self.hooks.on_failure(err)
-            raise
-        finally:
-            self._teardown()
-            if started_ray:
-                ray.shutdown()
+        with ray_session(address) as started_ray:
+            try:
+                check_fits(self.cfg, local=started_ray)
+                return self._run()
+            except BaseException as err:
+                # A user mistake found inside an actor (bad data) reaches the caller as itself,
+                # one line, not wrapped in the remote traceback.
+                cause = err.cause if isinstance(err, RayTaskError) else None
+                if isinstance(cause, ConfigError):
+                    self.callbacks.on_failure(cause)
+                    raise cause from None
+                self.callbacks.on_failure(err)
+                raise
+            finally:
+                self._teardown()
 
     def _load_progress(self) -> dict[str, Any]:
         progress = ckpt.load_json(self._ckpt_uri("progress.json"))
@@ -320,13 +251,13 @@ class Coordinator:
             "resumed_from_examples": self.examples,
             "run_id": self.run_id,
         }
-        self.run_id = self.hooks.on_start(cfg, info) or self.run_id
+        self.run_id = self.callbacks.on_start(cfg, info) or self.run_id
 
         budget = self._budget_examples()
         warm = cfg.ps.warm_start_updates if self.examples == 0 else 0
         n_active = 1 if warm else cfg.ps.num_replicas
         if cfg.ps.elastic:
-            self.replicas: dict[int, Any] = self._first_elastic_replicas(n_active)
+            self.replicas = self._first_elastic_replicas(n_active)
         else:
             self.replicas = {i: self._new_replica(i) for i in range(n_active)}
         steps = dict.fromkeys(self.replicas, 2)
@@ -402,7 +333,7 @@ class Coordinator:
                     metrics["replicas_starting"] = float(len(self.pool.starting))
                     metrics["replicas_joined"] = float(self.pool.joined)
                     metrics["replica_nodes"] = float(self.pool.node_count())
-                self.hooks.on_metrics(metrics, self.examples)
+                self.callbacks.on_metrics(metrics, self.examples)
                 self.history.append(metrics | {"examples": self.examples, "seconds": elapsed})
                 if progress is not None:
                     progress.set_postfix(
@@ -602,7 +533,7 @@ class Coordinator:
             log.warning("evaluation failed: %s", err)
             return None
         metrics = {k: float(v) for k, v in res.items() if k.endswith("_error")}
-        self.hooks.on_metrics(metrics, examples)
+        self.callbacks.on_metrics(metrics, examples)
         self.history.append(metrics | {"examples": examples, "seconds": seconds})
         return res
 
@@ -627,7 +558,7 @@ class Coordinator:
             "time": time.time(),
         }
         ckpt.save_json(self._ckpt_uri("progress.json"), progress)
-        self.hooks.on_checkpoint(self.checkpoint_dir, progress)
+        self.callbacks.on_checkpoint(self.checkpoint_dir, progress)
 
     def _finish(self, seconds: float) -> TrainResult:
         ray.get(self.averager.stop.remote(), timeout=RPC_TIMEOUT_S)
@@ -658,26 +589,25 @@ class Coordinator:
             checkpoint_dir=self.checkpoint_dir or "",
             data_path=self.data_path,
         )
-        self.hooks.on_metrics(
+        self.callbacks.on_metrics(
             {f"final_{k}": float(v) for k, v in final.items() if k.endswith("_error")},
             self.examples,
         )
-        self.hooks.on_end(result, model)
+        self.callbacks.on_end(result, model)
         return result
 
     def _teardown(self) -> None:
         if self.pool is not None:
             self.pool.close()
-        for actor in [*getattr(self, "replicas", {}).values(), getattr(self, "averager", None)]:
+        for actor in [*self.replicas.values(), self.averager]:
             if actor is not None:
                 ray.kill(actor, no_restart=True)
-        shards = getattr(self, "shards", [])
-        if getattr(self, "shm_dir", ""):
+        if self.shm_dir:
             # Each shard clears the job's shared memory on its node; this covers the driver's.
             with contextlib.suppress(RayError):
-                ray.get([s.release.remote() for s in shards], timeout=30)
+                ray.get([s.release.remote() for s in self.shards], timeout=30)
             shm.remove(self.shm_dir)
-        for actor in shards:
+        for actor in self.shards:
             ray.kill(actor, no_restart=True)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from distinception.config import ConfigError, JobConfig
+from distinception.ps.session import ray_session
 from distinception.tune.space import SearchSpace
 from distinception.tune.trials import (
     TrialOutcome,
@@ -26,7 +27,6 @@ from distinception.tune.trials import (
     budget_examples,
     fit_to,
     plan_concurrency,
-    ray_session,
     run_trials,
 )
 

@@ -11,19 +11,18 @@ becomes a job.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from distinception.config import ConfigError, JobConfig
-from distinception.ps.coordinator import TrainResult
-from distinception.tracking import TRIAL_TAG, MlflowHooks, close_child_runs, tracking_uri
+from distinception.ps.callbacks import Callback, TrainResult
+from distinception.tracking import TRIAL_TAG, MlflowCallback, close_child_runs, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -100,22 +99,6 @@ def plan_concurrency(cfg: JobConfig, cluster_cpus: float, max_concurrent: int | 
     return max_concurrent or fit
 
 
-@contextlib.contextmanager
-def ray_session(address: str | None) -> Iterator[None]:
-    """Ray for a sweep or an ensemble: the cluster at `address`, else a local one, shut down
-    afterwards."""
-    import ray
-
-    from distinception.ps.coordinator import init_ray
-
-    started = init_ray(address)
-    try:
-        yield
-    finally:
-        if started:
-            ray.shutdown()
-
-
 def absolute_paths(cfg: JobConfig) -> JobConfig:
     """Trials run in their own working directories: resolve every relative path on the driver,
     and generate the built-in data set once here rather than in each trial at the same time."""
@@ -129,32 +112,31 @@ def absolute_paths(cfg: JobConfig) -> JobConfig:
     return cfg.replace(data=data, tracking=tracking, run=run)
 
 
-class TrialHooks(MlflowHooks):
-    """MLflow child run of the trial, plus a Tune report at every evaluation and at the end."""
+class TuneReport(Callback):
+    """A Tune report at every evaluation and at the end, naming the MLflow run of the trial
+    (`tracker`, a callback listed before this one, has opened it by then)."""
 
-    def __init__(self, cfg: JobConfig, parent_run_id: str, trial_id: str, metric: str) -> None:
-        super().__init__(cfg, parent_run_id=parent_run_id, tags={TRIAL_TAG: trial_id})
+    def __init__(self, metric: str, tracker: MlflowCallback) -> None:
         self.metric = metric
+        self.tracker = tracker
         self.budget = 0
 
     def on_start(self, cfg: JobConfig, info: dict[str, Any]) -> str | None:
         self.budget = budget_examples(cfg, int(info["train_examples"]))
-        return super().on_start(cfg, info)
+        return None
 
     def _report(self, values: dict[str, Any]) -> None:
         from ray import tune
 
-        tune.report(values | {"mlflow_run_id": self.run_id or ""})
+        tune.report(values | {"mlflow_run_id": self.tracker.run_id or ""})
 
     def on_metrics(self, metrics: dict[str, float], step: int) -> None:
-        super().on_metrics(metrics, step)
         # Evaluations past the budget come while the job winds down; the final report follows
         # from `on_end`, so a scheduler never cuts a trial between its budget and its model.
         if self.metric in metrics and not (self.budget and step >= self.budget):
             self._report({k: float(v) for k, v in metrics.items()} | {"examples": step})
 
     def on_end(self, result: TrainResult, model: Any) -> None:
-        super().on_end(result, model)
         final = {k: float(v) for k, v in result.final.items() if k.endswith("_error")}
         self._report(
             final
@@ -165,6 +147,14 @@ class TrialHooks(MlflowHooks):
                 "finished": 1,
             }
         )
+
+
+def trial_callbacks(
+    cfg: JobConfig, parent_run_id: str, trial_id: str, metric: str
+) -> list[Callback]:
+    """The trial's MLflow child run, then its Tune reports, which name that run."""
+    tracker = MlflowCallback(cfg, parent_run_id=parent_run_id, tags={TRIAL_TAG: trial_id})
+    return [tracker, TuneReport(metric, tracker)]
 
 
 def _trial(config: dict[str, Any], *, make_cfg: Callable, parent: str, metric: str) -> None:
@@ -178,8 +168,7 @@ def _trial(config: dict[str, Any], *, make_cfg: Callable, parent: str, metric: s
         cfg = cfg.replace(
             tracking=dataclasses.replace(cfg.tracking, run_name=f"{cfg.name}-trial-{trial_id}")
         )
-    hooks = TrialHooks(cfg, parent, trial_id, metric)
-    Coordinator(cfg, hooks).run()
+    Coordinator(cfg, trial_callbacks(cfg, parent, trial_id, metric)).run()
 
 
 def _status_callback(uri: str, parent: str) -> Any:
@@ -276,14 +265,14 @@ def run_trials(
 
 __all__ = [
     "DRIVER_CPUS",
-    "TrialHooks",
     "TrialOutcome",
+    "TuneReport",
     "absolute_paths",
     "budget_examples",
     "bundles",
     "fit_to",
     "plan_concurrency",
-    "ray_session",
     "run_trials",
+    "trial_callbacks",
     "trial_cpus",
 ]

@@ -24,7 +24,8 @@ from mlflow.tracking import MlflowClient
 from ray_heads import free_port, kill_pids, pids_using
 
 from distinception.config import apply_overrides
-from distinception.ps.coordinator import Coordinator, Hooks
+from distinception.ps.callbacks import Callback
+from distinception.ps.coordinator import Coordinator
 from distinception.recipes import get_recipe
 
 pytestmark = pytest.mark.integration
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class KillOneReplica(Hooks):
+class KillOneReplica(Callback):
     """Kills one replica (for good: no restart) once two are training."""
 
     def __init__(self) -> None:
@@ -68,7 +69,7 @@ def test_elastic_run_fills_capacity_and_survives_a_lost_replica(ray_local, tiny_
         ],
     )
     hooks = KillOneReplica()
-    coordinator = Coordinator(cfg, hooks)
+    coordinator = Coordinator(cfg, [hooks])
     hooks.coordinator = coordinator
     result = coordinator.run()
     assert hooks.killed is not None

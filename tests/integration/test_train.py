@@ -13,17 +13,18 @@ import torch
 from mlflow.tracking import MlflowClient
 from quadrants import quadrant_job as tiny_cfg
 
-from distinception.ps.coordinator import Coordinator, Hooks
-from distinception.tracking import MlflowHooks
+from distinception.ps.callbacks import Callback
+from distinception.ps.coordinator import Coordinator
+from distinception.tracking import MlflowCallback
 from distinception.train import train
 
 pytestmark = pytest.mark.integration
 
 
-class Chaos(Hooks):
+class Chaos(Callback):
     """Wraps the MLflow hooks and injects one fault once the run has seen `after` examples."""
 
-    def __init__(self, inner: Hooks, action, after: int) -> None:
+    def __init__(self, inner: Callback, action, after: int) -> None:
         self.inner, self.action, self.after = inner, action, after
         self.coordinator: Coordinator | None = None
         self.fired_at: int | None = None
@@ -50,7 +51,7 @@ class Chaos(Hooks):
 
 
 def run_with(cfg, hooks, **kwargs):
-    coordinator = Coordinator(cfg, hooks, **kwargs)
+    coordinator = Coordinator(cfg, [hooks], **kwargs)
     if isinstance(hooks, Chaos):
         hooks.coordinator = coordinator
     return coordinator.run()
@@ -58,7 +59,7 @@ def run_with(cfg, hooks, **kwargs):
 
 def test_training_learns_and_is_recorded(ray_local, easy_data, mlflow_uri):
     cfg = tiny_cfg(easy_data, mlflow_uri, run={"max_examples": 12000, "eval_interval_s": 3.0})
-    coordinator = Coordinator(cfg, MlflowHooks(cfg))
+    coordinator = Coordinator(cfg, [MlflowCallback(cfg)])
     result = coordinator.run()
 
     assert result.examples >= 12000
@@ -144,7 +145,7 @@ def test_replica_killed_without_restarts_left_is_replaced_at_its_data_position(
         at_kill.update(coordinator.positions.get(0) or {})
         ray.kill(coordinator.replicas[0], no_restart=False)
 
-    hooks = Chaos(MlflowHooks(cfg), kill, after=1000)
+    hooks = Chaos(MlflowCallback(cfg), kill, after=1000)
     result = run_with(cfg, hooks)
     assert hooks.fired_at is not None and _at(at_kill) > (0, 0)
     assert result.faults["replica_failures"] >= 1
@@ -176,8 +177,8 @@ def test_shard_killed_mid_run_reloads_its_checkpoint(ray_local, easy_data, mlflo
             if info["restarts"]:
                 seen["restored_from"] = info["restored_from"]
 
-    hooks = Chaos(MlflowHooks(cfg), kill, after=2500)
-    coordinator = Coordinator(cfg, hooks, checkpoint_dir=str(tmp_path / "ckpt"))
+    hooks = Chaos(MlflowCallback(cfg), kill, after=2500)
+    coordinator = Coordinator(cfg, [hooks], checkpoint_dir=str(tmp_path / "ckpt"))
     hooks.coordinator = coordinator
     result = coordinator.run()
     assert hooks.fired_at is not None
@@ -288,7 +289,7 @@ def test_object_store_stays_flat_over_many_versions(ray_local, easy_data, mlflow
         run={"max_examples": 10000, "eval_interval_s": 1000.0},
         ps={"transport": "object_store"},
     )
-    result = run_with(cfg, Hooks())
+    result = run_with(cfg, Callback())
     assert all("pulls_shared" not in s["counters"] for s in result.replica_stats.values())
     used = [h["object_store_bytes"] for h in result.history if "object_store_bytes" in h]
     assert len(used) >= 4, result.history
@@ -305,10 +306,10 @@ def test_object_store_stays_flat_over_many_versions(ray_local, easy_data, mlflow
     assert second <= 2 * first + 8 * 1024 * 1024, used
 
 
-class StopAfterCheckpoint(Hooks):
+class StopAfterCheckpoint(Callback):
     """Simulates the driver being killed right after a checkpoint past 1,500 examples."""
 
-    def __init__(self, inner: Hooks) -> None:
+    def __init__(self, inner: Callback) -> None:
         self.inner = inner
 
     def on_start(self, cfg, info):
@@ -335,7 +336,7 @@ def test_driver_killed_then_resumed_into_the_same_run(ray_local, easy_data, mlfl
         run={"max_examples": 5000, "checkpoint_dir": ckpt, "checkpoint_interval_s": 2.0},
     )
     with pytest.raises(KeyboardInterrupt):
-        run_with(cfg, StopAfterCheckpoint(MlflowHooks(cfg)), checkpoint_dir=ckpt)
+        run_with(cfg, StopAfterCheckpoint(MlflowCallback(cfg)), checkpoint_dir=ckpt)
     client = MlflowClient(mlflow_uri)
     runs = client.search_runs([client.get_experiment_by_name("distinception").experiment_id])
     first = runs[0]
@@ -368,7 +369,7 @@ def test_warm_start_bounded_staleness_and_bf16_transfer(ray_local, easy_data, ml
         },
         run={"max_examples": 3000},
     )
-    result = run_with(cfg, Hooks())
+    result = run_with(cfg, Callback())
     assert result.examples >= 3000
     # Replica 1 joined only after the warm start, so it saw fewer examples than replica 0.
     r0, r1 = result.replica_stats[0], result.replica_stats[1]

@@ -27,8 +27,9 @@ from quadrants import quadrant_job as tiny_cfg
 
 from distinception.ps import checkpoint as ckpt
 from distinception.ps.actors import RPC_TIMEOUT_S
-from distinception.ps.coordinator import Coordinator, Hooks
-from distinception.tracking import MlflowHooks
+from distinception.ps.callbacks import Callback
+from distinception.ps.coordinator import Coordinator
+from distinception.tracking import MlflowCallback
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +53,7 @@ class Fault:
     figures: dict = field(default_factory=dict)
 
 
-class FaultInjector(Hooks):
+class FaultInjector(Callback):
     """Wraps real hooks; kills real actors at seeded random points of the run.
 
     The plan is drawn from `seed` only, so a failing run is repeated exactly by its seed.
@@ -60,7 +61,7 @@ class FaultInjector(Hooks):
     it under its `max_restarts`.
     """
 
-    def __init__(self, inner: Hooks, seed: int, budget: int, targets: list[str], cfg) -> None:
+    def __init__(self, inner: Callback, seed: int, budget: int, targets: list[str], cfg) -> None:
         self.inner = inner
         rng = random.Random(seed)
         points = sorted(rng.randint(budget // 6, budget * 3 // 4) for _ in targets)
@@ -189,9 +190,9 @@ def test_seeded_replica_shard_and_averager_kills_in_one_run(
     )
     directory = tmp_path / "ckpt"
     hooks = FaultInjector(
-        MlflowHooks(cfg), fault_seed, budget, ["replica", "shard", "averager"], cfg
+        MlflowCallback(cfg), fault_seed, budget, ["replica", "shard", "averager"], cfg
     )
-    coordinator = Coordinator(cfg, hooks, checkpoint_dir=str(directory))
+    coordinator = Coordinator(cfg, [hooks], checkpoint_dir=str(directory))
     hooks.coordinator = coordinator
     result = coordinator.run()
 

@@ -129,7 +129,7 @@ def test_the_local_ray_keeps_token_auth_and_starts_no_dashboard(monkeypatch):
     import ray
     from ray._private.authentication.authentication_utils import is_token_auth_enabled
 
-    from distinception.ps.coordinator import init_ray
+    from distinception.ps.session import init_ray
 
     assert not ray.is_initialized()
     root = tempfile.mkdtemp(prefix="sec-", dir="/tmp")  # Ray's socket paths must stay short
@@ -350,7 +350,7 @@ def test_world_rule_detection_on_known_shapes():
 
 
 def test_credentials_in_uris_never_reach_the_tracking_store(mlflow_uri, tmp_path):
-    from distinception.tracking import MlflowHooks, redact, ui_command
+    from distinception.tracking import MlflowCallback, redact, ui_command
 
     secret = "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY"
     path = f"s3://AKIAIOSFODNN7:{secret}@bucket/set?X-Amz-Signature={secret}"
@@ -358,7 +358,7 @@ def test_credentials_in_uris_never_reach_the_tracking_store(mlflow_uri, tmp_path
         {"data": {"path": path}, "tracking": {"tracking_uri": mlflow_uri, "log_model": False}},
         get_recipe("tiny"),
     )
-    hooks = MlflowHooks(cfg)
+    hooks = MlflowCallback(cfg)
     run_id = hooks.on_start(
         cfg, {"params": 1, "num_classes": 4, "train_examples": 1, "data_path": path}
     )

@@ -2,20 +2,20 @@
 
 import pytest
 
-from distinception.ps import coordinator
+from distinception.ps import session
 
 
 @pytest.fixture
 def calls(monkeypatch):
     seen: list[dict] = []
-    monkeypatch.setattr(coordinator.ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(coordinator.ray, "init", lambda **kw: seen.append(kw))
+    monkeypatch.setattr(session.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(session.ray, "init", lambda **kw: seen.append(kw))
     return seen
 
 
 def test_ray_address_in_the_environment_is_joined_without_local_resources(calls, monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
-    assert coordinator.init_ray(None) is False  # joined, not started
+    assert session.init_ray(None) is False  # joined, not started
     (kwargs,) = calls
     assert kwargs["address"] == "127.0.0.1:6379"
     assert "num_cpus" not in kwargs  # what made sweep and ensemble jobs fail on a cluster
@@ -23,11 +23,11 @@ def test_ray_address_in_the_environment_is_joined_without_local_resources(calls,
 
 def test_an_explicit_address_wins_over_the_environment(calls, monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
-    coordinator.init_ray("auto")
+    session.init_ray("auto")
     assert calls[0]["address"] == "auto"
 
 
 def test_without_an_address_a_local_ray_is_started(calls, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    assert coordinator.init_ray(None) is True
+    assert session.init_ray(None) is True
     assert "address" not in calls[0] and calls[0]["num_cpus"] >= 2

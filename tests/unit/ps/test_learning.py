@@ -9,7 +9,7 @@ import torch
 from quadrants import quadrant_job
 
 from distinception.bench.common import open_stream, top1_error
-from distinception.ps.coordinator import resolve_data
+from distinception.data.generated import resolve_data
 from distinception.ps.replica import ReplicaCore
 from distinception.ps.shard import ShardCore
 
