@@ -13,7 +13,7 @@ from distinception.config import JobConfig
 from distinception.ps.callbacks import Callback, TrainResult
 
 if TYPE_CHECKING:
-    from distinception.ensemble import EnsembleResult
+    from distinception.tune.ensemble import EnsembleResult
     from distinception.tune.space import SearchSpace
     from distinception.tune.sweep import SweepResult
 
@@ -102,7 +102,7 @@ def ensemble(
 ) -> EnsembleResult:
     """Train `members` models from the same initial weights, each with its own recipe and data
     order; score the ensemble with `evaluate` on its parent run id."""
-    from distinception.ensemble import ensemble as run_ensemble
+    from distinception.tune.ensemble import ensemble as run_ensemble
 
     return run_ensemble(
         cfg,

@@ -94,7 +94,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
-    from distinception.ensemble import ensemble, format_members
+    from distinception.tune.ensemble import ensemble, format_members
 
     cfg = _job_config(args)
     result = ensemble(

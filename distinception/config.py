@@ -379,6 +379,19 @@ class RunConfig:
         paper) while `seed` gives each its own data order."""
         return self.seed if self.init_seed < 0 else self.init_seed
 
+    def example_budget(self, train_examples: int) -> int:
+        """Examples the job trains on before it stops: the smaller of `epochs` (over a training
+        split of `train_examples`) and `max_examples`, or 0 when it only has a time budget.
+
+        The coordinator stops on it, Tune's reports end at it and ASHA places its rungs by it,
+        so all three must agree on one number."""
+        budgets = []
+        if self.epochs:
+            budgets.append(math.ceil(self.epochs * train_examples))
+        if self.max_examples:
+            budgets.append(self.max_examples)
+        return min(budgets) if budgets else 0
+
     def __post_init__(self) -> None:
         _check(self.epochs >= 0, "epochs", self.epochs, "a number >= 0")
         _check(self.max_examples >= 0, "max_examples", self.max_examples, "an integer >= 0")

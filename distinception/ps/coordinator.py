@@ -253,7 +253,7 @@ class Coordinator:
         }
         self.run_id = self.callbacks.on_start(cfg, info) or self.run_id
 
-        budget = self._budget_examples()
+        budget = self.cfg.run.example_budget(self.train_examples) or 2**62
         warm = cfg.ps.warm_start_updates if self.examples == 0 else 0
         n_active = 1 if warm else cfg.ps.num_replicas
         if cfg.ps.elastic:
@@ -366,15 +366,6 @@ class Coordinator:
             with contextlib.suppress(RayError):
                 ray.get(eval_ref, timeout=RPC_TIMEOUT_S)
         return self._finish(seconds)
-
-    def _budget_examples(self) -> int:
-        run = self.cfg.run
-        budgets = []
-        if run.epochs:
-            budgets.append(math.ceil(run.epochs * self.train_examples))
-        if run.max_examples:
-            budgets.append(run.max_examples)
-        return min(budgets) if budgets else 2**62
 
     def _progress_bar(self, budget: int):
         if not self.cfg.run.progress:

@@ -9,26 +9,17 @@ MLflow parent run.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from distinception.config import ConfigError, JobConfig
-from distinception.ps.session import ray_session
+from distinception.tune.experiment import plan, slots
 from distinception.tune.space import SearchSpace
-from distinception.tune.trials import (
-    TrialOutcome,
-    absolute_paths,
-    budget_examples,
-    fit_to,
-    plan_concurrency,
-    run_trials,
-)
+from distinception.tune.trials import TrialOutcome, run_trials
 
 SCHEDULERS = ("asha", "fifo")
 
@@ -41,10 +32,6 @@ class SweepResult:
     ranked: list[dict[str, Any]]
     seconds: float
     max_concurrent: int
-
-
-def metric_of(cfg: JobConfig) -> str:
-    return "raw_top1_error" if cfg.ps.polyak == "off" else "polyak_top1_error"
 
 
 def make_scheduler(name: str, max_examples: int) -> Any:
@@ -135,80 +122,58 @@ def sweep(
     """Run a sweep of `cfg` over `space`; returns the ranked trials and the best job's YAML.
 
     `callbacks` are extra `ray.tune.Callback`s (progress displays, fault injection in tests)."""
-    import ray
-
-    from distinception.tracking import log_json, log_table, log_text, parent_run
+    from distinception.data.shards import open_manifest
+    from distinception.tracking import log_json, log_table, log_text
 
     if samples < 1:
         raise ConfigError(f"--samples={samples}: expected an integer >= 1")
     if scheduler not in SCHEDULERS:
         raise ConfigError(f"--scheduler={scheduler!r}: expected one of {', '.join(SCHEDULERS)}")
-    metric = metric_of(cfg)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = Path(out_dir or f"sweeps/{cfg.name}-{stamp}").resolve()
-    out.mkdir(parents=True, exist_ok=True)
-
-    base = absolute_paths(cfg)
-    from distinception.data.shards import open_manifest
-
-    train_examples = int(open_manifest(base.data.path).counts["train"])
-    sched = make_scheduler(scheduler, budget_examples(base, train_examples))
+    p = plan(cfg, "sweep", out_dir)
+    metric, out = p.metric, p.out
+    train_examples = int(open_manifest(p.base.data.path).counts["train"])
+    sched = make_scheduler(scheduler, p.base.run.example_budget(train_examples))
 
     t0 = time.perf_counter()
-    with ray_session(address):
-        cluster_cpus = float(ray.cluster_resources().get("CPU", 1))
-        concurrent = plan_concurrency(base, cluster_cpus, max_concurrent)
-        trial_base = fit_to(base, cluster_cpus / concurrent)
-        trial_base = trial_base.replace(
-            run=dataclasses.replace(trial_base.run, progress=False, checkpoint_dir="")
+    params = {
+        "sweep.space": space.describe(),
+        "sweep.samples": samples,
+        "sweep.scheduler": scheduler,
+    }
+    with slots(p, params, address=address, max_concurrent=max_concurrent) as run:
+        outcomes = run_trials(
+            run.trial_base,
+            functools.partial(space.apply, run.trial_base),
+            space.to_tune(),
+            parent_run_id=run.parent_run_id,
+            storage=str(out),
+            name="tune",
+            num_samples=samples,
+            metric=metric,
+            scheduler=sched,
+            max_concurrent=run.max_concurrent,
+            seed=cfg.run.seed,
+            callbacks=callbacks,
         )
-        uri = base.tracking.tracking_uri
-        with parent_run(
-            base,
-            "sweep",
-            f"sweep-{cfg.name}",
-            {
-                **{f"base.{k}": v for k, v in cfg.flat().items()},
-                "sweep.space": space.describe(),
-                "sweep.samples": samples,
-                "sweep.scheduler": scheduler,
-                "sweep.max_concurrent": concurrent,
-                "sweep.metric": metric,
-                "sweep.out_dir": str(out),
-            },
-        ) as parent:
-            outcomes = run_trials(
-                trial_base,
-                functools.partial(space.apply, trial_base),
-                space.to_tune(),
-                parent_run_id=parent,
-                storage=str(out),
-                name="tune",
-                num_samples=samples,
-                metric=metric,
-                scheduler=sched,
-                max_concurrent=concurrent,
-                seed=cfg.run.seed,
-                callbacks=callbacks,
+        ranked = _rank(outcomes, space, metric)
+        (out / "ranked.json").write_text(json.dumps(ranked, indent=1, default=str))
+        best = next((r for r in ranked if r[metric] == r[metric]), None)
+        if best is None:
+            raise RuntimeError(
+                "sweep: no trial reported a validation error; see the failed trials in "
+                f"{out / 'ranked.json'}"
             )
-            ranked = _rank(outcomes, space, metric)
-            (out / "ranked.json").write_text(json.dumps(ranked, indent=1, default=str))
-            best = next((r for r in ranked if r[metric] == r[metric]), None)
-            if best is None:
-                raise RuntimeError(
-                    "sweep: no trial reported a validation error; see the failed trials in "
-                    f"{out / 'ranked.json'}"
-                )
-            best_cfg = space.apply(cfg, {k: best[k] for k in space.domains})
-            best_cfg = best_cfg.replace(name=f"{cfg.name}-best")
-            best_yaml = out / "best.yaml"
-            best_yaml.write_text(
-                f"# best of sweep {parent}: trial {best['trial']}, "
-                f"{metric} {best[metric]:.4f}\n" + best_cfg.to_yaml()
-            )
-            log_table(uri, parent, ranked, "ranked.json")
-            log_text(uri, parent, best_yaml.read_text(), "best.yaml")
-            log_json(uri, parent, {"best_trial": best}, "best.json")
+        best_cfg = space.apply(cfg, {k: best[k] for k in space.domains})
+        best_cfg = best_cfg.replace(name=f"{cfg.name}-best")
+        best_yaml = out / "best.yaml"
+        best_yaml.write_text(
+            f"# best of sweep {run.parent_run_id}: trial {best['trial']}, "
+            f"{metric} {best[metric]:.4f}\n" + best_cfg.to_yaml()
+        )
+        log_table(p.tracking_uri, run.parent_run_id, ranked, "ranked.json")
+        log_text(p.tracking_uri, run.parent_run_id, best_yaml.read_text(), "best.yaml")
+        log_json(p.tracking_uri, run.parent_run_id, {"best_trial": best}, "best.json")
+    parent, concurrent = run.parent_run_id, run.max_concurrent
     return SweepResult(
         parent_run_id=parent,
         out_dir=str(out),
@@ -219,4 +184,4 @@ def sweep(
     )
 
 
-__all__ = ["SCHEDULERS", "SweepResult", "format_ranked", "make_scheduler", "metric_of", "sweep"]
+__all__ = ["SCHEDULERS", "SweepResult", "format_ranked", "make_scheduler", "sweep"]

@@ -5,8 +5,8 @@ driver, one bundle each holds a shard, a replica or the averager. Ray captures t
 starts into its group, so concurrent trials never take each other's CPUs and a trial that does not
 fit waits in Tune's queue instead of deadlocking half-started.
 
-Sweeps and ensembles both run through `run_trials`; they differ only in how a trial's `config`
-becomes a job.
+Sweeps and ensembles both run through `run_trials` (inside the skeleton of `experiment.py`); they
+differ only in how a trial's `config` becomes a job.
 """
 
 from __future__ import annotations
@@ -34,16 +34,6 @@ _GRAIN = 1e-4
 
 def _floor(x: float) -> float:
     return math.floor(x / _GRAIN) * _GRAIN
-
-
-def budget_examples(cfg: JobConfig, train_examples: int) -> int:
-    """The example budget of a job (0 when it only has a time budget)."""
-    budgets = []
-    if cfg.run.epochs:
-        budgets.append(math.ceil(cfg.run.epochs * train_examples))
-    if cfg.run.max_examples:
-        budgets.append(cfg.run.max_examples)
-    return min(budgets) if budgets else 0
 
 
 def trial_cpus(cfg: JobConfig) -> float:
@@ -122,7 +112,7 @@ class TuneReport(Callback):
         self.budget = 0
 
     def on_start(self, cfg: JobConfig, info: dict[str, Any]) -> str | None:
-        self.budget = budget_examples(cfg, int(info["train_examples"]))
+        self.budget = cfg.run.example_budget(int(info["train_examples"]))
         return None
 
     def _report(self, values: dict[str, Any]) -> None:
@@ -268,7 +258,6 @@ __all__ = [
     "TrialOutcome",
     "TuneReport",
     "absolute_paths",
-    "budget_examples",
     "bundles",
     "fit_to",
     "plan_concurrency",

@@ -78,3 +78,16 @@ def test_flat_params_cover_every_field():
     assert flat["ps.lr_decay"] == 0.96 and flat["ps.lr_decay_epochs"] == 8.0
     assert flat["recipe.area_min"] == 0.08
     assert len(flat) > 50
+
+
+@pytest.mark.parametrize(
+    ("run", "budget"),
+    [
+        ({"epochs": 2.5, "max_examples": 0}, 250),  # a fraction of an epoch rounds up
+        ({"epochs": 2.5, "max_examples": 120}, 120),  # the smaller budget wins
+        ({"epochs": 0.0, "max_examples": 120}, 120),
+        ({"epochs": 0.0, "max_examples": 0, "max_seconds": 5.0}, 0),  # only a time budget
+    ],
+)
+def test_one_example_budget_for_the_coordinator_tune_and_asha(run, budget):
+    assert from_dict({"run": run}).run.example_budget(100) == budget

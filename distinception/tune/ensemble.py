@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from distinception.config import AUGMENT_PRESETS, ConfigError, JobConfig, load_yaml
+from distinception.tune.experiment import plan, slots
 from distinception.tune.space import apply_sample
+from distinception.tune.trials import run_trials
 
 
 @dataclass
@@ -86,8 +88,6 @@ def member_configs(
     base: JobConfig, members: int, recipes: list[tuple[str, dict[str, Any]]]
 ) -> list[JobConfig]:
     """Member k: recipe k mod R, data order seed+k, the same initial weights for all."""
-    if members < 1:
-        raise ConfigError(f"--members={members}: expected an integer >= 1")
     out = []
     for k in range(members):
         label, overlay = recipes[k % len(recipes)]
@@ -122,88 +122,66 @@ def ensemble(
     out_dir: str = "",
     address: str | None = None,
 ) -> EnsembleResult:
-    import ray
     from ray import tune
 
-    from distinception.ps.session import ray_session
-    from distinception.tracking import ENSEMBLE_FILE, log_json, parent_run
-    from distinception.tune.sweep import metric_of
-    from distinception.tune.trials import (
-        absolute_paths,
-        fit_to,
-        plan_concurrency,
-        run_trials,
-    )
+    from distinception.tracking import ENSEMBLE_FILE, log_json
 
     overlays = parse_recipes(recipes, members, sweep_dir)
     if not cfg.tracking.log_model:
         raise ConfigError("tracking.log_model=false: an ensemble needs its members' models logged")
-    metric = metric_of(cfg)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = Path(out_dir or f"ensembles/{cfg.name}-{stamp}").resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    base = absolute_paths(cfg)
+    if members < 1:
+        raise ConfigError(f"--members={members}: expected an integer >= 1")
+    p = plan(cfg, "ensemble", out_dir)
+    metric, out = p.metric, p.out
     t0 = time.perf_counter()
-    with ray_session(address):
-        cluster_cpus = float(ray.cluster_resources().get("CPU", 1))
-        concurrent = min(members, plan_concurrency(base, cluster_cpus, max_concurrent))
-        fitted = fit_to(base, cluster_cpus / concurrent)
-        fitted = fitted.replace(
-            run=dataclasses.replace(fitted.run, progress=False, checkpoint_dir="")
+    params = {
+        "ensemble.members": members,
+        "ensemble.recipes": recipes,
+        "ensemble.init_seed": cfg.run.model_seed,
+    }
+    with slots(p, params, address=address, max_concurrent=max_concurrent, trials=members) as run:
+        cfgs = member_configs(run.trial_base, members, overlays)
+        parent = run.parent_run_id
+        outcomes = run_trials(
+            run.trial_base,
+            functools.partial(_member, cfgs=cfgs),
+            {"member": tune.grid_search(list(range(members)))},
+            parent_run_id=parent,
+            storage=str(out),
+            name="tune",
+            num_samples=1,
+            metric=metric,
+            max_concurrent=run.max_concurrent,
         )
-        cfgs = member_configs(fitted, members, overlays)
-        uri = base.tracking.tracking_uri
-        with parent_run(
-            base,
-            "ensemble",
-            f"ensemble-{cfg.name}",
-            {
-                **{f"base.{k}": v for k, v in cfg.flat().items()},
-                "ensemble.members": members,
-                "ensemble.recipes": recipes,
-                "ensemble.init_seed": cfg.run.model_seed,
-                "ensemble.max_concurrent": concurrent,
-            },
-        ) as parent:
-            outcomes = run_trials(
-                fitted,
-                functools.partial(_member, cfgs=cfgs),
-                {"member": tune.grid_search(list(range(members)))},
-                parent_run_id=parent,
-                storage=str(out),
-                name="tune",
-                num_samples=1,
-                metric=metric,
-                max_concurrent=concurrent,
+        record = []
+        for o in sorted(outcomes, key=lambda o: int(o.config["member"])):
+            k = int(o.config["member"])
+            record.append(
+                {
+                    "member": k,
+                    "status": o.status,
+                    "run_id": o.run_id,
+                    "model_uri": f"runs:/{o.run_id}/model" if o.run_id else "",
+                    "recipe": overlays[k % len(overlays)][0],
+                    "seed": cfgs[k].run.seed,
+                    "init_seed": cfgs[k].run.model_seed,
+                    metric: o.metrics.get(metric),
+                    "error": o.error,
+                }
             )
-            record = []
-            for o in sorted(outcomes, key=lambda o: int(o.config["member"])):
-                k = int(o.config["member"])
-                record.append(
-                    {
-                        "member": k,
-                        "status": o.status,
-                        "run_id": o.run_id,
-                        "model_uri": f"runs:/{o.run_id}/model" if o.run_id else "",
-                        "recipe": overlays[k % len(overlays)][0],
-                        "seed": cfgs[k].run.seed,
-                        "init_seed": cfgs[k].run.model_seed,
-                        metric: o.metrics.get(metric),
-                        "error": o.error,
-                    }
-                )
-            finished = [m for m in record if m["status"] == "finished"]
-            doc = {
-                "parent_run_id": parent,
-                "members": record,
-                "finished": len(finished),
-                "input_size": cfg.model.input_size,
-                "metric": metric,
-            }
-            (out / ENSEMBLE_FILE).write_text(json.dumps(doc, indent=1, default=str))
-            log_json(uri, parent, doc, ENSEMBLE_FILE)
-            if not finished:
-                raise RuntimeError(f"ensemble: no member finished; see {out / ENSEMBLE_FILE}")
+        finished = [m for m in record if m["status"] == "finished"]
+        doc = {
+            "parent_run_id": parent,
+            "members": record,
+            "finished": len(finished),
+            "input_size": cfg.model.input_size,
+            "metric": metric,
+        }
+        (out / ENSEMBLE_FILE).write_text(json.dumps(doc, indent=1, default=str))
+        log_json(p.tracking_uri, parent, doc, ENSEMBLE_FILE)
+        if not finished:
+            raise RuntimeError(f"ensemble: no member finished; see {out / ENSEMBLE_FILE}")
+    concurrent = run.max_concurrent
     return EnsembleResult(parent, record, time.perf_counter() - t0, concurrent)
 
 
