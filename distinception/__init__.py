@@ -6,8 +6,6 @@ The public API is `distinception.api`, re-exported here. The names resolve on fi
 
 from __future__ import annotations
 
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -43,17 +41,3 @@ def __getattr__(name: str) -> Any:
 
         return getattr(api, name)
     raise AttributeError(f"module 'distinception' has no attribute {name!r}")
-
-
-class _Package(types.ModuleType):
-    """Three private modules share a name with the API's functions (`train`, `ensemble`,
-    `evaluate`). Importing one sets it on its package, which would hide the function; the
-    module stays reachable where imports look for it (`sys.modules`), the name keeps the API."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in __all__ and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

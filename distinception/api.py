@@ -46,7 +46,7 @@ def train(
     With `track` the job is one MLflow run, recorded before `callbacks` see each event (so they
     may read the run); without it only `callbacks` hear of it. Ray is joined at `address` (or
     `RAY_ADDRESS`), else started locally and shut down afterwards."""
-    from distinception.train import train as run_train
+    from distinception.training import train as run_train
 
     return run_train(
         cfg,
@@ -129,7 +129,7 @@ def evaluate(
     scheme (`center`, `ten`, `paper144`); an ensemble gets the members x crops grid."""
     import os
 
-    from distinception.scoring import evaluate_target
+    from distinception.evaluation import evaluate_target
     from distinception.tracking import default_tracking_uri
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()

@@ -40,7 +40,7 @@ def _job_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from distinception.train import format_report, train
+    from distinception.training import format_report, train
 
     if args.resume and (args.config or args.set):
         from distinception.config import ConfigError
@@ -117,7 +117,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import os
 
-    from distinception.scoring import evaluate_target, format_report
+    from distinception.evaluation import evaluate_target, format_report
     from distinception.tracking import default_tracking_uri
 
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()

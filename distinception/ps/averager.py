@@ -24,7 +24,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from distinception.config import JobConfig
 from distinception.data.loader import bn_batches, val_batches
-from distinception.evaluate import evaluate_model
+from distinception.metrics import evaluate_model
 from distinception.ps import checkpoint as ckpt
 from distinception.ps.replica import build_flat_model
 from distinception.ps.transport import RPC_TIMEOUT_S, ShardChannel

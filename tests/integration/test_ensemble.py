@@ -10,8 +10,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from distinception.config import apply_overrides
+from distinception.evaluation import evaluate_target
 from distinception.recipes import get_recipe
-from distinception.scoring import evaluate_target
 from distinception.tune.ensemble import ensemble
 
 pytestmark = pytest.mark.integration

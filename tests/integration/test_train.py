@@ -16,7 +16,7 @@ from quadrants import quadrant_job as tiny_cfg
 from distinception.ps.callbacks import Callback
 from distinception.ps.coordinator import Coordinator
 from distinception.tracking import MlflowCallback
-from distinception.train import train
+from distinception.training import train
 
 pytestmark = pytest.mark.integration
 

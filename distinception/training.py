@@ -1,4 +1,6 @@
-"""`distinception train`: one asynchronous parameter-server job, recorded in MLflow."""
+"""`distinception train`: one asynchronous parameter-server job, recorded in MLflow.
+
+`distinception.train` (the public API) and the command both run a job through here."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """`distinception evaluate`: score a training run, a logged model or an ensemble from MLflow.
 
-The arithmetic (crop and model averaging, the Table 3 grid) lives in `distinception.evaluate`,
+The arithmetic (crop and model averaging, the Table 3 grid) lives in `distinception.metrics`,
 which the parameter server also uses; this module adds finding the models in MLflow and logging
 the grid back, so the parameter server never depends on MLflow.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from distinception.evaluate import (
+from distinception.metrics import (
     format_grid,
     member_probabilities,
     patterns,

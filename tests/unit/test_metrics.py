@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from distinception.evaluate import (
+from distinception.metrics import (
     crop_probabilities,
     ensemble_probabilities,
     member_probabilities,

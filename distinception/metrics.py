@@ -1,4 +1,6 @@
-"""Scoring: top-1/top-5 error with softmax averaged over crops (and, for ensembles, over models).
+"""The scoring arithmetic: top-1/top-5 error with softmax averaged over crops (and, for ensembles,
+over models), and the Table 3 grid. No MLflow: the averager scores with it during training, and
+`distinception.evaluation` (the `distinception evaluate` command) wraps it.
 
 Averaging probabilities rather than taking the max over crops is what the paper found best.
 """
