@@ -42,7 +42,7 @@ def evaluate_target(
     """
     import time
 
-    from distinception import tracking
+    import distinception.tracking as tracking
     from distinception.config import ConfigError
     from distinception.data.crops import SCHEMES
     from distinception.data.generated import shards_path
@@ -96,7 +96,7 @@ def evaluate_target(
 
 def _resolve(target: str, uri: str) -> tuple[str, str, list[str]]:
     """(kind, run id to log to, model URIs) of an evaluation target."""
-    from distinception import tracking
+    import distinception.tracking as tracking
     from distinception.config import ConfigError
 
     if target.startswith(("runs:/", "models:/", "m-")):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.metadata
 import io
 import os
 import platform
@@ -22,7 +23,6 @@ import mlflow
 import torch
 from mlflow.tracking import MlflowClient
 
-from distinception import __version__
 from distinception.config import JobConfig
 from distinception.ps.callbacks import Callback, TrainResult
 
@@ -86,7 +86,7 @@ def run_tags() -> dict[str, str]:
     import torchvision
 
     return {
-        "distinception.version": __version__,
+        "distinception.version": importlib.metadata.version("distinception"),
         "ray.version": ray.__version__,
         "torch.version": torch.__version__,
         "torchvision.version": torchvision.__version__,
