@@ -90,7 +90,8 @@ def test_training_learns_and_is_recorded(ray_local, easy_data, mlflow_uri):
     assert run.info.run_name == "tiny-quadrants-bn0.125-32px"  # recipe, data set, model
     # What the MLflow UI shows about the run: its data set, source and description.
     (data,) = run.inputs.dataset_inputs
-    assert data.dataset.name == "quadrants" and len(data.dataset.digest) == 16
+    assert data.dataset.name == "quadrants" and data.dataset.digest == _manifest_digest(easy_data)
+    assert json.loads(data.dataset.source) == {"uri": easy_data}
     assert json.loads(data.dataset.profile)["splits"] == {"train": 384, "val": 256}
     assert run.data.tags["mlflow.source.name"].startswith("distinception")
     assert len(run.data.tags["mlflow.source.git.commit"]) == 40  # run from this checkout
@@ -126,6 +127,19 @@ def test_training_learns_and_is_recorded(ray_local, easy_data, mlflow_uri):
     x = torch.randn(3, 3, 32, 32)
     logits = model(x)  # the exported inference graph, any batch size
     assert logits.shape == (3, 4) and torch.isfinite(logits).all()
+
+
+def _manifest_digest(path: str) -> str:
+    """What names a data set's contents: its classes and every shard's name, rows and bytes, as
+    the manifest lists them (sha256, 16 hex digits). Another data set has another digest."""
+    import hashlib
+
+    from distinception.data.shards import open_manifest
+
+    m = open_manifest(path)
+    files = {k: [(f.name, f.rows, f.bytes) for f in v] for k, v in m.files.items()}
+    doc = json.dumps({"classes": m.classes, "files": files}, sort_keys=True)
+    return hashlib.sha256(doc.encode()).hexdigest()[:16]
 
 
 def _at(position: dict | None) -> tuple[int, int]:
