@@ -11,7 +11,16 @@ import json
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NoReturn
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes end like every other user error: one line, exit status 2 (argparse
+    prints the whole usage first). Subcommand parsers are made of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        message = " ".join(message.split())
+        self.exit(2, f"distinception: error: {message} (see {self.prog} --help)\n")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -438,7 +447,7 @@ def _add_examples(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="distinception",
         description="GoogLeNet trained with asynchronous SGD on a Ray parameter server, "
         "Polyak-averaged, every run in MLflow.",

@@ -57,7 +57,9 @@ def test_import_then_inspect_a_folder_tree(tmp_path):
 def test_generate_writes_the_built_in_set_it_says(tmp_path):
     out = tmp_path / "gen"
     args = ("--classes", "3", "--per-class", "5", "--val-per-class", "2", "--size", "32")
-    distinception("data", "generate", "--out", str(out), *args)
+    proc = distinception("data", "generate", "--out", str(out), *args)
+    # A progress bar on stderr (a 256-px set takes minutes), counting every image to the last.
+    assert "generating" in proc.stderr and "21/21" in proc.stderr, proc.stderr
     text = distinception("data", "inspect", str(out)).stdout
     assert "3 classes" in text and "train: 15 images" in text and "val: 6 images" in text
 

@@ -22,6 +22,15 @@ def test_train_command_reports_and_records_a_run(tiny_data, mlflow_uri, tmp_path
         cwd=tmp_path,
         env=env,
     )
+    # The terminal shows what concerns the user: the progress bar and the report. Ray's warnings
+    # (large actor constructor arguments among them) and matplotlib's legend warning stay in
+    # the logs.
+    noise = [
+        line
+        for line in proc.stderr.splitlines()
+        if "WARNING" in line or "constructor" in line or "No artists with labels" in line
+    ]
+    assert not noise, proc.stderr[-3000:]
     out = proc.stdout
     assert "distinception train: tiny" in out
     assert "Polyak-averaged weights" in out and "raw weights" in out

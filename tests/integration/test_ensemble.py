@@ -3,40 +3,46 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
+from as_typed import distinception
 from mlflow.tracking import MlflowClient
 
-from distinception.config import apply_overrides
 from distinception.evaluation import evaluate_target
-from distinception.recipes import get_recipe
-from distinception.tune.ensemble import ensemble
 
 pytestmark = pytest.mark.integration
 
 
-def test_three_member_ensemble_then_table3_grid(ray_local, easy_data, mlflow_uri, tmp_path):
-    cfg = apply_overrides(
-        get_recipe("tiny"),
-        [
-            f"data.path={easy_data}",
-            f"tracking.tracking_uri={mlflow_uri}",
-            "run.max_examples=1500",
-            "run.eval_interval_s=3",
-            "run.init_seed=7",
-        ],
-    )
+def test_three_member_ensemble_then_table3_grid(easy_data, mlflow_uri, tmp_path):
     # The quadrant classes change under a mirror, so no member flips; one samples crops.
     crops = tmp_path / "crops.yaml"
     crops.write_text("recipe: {area_min: 0.7, flip: false, interpolation: bilinear}\n")
-    result = ensemble(
-        cfg, members=3, recipes=f"none,{crops}", max_concurrent=1, out_dir=str(tmp_path / "ens")
+    out = tmp_path / "ens"
+    # As a user types it; what it did is read back from its output directory and MLflow.
+    proc = distinception(
+        *("ensemble", "--recipe", "tiny", "--set", f"data.path={easy_data}"),
+        *("--set", f"tracking.tracking_uri={mlflow_uri}", "--set", "run.max_examples=1500"),
+        *("--set", "run.eval_interval_s=3", "--set", "run.init_seed=7"),
+        *("--members", "3", "--recipes", f"none,{crops}", "--max-concurrent", "1"),
+        *("--out", str(out)),
+        cwd=tmp_path,
+        env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"),
     )
+    result = SimpleNamespace(**json.loads((out / "ensemble.json").read_text()))
     assert [m["member"] for m in result.members] == [0, 1, 2]
     assert all(m["status"] == "finished" for m in result.members)
     assert [m["recipe"] for m in result.members] == ["none", "crops", "none"]
+    # The members as printed: one line each, with its status, recipe and run.
+    assert f"ensemble {result.parent_run_id}: 3 members" in proc.stdout
+    for m in result.members:
+        line = next(x for x in proc.stdout.splitlines() if f"member {m['member']} " in x)
+        assert "finished" in line and f"recipe {m['recipe']} " in line, line
+        assert line.endswith(f"run {m['run_id']}"), line
+    assert f"distinception evaluate {result.parent_run_id} " in proc.stdout
 
     client = MlflowClient(mlflow_uri)
     parent = client.get_run(result.parent_run_id)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import shlex
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from as_typed import distinception
+from as_typed import EXE, distinception
 from mlflow.tracking import MlflowClient
 from ray_heads import free_port
 
@@ -102,6 +103,48 @@ def test_submit_follows_the_train_job_to_success_and_its_run_is_in_mlflow(
     assert f"MLflow run {run_id}" in logs.stdout
     stop = cli("jobs", "stop", job_id, "--address", head.dashboard_url, env=env)
     assert stop.returncode == 0 and "already finished" in stop.stdout
+
+    # A job at a budget it would take hours to reach, submitted without --follow: stopped while
+    # it runs, and a `jobs logs --follow` started on it returns once it has ended.
+    address = ("--address", head.dashboard_url)
+    proc = cli(
+        *("submit", "jobs/train.yaml", *address, "--no-requirements", "--"),
+        *("--recipe", "tiny", "--set", f"data.path={tiny_data}"),
+        *("--set", "run.max_examples=100000000", "--set", "tracking.log_model=false"),
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    long_id = proc.stdout.split("submitted ")[1].split()[0]
+    assert f"distinception jobs logs {long_id} --follow" in proc.stdout
+    _wait_for_status(long_id, "RUNNING", address, env)
+    follow = subprocess.Popen(
+        [EXE, "jobs", "logs", long_id, "--follow", *address],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
+    try:
+        stop = cli("jobs", "stop", long_id, *address, env=env)
+        assert stop.returncode == 0 and stop.stdout.strip() == f"{long_id}: stop requested"
+        _wait_for_status(long_id, "STOPPED", address, env)
+        out, err = follow.communicate(timeout=60)
+    finally:
+        follow.kill()
+    assert follow.returncode == 1, err[-3000:]  # not SUCCEEDED
+    assert out.rstrip().endswith(f"job {long_id}: STOPPED"), out[-3000:]
+
+
+def _wait_for_status(job_id: str, wanted: str, address: tuple, env: dict, timeout=90) -> None:
+    deadline = time.monotonic() + timeout
+    status = ""
+    while time.monotonic() < deadline:
+        status = cli("jobs", "status", job_id, *address, env=env).stdout
+        if status.startswith(f"{job_id}: {wanted}"):
+            return
+        time.sleep(1.0)
+    raise AssertionError(f"{job_id} not {wanted} within {timeout} s: {status}")
 
 
 def test_missing_or_wrong_token_is_one_clear_line(head, tmp_path):

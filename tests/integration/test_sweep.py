@@ -12,14 +12,13 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from as_typed import distinception
 from browser import chromium, click, compared_metrics, table_row, wait_for
 
-from distinception.config import apply_overrides, load_yaml
-from distinception.recipes import get_recipe
-from distinception.tune.space import build_space
-from distinception.tune.sweep import sweep
+from distinception.config import load_yaml
 
 pytestmark = pytest.mark.integration
 
@@ -92,27 +91,39 @@ def _rest(url: str, path: str, body: dict | None = None) -> dict:
         return json.loads(r.read())
 
 
+GRID = [0.01, 0.02]
+
+
 @pytest.fixture(scope="module")
-def swept(ray_local, tiny_data, mlflow_server, tmp_path_factory):
-    """Two trials over the crop area, recorded in the server: (config, result)."""
-    cfg = apply_overrides(
-        get_recipe("tiny"),
-        [
-            f"data.path={tiny_data}",
-            f"tracking.tracking_uri={mlflow_server}",
-            "tracking.experiment=sweep-test",
-            "tracking.log_model=false",
-            "run.max_examples=1200",
-            "run.eval_interval_s=1.5",
-        ],
-    )
-    space = build_space(["recipe.area_min=uniform:0.3:1.0"], fixed=["ps.lr"])
+def swept(tiny_data, mlflow_server, tmp_path_factory):
+    """`distinception sweep` as a user types it: the crop area sampled, the learning rate over a
+    grid (two trials), recorded in the server. What it did is read back from its output
+    directory: (printed output, result)."""
     out = tmp_path_factory.mktemp("sweep") / "sw"
-    return cfg, sweep(cfg, space, samples=2, scheduler="asha", out_dir=str(out))
+    proc = distinception(
+        *("sweep", "--recipe", "tiny", "--set", f"data.path={tiny_data}"),
+        *("--set", f"tracking.tracking_uri={mlflow_server}"),
+        *("--set", "tracking.experiment=sweep-test", "--set", "tracking.log_model=false"),
+        *("--set", "run.max_examples=1200", "--set", "run.eval_interval_s=1.5"),
+        *("--set", "recipe.photometric=0.1"),  # fixed: not swept
+        *("--space", "recipe.area_min=uniform:0.3:1.0"),
+        *("--space", "ps.lr=grid:" + ",".join(str(lr) for lr in GRID)),
+        *("--samples", "1", "--scheduler", "asha", "--out", str(out)),
+        cwd=out.parent,
+        env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"),
+    )
+    parent = proc.stdout.split("MLflow parent run ")[1].split()[0]
+    result = SimpleNamespace(
+        ranked=json.loads((out / "ranked.json").read_text()),
+        parent_run_id=parent,
+        best_yaml=str(out / "best.yaml"),
+        out_dir=str(out),
+    )
+    return proc.stdout, result
 
 
 def test_two_trial_sweep_ranks_writes_best_yaml_and_nests_runs(swept, tiny_data, mlflow_server):
-    cfg, result = swept
+    out, result = swept
     # Ranked: every trial accounted for, the best first, and its job trains as it is.
     assert len(result.ranked) == 2
     assert {r["status"] for r in result.ranked} <= {"finished", "stopped"}
@@ -120,8 +131,20 @@ def test_two_trial_sweep_ranks_writes_best_yaml_and_nests_runs(swept, tiny_data,
     best = load_yaml(result.best_yaml)
     assert best.recipe.area_min == pytest.approx(result.ranked[0]["recipe.area_min"])
     assert best.recipe.aspect_min == pytest.approx(1 / best.recipe.aspect_max)
-    assert best.ps.lr == cfg.ps.lr  # fixed with --set, not swept
+    assert best.ps.lr == result.ranked[0]["ps.lr"]  # the best trial's point of the grid
+    assert best.recipe.photometric == 0.1  # fixed with --set, not swept
+    assert all("recipe.photometric" not in r for r in result.ranked)
     assert best.data.path == tiny_data
+    # Printed: the trials it plans, the ranked table (best first), where best.yaml is.
+    assert "sweep tiny: 2 trials over " in out and "ps.lr=grid:0.01,0.02" in out
+    lines = out.splitlines()
+    head = next(
+        i for i, line in enumerate(lines) if line.split()[:3] == ["rank", "trial", "status"]
+    )
+    assert "recipe.area_min" in lines[head] and "ps.lr" in lines[head]
+    for rank, row in enumerate(result.ranked, 1):
+        assert lines[head + rank].split()[:3] == [str(rank), row["trial"], row["status"]]
+    assert f"best job: {result.best_yaml}  (train it:" in out
 
     # Through the server's REST API: one parent, two children nested under it.
     exp = _rest(mlflow_server, "experiments/get-by-name?experiment_name=sweep-test")
@@ -148,6 +171,7 @@ def test_two_trial_sweep_ranks_writes_best_yaml_and_nests_runs(swept, tiny_data,
         params = {p["key"]: p["value"] for p in child["data"]["params"]}
         row = next(r for r in result.ranked if r["run_id"] == child["info"]["run_id"])
         assert float(params["recipe.area_min"]) == pytest.approx(row["recipe.area_min"])
+        assert float(params["ps.lr"]) == row["ps.lr"]
         metrics = {m["key"] for m in child["data"]["metrics"]}
         # Grouped in the UI by prefix; val/top1_error is the served (Polyak) weights' error.
         assert {"val/polyak_top1_error", "val/raw_top1_error", "val/top1_error"} <= metrics
@@ -160,6 +184,9 @@ def test_two_trial_sweep_ranks_writes_best_yaml_and_nests_runs(swept, tiny_data,
                 ),
             )
             assert len(history["metrics"]) >= 1
+    # A grid runs each of its values once: the children's learning rates are the grid.
+    lrs = [float(p["value"]) for c in children for p in c["data"]["params"] if p["key"] == "ps.lr"]
+    assert sorted(lrs) == GRID, lrs
     finished = [c for c in children if c["info"]["status"] == "FINISHED"]
     assert finished, "the best trial ran to its budget"
     assert Path(result.out_dir, "ranked.json").is_file()

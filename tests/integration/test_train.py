@@ -29,12 +29,14 @@ class Chaos(Callback):
         self.coordinator: Coordinator | None = None
         self.fired_at: int | None = None
         self.last_progress: dict = {}
+        self.updates_per_s = 0.0
 
     def on_start(self, cfg, info):
         return self.inner.on_start(cfg, info)
 
     def on_metrics(self, metrics, step):
         self.inner.on_metrics(metrics, step)
+        self.updates_per_s = metrics.get("updates_per_s", self.updates_per_s)
         if self.fired_at is None and step >= self.after and self.coordinator is not None:
             self.fired_at = step
             self.action(self.coordinator)
@@ -89,7 +91,8 @@ def test_training_learns_and_is_recorded(ray_local, easy_data, mlflow_uri):
     assert run.info.run_name == "tiny-quadrants-bn0.125-32px"  # recipe, data set, model
     # What the MLflow UI shows about the run: its data set, source and description.
     (data,) = run.inputs.dataset_inputs
-    assert data.dataset.name == "quadrants" and len(data.dataset.digest) == 16
+    assert data.dataset.name == "quadrants" and data.dataset.digest == _manifest_digest(easy_data)
+    assert json.loads(data.dataset.source) == {"uri": easy_data}
     assert json.loads(data.dataset.profile)["splits"] == {"train": 384, "val": 256}
     assert run.data.tags["mlflow.source.name"].startswith("distinception")
     assert len(run.data.tags["mlflow.source.git.commit"]) == 40  # run from this checkout
@@ -125,6 +128,19 @@ def test_training_learns_and_is_recorded(ray_local, easy_data, mlflow_uri):
     x = torch.randn(3, 3, 32, 32)
     logits = model(x)  # the exported inference graph, any batch size
     assert logits.shape == (3, 4) and torch.isfinite(logits).all()
+
+
+def _manifest_digest(path: str) -> str:
+    """What names a data set's contents: its classes and every shard's name, rows and bytes, as
+    the manifest lists them (sha256, 16 hex digits). Another data set has another digest."""
+    import hashlib
+
+    from distinception.data.shards import open_manifest
+
+    m = open_manifest(path)
+    files = {k: [(f.name, f.rows, f.bytes) for f in v] for k, v in m.files.items()}
+    doc = json.dumps({"classes": m.classes, "files": files}, sort_keys=True)
+    return hashlib.sha256(doc.encode()).hexdigest()[:16]
 
 
 def _at(position: dict | None) -> tuple[int, int]:
@@ -166,6 +182,8 @@ def test_shard_killed_mid_run_reloads_its_checkpoint(ray_local, easy_data, mlflo
     def kill(coordinator: Coordinator) -> None:
         shard = coordinator.shards[1]
         seen["version_at_kill"] = ray.get(shard.stats.remote(), timeout=60)["version"]
+        # The shards' rate over the last stats interval: the rate at which one loses work.
+        seen["updates_per_s"] = hooks.updates_per_s
         seen["checkpointed"] = hooks.last_progress.get("versions", [0, 0])[1]
         ray.kill(shard, no_restart=False)
         deadline = time.monotonic() + 120
@@ -188,6 +206,13 @@ def test_shard_killed_mid_run_reloads_its_checkpoint(ray_local, easy_data, mlflo
     # last before the kill, or a save made after it): not from its initial weights (version 0),
     # not from an older save, not from the future. So it lost at most the updates applied since.
     assert 0 < seen["checkpointed"] <= seen["restored_from"] <= seen["version_at_kill"], seen
+    # ... and that checkpoint was recent, so the updates lost are bounded by the rate times the
+    # interval plus 10 s of slack (a save took 4-6 s on a loaded 2-core machine), plus 20 updates
+    # for a rate that a busy machine makes noisy from one stats interval to the next.
+    # Checkpoints that stop coming lose more.
+    lost = seen["version_at_kill"] - seen["restored_from"]
+    bound = seen["updates_per_s"] * (cfg.run.checkpoint_interval_s + 10.0) + 20
+    assert lost <= bound, (lost, bound, seen)
     dropped = sum(
         s["counters"].get("pull_failed", 0)
         + s["counters"].get("push_lost", 0)

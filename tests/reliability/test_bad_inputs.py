@@ -298,7 +298,10 @@ def test_a_job_larger_than_the_local_ray_fails_in_one_line_before_anything_start
         cwd=tmp_path,
         timeout=300,
     )
-    last = proc.stderr.strip().splitlines()[-1]
+    # One line and nothing else: no usage block, no Ray start-up notices, no traceback.
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    (last,) = lines
     assert last.startswith("distinception: error: the job's actors ask for 65.25 CPU"), last
     assert "ps.num_replicas=64 x ps.replica_cpus=1" in last and "lower ps.num_replicas" in last
     assert "Traceback" not in proc.stderr

@@ -48,6 +48,29 @@ def test_bad_override_is_one_line_and_exit_2(capsys):
     assert err == "distinception: error: ps.num_replicas=0: expected an integer >= 1"
 
 
+@pytest.mark.parametrize(
+    ("argv", "message", "prog"),
+    [
+        (["trian"], "argument COMMAND: invalid choice: 'trian'", "distinception"),
+        (["train", "--rcipe", "tiny"], "unrecognized arguments: --rcipe tiny", "distinception"),
+        (
+            ["data", "generate", "--size", "big"],
+            "argument --size: invalid int value: 'big'",
+            "distinception data generate",
+        ),
+        (["data", "import"], "the following arguments are required:", "distinception data import"),
+    ],
+)
+def test_a_usage_mistake_is_one_line_and_exit_2(argv, message, prog, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    # One line, not argparse's usage block above it, saying where the help is.
+    assert err.count("\n") == 1 and err.startswith("distinception: error: "), err
+    assert message in err and err.endswith(f" (see {prog} --help)\n"), err
+
+
 def test_unknown_recipe_and_missing_config(capsys, tmp_path):
     assert main(["train", "--recipe", "nope"]) == 2
     assert "--recipe='nope': expected one of demo, paper" in capsys.readouterr().err

@@ -1,4 +1,8 @@
-"""Run names a user sees in the MLflow UI when they did not choose one."""
+"""Run names a user sees in the MLflow UI when they did not choose one, and the machine's
+metrics beside the run's."""
+
+import pytest
+import torch
 
 from distinception.config import from_dict
 from distinception.recipes import get_recipe
@@ -37,3 +41,43 @@ def test_the_headline_error_is_the_served_weights():
         "val/final_top1_error": 0.2,
         "train/loss": 1.0,
     }
+
+
+def test_the_gpu_monitor_finds_its_library_and_the_system_monitor_starts(tmp_path):
+    """MLflow logs GPU metrics only when `pynvml` (nvidia-ml-py) imports. Without it the GPU
+    monitor raises ImportError on any machine; with it, a machine without a GPU fails later,
+    at NVML's start, and the system monitor goes on with CPU, disk and network."""
+    import mlflow
+    import pynvml  # noqa: F401 - a runtime dependency, whether or not a GPU is here
+    from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    try:
+        GPUMonitor()
+    except RuntimeError as err:  # no GPU or no driver here
+        assert "NVML" in str(err), err
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run = mlflow.MlflowClient(uri).create_run("0")
+    monitor = SystemMetricsMonitor(run.info.run_id, tracking_uri=uri)
+    assert {type(m).__name__ for m in monitor.monitors} >= {"CPUMonitor", "DiskMonitor"}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; this machine has none")
+def test_gpu_metrics_reach_the_run_where_a_gpu_is(tmp_path, monkeypatch):
+    import time
+
+    import mlflow
+
+    from distinception.config import apply_overrides
+    from distinception.tracking import MlflowHooks
+
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(uri)
+    hooks = MlflowHooks(apply_overrides(get_recipe("tiny"), [f"tracking.tracking_uri={uri}"]))
+    hooks.run_id = client.create_run("0").info.run_id
+    hooks._watch_system()
+    time.sleep(3)
+    hooks._unwatch_system()
+    metrics = client.get_run(hooks.run_id).data.metrics
+    assert any(k.startswith("system/gpu_0_") for k in metrics), sorted(metrics)
