@@ -2,7 +2,7 @@
 
 Measured on ONE thread (torch.set_num_threads(1)), as a replica actor runs with one CPU:
 
-- training images/s of `TrainStream` (read share, decode, `paper` recipe) at 64 px from the
+- training images/s of `TrainStream` (read share, decode, `paper` augment) at 64 px from the
   built-in 64 px set, and at 224 px from 256 px sources;
 - evaluation images/s of `eval_batches(scheme="paper144")`, 144 views per image;
 - beside each, what a replica consumes on the same thread: forward + backward + SGD step of the
@@ -63,7 +63,7 @@ def train_stream_rate(path: str, size: int, batch: int, seconds: float) -> float
         consumer=0,
         num_consumers=1,
         batch_size=batch,
-        recipe=AUGMENT_PRESETS["paper"],
+        augment=AUGMENT_PRESETS["paper"],
         input_size=size,
         seed=0,
     )
@@ -333,13 +333,13 @@ def main() -> None:
     emit("|---|---:|---|---:|---:|")
     rows = [
         (
-            "decode + `paper` recipe, 64 px from 64 px JPEG, batch 32",
+            "decode + `paper` augment, 64 px from 64 px JPEG, batch 32",
             lambda: train_stream_rate(small, 64, 32, secs),
             "train step, bn GoogLeNet w0.25 @64, batch 32",
             lambda: replica_rate(small_model, 32, secs),
         ),
         (
-            "decode + `paper` recipe, 224 px from 256 px JPEG, batch 8",
+            "decode + `paper` augment, 224 px from 256 px JPEG, batch 8",
             lambda: train_stream_rate(large, 224, 8, secs),
             "train step, faithful GoogLeNet w1.0 @224, batch 8",
             lambda: replica_rate(paper_model, 8, secs),

@@ -69,7 +69,8 @@ def sweep(
     address: str | None = None,
     callbacks: list[Any] | None = None,
 ) -> SweepResult:
-    """Ray Tune over the training recipe: each trial a whole training, each an MLflow child run.
+    """Ray Tune over the augment and the learning rate: each trial a whole training, each an
+    MLflow child run.
 
     `space` is a search space or `section.key=DOMAIN` items over the default space (as
     `--space`); `callbacks` are extra `ray.tune.Callback`s."""
@@ -94,20 +95,20 @@ def ensemble(
     cfg: JobConfig,
     *,
     members: int = 7,
-    recipes: str = "paper,caffe",
+    augments: str = "paper,caffe",
     sweep_dir: str | None = None,
     max_concurrent: int | None = None,
     out_dir: str = "",
     address: str | None = None,
 ) -> EnsembleResult:
-    """Train `members` models from the same initial weights, each with its own recipe and data
+    """Train `members` models from the same initial weights, each with its own augment and data
     order; score the ensemble with `evaluate` on its parent run id."""
     from distinception.tune.ensemble import ensemble as run_ensemble
 
     return run_ensemble(
         cfg,
         members=members,
-        recipes=recipes,
+        augments=augments,
         sweep_dir=sweep_dir,
         max_concurrent=max_concurrent,
         out_dir=out_dir,

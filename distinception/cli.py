@@ -109,7 +109,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     result = ensemble(
         cfg,
         members=args.members,
-        recipes=args.recipes,
+        augments=args.augments,
         sweep_dir=args.sweep,
         max_concurrent=args.max_concurrent,
         out_dir=args.out or "",
@@ -387,8 +387,8 @@ EXAMPLES: dict[str, list[str]] = {
         "distinception sweep --space ps.lr=grid:0.01,0.02,0.05 --samples 1 --set run.epochs=5",
     ],
     "ensemble": [
-        "distinception ensemble --members 7 --recipes paper,caffe",
-        "distinception ensemble --members 3 --recipes best-of-sweep --sweep sweeps/demo-TIME",
+        "distinception ensemble --members 7 --augments paper,caffe",
+        "distinception ensemble --members 3 --augments best-of-sweep --sweep sweeps/demo-TIME",
     ],
     "evaluate": [
         "distinception evaluate RUN_ID --crops center,ten,paper144",
@@ -466,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-config", action="store_true", help="print the resolved config")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("sweep", help="Ray Tune over the sampling/photometric recipe")
+    p = sub.add_parser("sweep", help="Ray Tune over the augment and the learning rate")
     _job_args(p)
     p.add_argument(
         "--samples",
@@ -493,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     _job_args(p)
     p.add_argument("--members", type=int, default=7)
     p.add_argument(
-        "--recipes",
+        "--augments",
         default="paper,caffe",
         help="comma list cycled over members: best-of-sweep, paper, caffe, none or YAML files",
     )

@@ -94,8 +94,8 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class RecipeConfig:
-    """The sampling and photometric recipe of training images (paper Section 6, Howard 2013).
+class AugmentConfig:
+    """How training images are sampled and coloured: the augment (paper Section 6, Howard 2013).
 
     `photometric` is the strength s of brightness/contrast/saturation factors drawn from
     U[1-s, 1+s] in a random order (0 turns them off); `lighting` is the std of AlexNet's PCA
@@ -126,10 +126,10 @@ class RecipeConfig:
         _choice("interpolation", self.interpolation, INTERPOLATIONS)
 
 
-#: Named sampling/photometric recipes: the paper's, the BVLC Caffe reproduction's, and none.
-AUGMENT_PRESETS: dict[str, RecipeConfig] = {
-    "paper": RecipeConfig(),
-    "caffe": RecipeConfig(
+#: Named augments: the paper's, the BVLC Caffe reproduction's, and none.
+AUGMENT_PRESETS: dict[str, AugmentConfig] = {
+    "paper": AugmentConfig(),
+    "caffe": AugmentConfig(
         area_min=1.0,
         aspect_min=1.0,
         aspect_max=1.0,
@@ -137,7 +137,7 @@ AUGMENT_PRESETS: dict[str, RecipeConfig] = {
         lighting=0.0,
         interpolation="bilinear",
     ),
-    "none": RecipeConfig(
+    "none": AugmentConfig(
         area_min=1.0,
         aspect_min=1.0,
         aspect_max=1.0,
@@ -419,7 +419,7 @@ class JobConfig:
     name: str = "custom"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     ps: PSConfig = field(default_factory=PSConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     run: RunConfig = field(default_factory=lambda: RunConfig(epochs=1.0))
@@ -451,7 +451,7 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]
 _SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "data": DataConfig,
-    "recipe": RecipeConfig,
+    "augment": AugmentConfig,
     "ps": PSConfig,
     "tracking": TrackingConfig,
     "run": RunConfig,
@@ -509,9 +509,9 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
 def _build_section(section: str, cls: type, values: Any, base: Any) -> Any:
     if isinstance(values, cls):
         return values
-    if section == "recipe" and isinstance(values, str):
+    if section == "augment" and isinstance(values, str):
         if values not in AUGMENT_PRESETS:
-            _fail("recipe", values, "one of " + ", ".join(AUGMENT_PRESETS) + " or a mapping")
+            _fail("augment", values, "one of " + ", ".join(AUGMENT_PRESETS) + " or a mapping")
         return AUGMENT_PRESETS[values]
     if not isinstance(values, Mapping):
         _fail(section, values, "a mapping of " + ", ".join(f.name for f in dataclasses.fields(cls)))
@@ -579,7 +579,7 @@ def apply_overrides(cfg: JobConfig, overrides: Iterable[str]) -> JobConfig:
             value = raw
         parts = key.split(".")
         if len(parts) == 1:
-            # A whole section by name (recipe=caffe) applies before that section's fields.
+            # A whole section by name (augment=caffe) applies before that section's fields.
             (presets if parts[0] in _SECTIONS else nested)[parts[0]] = value
         elif len(parts) == 2:
             nested.setdefault(parts[0], {})[parts[1]] = value
@@ -592,12 +592,12 @@ def apply_overrides(cfg: JobConfig, overrides: Iterable[str]) -> JobConfig:
 
 __all__ = [
     "AUGMENT_PRESETS",
+    "AugmentConfig",
     "ConfigError",
     "DataConfig",
     "JobConfig",
     "ModelConfig",
     "PSConfig",
-    "RecipeConfig",
     "RunConfig",
     "TrackingConfig",
     "apply_overrides",

@@ -1,8 +1,8 @@
 """Named run recipes: whole `JobConfig`s a user starts from, each derived from a base.
 
 `demo` fits a 2-core laptop in a few minutes; `paper` is the paper's setup (faithful model at
-224 px, async SGD with momentum 0.9 and the 0.96-every-8-epochs schedule, the paper's sampling and
-photometric recipe) and needs real data; `cluster` is `paper` spread over many replicas.
+224 px, async SGD with momentum 0.9 and the 0.96-every-8-epochs schedule, the paper's augment)
+and needs real data; `cluster` is `paper` spread over many replicas.
 `tiny` exists for tests only: the real code paths at the smallest sizes that still learn.
 """
 
@@ -12,12 +12,12 @@ from collections.abc import Callable
 
 from distinception.config import (
     AUGMENT_PRESETS,
+    AugmentConfig,
     ConfigError,
     DataConfig,
     JobConfig,
     ModelConfig,
     PSConfig,
-    RecipeConfig,
     RunConfig,
 )
 
@@ -30,7 +30,7 @@ def paper() -> JobConfig:
         name="paper",
         model=ModelConfig(variant="faithful", width=1.0, input_size=224),
         data=DataConfig(image_size=256, batch_size=32, eval_batch_size=64),
-        recipe=AUGMENT_PRESETS["paper"],
+        augment=AUGMENT_PRESETS["paper"],
         ps=PSConfig(
             num_shards=4,
             num_replicas=8,
@@ -61,7 +61,7 @@ def demo() -> JobConfig:
         name="demo",
         model=ModelConfig(variant="bn", width=0.25, input_size=64),
         data=DataConfig(image_size=64, batch_size=32, eval_batch_size=128),
-        recipe=AUGMENT_PRESETS["caffe"],
+        augment=AUGMENT_PRESETS["caffe"],
         ps=PSConfig(
             num_shards=2,
             num_replicas=2,
@@ -99,7 +99,7 @@ def digits() -> JobConfig:
             batch_size=64,
             eval_batch_size=128,
         ),
-        recipe=RecipeConfig(
+        augment=AugmentConfig(
             area_min=CAFFE_CROP_AREA,
             area_max=CAFFE_CROP_AREA,
             aspect_min=1.0,

@@ -361,7 +361,7 @@ def log_model(run_id: str, model: torch.nn.Module, cfg: JobConfig) -> None:
         # The registry's versions say how each was trained: its run recipe and augmentation.
         client = MlflowClient(tracking_uri(cfg))
         tags = {"recipe": cfg.name, "model.variant": cfg.model.variant}
-        tags |= {f"recipe.{k}": str(v) for k, v in dataclasses.asdict(cfg.recipe).items()}
+        tags |= {f"augment.{k}": str(v) for k, v in dataclasses.asdict(cfg.augment).items()}
         for key, value in tags.items():
             client.set_model_version_tag(name, str(version), key, value)
 

@@ -43,7 +43,7 @@ def quadrant_job(data: str, uri: str, **sections: dict) -> JobConfig:
     values: dict = {
         "data": {"path": data},
         "tracking": {"tracking_uri": uri},
-        "recipe": {"flip": False},
+        "augment": {"flip": False},
     }
     for key, value in sections.items():
         values.setdefault(key, {}).update(value)

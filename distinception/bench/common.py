@@ -85,7 +85,7 @@ def open_stream(cfg: JobConfig, data: str, consumer: int = 0, consumers: int = 1
         consumer=consumer,
         num_consumers=consumers,
         batch_size=cfg.data.batch_size,
-        recipe=cfg.recipe,
+        augment=cfg.augment,
         input_size=cfg.model.input_size,
         seed=cfg.run.seed,
     )

@@ -1,4 +1,4 @@
-"""The data room: Parquet shards, the built-in generated set, import, recipes, crops, streams.
+"""The data room: Parquet shards, the built-in generated set, import, augments, crops, streams.
 
 Nothing here imports ray or mlflow; consumers are plain iterators that an actor can own.
 """

@@ -1,6 +1,7 @@
-"""Training and evaluation recipes as `torchvision.transforms.v2` pipelines on uint8 images.
+"""Training augments and evaluation transforms as `torchvision.transforms.v2` pipelines on
+uint8 images.
 
-The training recipe is the paper's Section 6 prescription: a crop whose area is uniform in
+The training augment is the paper's Section 6 prescription: a crop whose area is uniform in
 [area_min, area_max] of the image and whose aspect ratio is in [aspect_min, aspect_max] (drawn
 log-uniformly, as `RandomResizedCrop` does), resized with a fixed or per-image random
 interpolation; a horizontal flip; Howard's photometric distortions (brightness, contrast and
@@ -29,7 +30,7 @@ import torch.nn.functional as NF
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
-from distinception.config import RecipeConfig
+from distinception.config import AugmentConfig
 
 #: ImageNet channel statistics on [0, 1] pixels, used for every model input.
 MEAN = (0.485, 0.456, 0.406)
@@ -121,25 +122,25 @@ class Lighting(v2.Transform):
         return inpt + params["rgb"].to(inpt.dtype).view(3, 1, 1)
 
 
-def build_train_transform(recipe: RecipeConfig, size: int) -> v2.Compose:
-    """uint8 [3, H, W] -> float32 [3, size, size], normalised, following `recipe`."""
-    modes = INTERPOLATION_MODES if recipe.interpolation == "random" else (recipe.interpolation,)
+def build_train_transform(augment: AugmentConfig, size: int) -> v2.Compose:
+    """uint8 [3, H, W] -> float32 [3, size, size], normalised, following `augment`."""
+    modes = INTERPOLATION_MODES if augment.interpolation == "random" else (augment.interpolation,)
     steps: list[Any] = [
         RandomResizedCropMixed(
             size,
-            scale=(recipe.area_min, recipe.area_max),
-            ratio=(recipe.aspect_min, recipe.aspect_max),
+            scale=(augment.area_min, augment.area_max),
+            ratio=(augment.aspect_min, augment.aspect_max),
             modes=modes,
         )
     ]
-    if recipe.flip:
+    if augment.flip:
         steps.append(v2.RandomHorizontalFlip())
-    if recipe.photometric > 0:
-        s = recipe.photometric
+    if augment.photometric > 0:
+        s = augment.photometric
         steps.append(v2.ColorJitter(brightness=s, contrast=s, saturation=s))
     steps.append(v2.ToDtype(torch.float32, scale=True))
-    if recipe.lighting > 0:
-        steps.append(Lighting(recipe.lighting))
+    if augment.lighting > 0:
+        steps.append(Lighting(augment.lighting))
     steps.append(v2.Normalize(MEAN, STD))
     return v2.Compose(steps)
 

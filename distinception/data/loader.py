@@ -26,7 +26,7 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as F
 
-from distinception.config import JobConfig, RecipeConfig
+from distinception.config import AugmentConfig, JobConfig
 from distinception.data.augment import build_train_transform, normalize
 from distinception.data.crops import SCHEMES, views
 from distinception.data.shards import (
@@ -179,7 +179,7 @@ class TrainStream:
         consumer: int,
         num_consumers: int,
         batch_size: int,
-        recipe: RecipeConfig,
+        augment: AugmentConfig,
         input_size: int,
         seed: int,
         split: str = "train",
@@ -206,7 +206,7 @@ class TrainStream:
         self.epoch, self._offset = _parse_position(position, self.examples_per_epoch)
         self.skipped = 0
         self._bad: set[int] = set()
-        self._transform = build_train_transform(recipe, input_size)
+        self._transform = build_train_transform(augment, input_size)
         self._reader = RowReader(self.manifest, split)
         self._share_epoch = -1
         self._images: list[bytes] = []

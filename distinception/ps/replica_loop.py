@@ -47,7 +47,7 @@ def train_stream(
             consumer=index,
             num_consumers=num_consumers,
             batch_size=cfg.data.batch_size,
-            recipe=cfg.recipe,
+            augment=cfg.augment,
             input_size=cfg.model.input_size,
             seed=cfg.run.seed,
             position=position,

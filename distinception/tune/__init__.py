@@ -1,1 +1,2 @@
-"""Ray Tune: sweeps over recipes, and trials that are whole parameter-server trainings."""
+"""Ray Tune: sweeps over augments and learning rates, and trials that are whole parameter-server
+trainings."""

@@ -1,7 +1,7 @@
 """`distinception ensemble`: K members trained as the paper trained its 7 models.
 
 All members start from the same initial weights (`run.init_seed`) and differ only in their
-sampling recipe and the order of their data (`run.seed`). Members run as Tune trials, as many at
+augment and the order of their data (`run.seed`). Members run as Tune trials, as many at
 once as the cluster holds whole and the rest queued, each an MLflow child run under the ensemble's
 parent run; the parent records the members (`ensemble.json`) so `distinception evaluate` can score
 the ensemble later with any crop scheme.
@@ -35,7 +35,7 @@ def _latest_sweep(root: str = "sweeps") -> Path:
     found = sorted(Path(root).glob("*/ranked.json"), key=lambda p: p.stat().st_mtime)
     if not found:
         raise ConfigError(
-            f"--recipes=best-of-sweep: expected a finished sweep under {root}/ "
+            f"--augments=best-of-sweep: expected a finished sweep under {root}/ "
             "(run `distinception sweep` first, or pass --sweep DIR)"
         )
     return found[-1].parent
@@ -58,10 +58,10 @@ def _sweep_overlays(sweep_dir: str | None, count: int) -> list[tuple[str, dict[s
     ]
 
 
-def parse_recipes(spec: str, members: int, sweep_dir: str | None = None) -> list[tuple[str, dict]]:
-    """Named overlays, one per distinct recipe: presets, YAML files, or the best of a sweep.
+def parse_augments(spec: str, members: int, sweep_dir: str | None = None) -> list[tuple[str, dict]]:
+    """Named overlays, one per distinct augment: presets, YAML files, or the best of a sweep.
 
-    A YAML file contributes its `recipe` section and `ps.lr`; a sweep trial contributes every
+    A YAML file contributes its `augment` section and `ps.lr`; a sweep trial contributes every
     field its sweep sampled.
     """
     out: list[tuple[str, dict[str, Any]]] = []
@@ -69,36 +69,36 @@ def parse_recipes(spec: str, members: int, sweep_dir: str | None = None) -> list
         if item == "best-of-sweep":
             out.extend(_sweep_overlays(sweep_dir, members))
         elif item in AUGMENT_PRESETS:
-            out.append((item, {"recipe": item}))
+            out.append((item, {"augment": item}))
         elif item.endswith((".yaml", ".yml")):
             cfg = load_yaml(item)
-            recipe = {f"recipe.{k}": v for k, v in dataclasses.asdict(cfg.recipe).items()}
-            out.append((Path(item).stem, recipe | {"ps.lr": cfg.ps.lr}))
+            augment = {f"augment.{k}": v for k, v in dataclasses.asdict(cfg.augment).items()}
+            out.append((Path(item).stem, augment | {"ps.lr": cfg.ps.lr}))
         else:
             raise ConfigError(
-                f"--recipes item {item!r}: expected best-of-sweep, a YAML file or one of "
+                f"--augments item {item!r}: expected best-of-sweep, a YAML file or one of "
                 + ", ".join(AUGMENT_PRESETS)
             )
     if not out:
-        raise ConfigError(f"--recipes={spec!r}: expected at least one recipe")
+        raise ConfigError(f"--augments={spec!r}: expected at least one augment")
     return out
 
 
 def member_configs(
-    base: JobConfig, members: int, recipes: list[tuple[str, dict[str, Any]]]
+    base: JobConfig, members: int, augments: list[tuple[str, dict[str, Any]]]
 ) -> list[JobConfig]:
-    """Member k: recipe k mod R, data order seed+k, the same initial weights for all."""
+    """Member k: augment k mod A, data order seed+k, the same initial weights for all."""
     out = []
     for k in range(members):
-        label, overlay = recipes[k % len(recipes)]
+        label, overlay = augments[k % len(augments)]
         cfg = base
-        if "recipe" in overlay:  # a preset name replaces the whole recipe section
+        if "augment" in overlay:  # a preset name replaces the whole augment section
             from distinception.config import from_dict
 
-            cfg = from_dict({"recipe": overlay["recipe"]}, cfg)
-        cfg = apply_sample(cfg, {k2: v for k2, v in overlay.items() if k2 != "recipe"})
+            cfg = from_dict({"augment": overlay["augment"]}, cfg)
+        cfg = apply_sample(cfg, {k2: v for k2, v in overlay.items() if k2 != "augment"})
         run = dataclasses.replace(cfg.run, seed=base.run.seed + k, init_seed=base.run.model_seed)
-        # Every member's model is a version of one registered model, tagged with its recipe.
+        # Every member's model is a version of one registered model, tagged with its augment.
         tracking = dataclasses.replace(
             cfg.tracking,
             run_name=f"{base.name}-member{k}-{label}",
@@ -116,7 +116,7 @@ def ensemble(
     cfg: JobConfig,
     *,
     members: int = 7,
-    recipes: str = "paper,caffe",
+    augments: str = "paper,caffe",
     sweep_dir: str | None = None,
     max_concurrent: int | None = None,
     out_dir: str = "",
@@ -126,7 +126,7 @@ def ensemble(
 
     from distinception.tracking import ENSEMBLE_FILE, log_json
 
-    overlays = parse_recipes(recipes, members, sweep_dir)
+    overlays = parse_augments(augments, members, sweep_dir)
     if not cfg.tracking.log_model:
         raise ConfigError("tracking.log_model=false: an ensemble needs its members' models logged")
     if members < 1:
@@ -136,7 +136,7 @@ def ensemble(
     t0 = time.perf_counter()
     params = {
         "ensemble.members": members,
-        "ensemble.recipes": recipes,
+        "ensemble.augments": augments,
         "ensemble.init_seed": cfg.run.model_seed,
     }
     with slots(p, params, address=address, max_concurrent=max_concurrent, trials=members) as run:
@@ -162,7 +162,7 @@ def ensemble(
                     "status": o.status,
                     "run_id": o.run_id,
                     "model_uri": f"runs:/{o.run_id}/model" if o.run_id else "",
-                    "recipe": overlays[k % len(overlays)][0],
+                    "augment": overlays[k % len(overlays)][0],
                     "seed": cfgs[k].run.seed,
                     "init_seed": cfgs[k].run.model_seed,
                     metric: o.metrics.get(metric),
@@ -191,10 +191,10 @@ def format_members(result: EnsembleResult) -> str:
         err = m.get("polyak_top1_error") or m.get("raw_top1_error")
         score = f"{100 * err:5.1f}% top-1" if isinstance(err, float) else "   -  "
         lines.append(
-            f"  member {m['member']}  {m['status']:<8}  recipe {m['recipe']:<14} "
+            f"  member {m['member']}  {m['status']:<8}  augment {m['augment']:<14} "
             f"seed {m['seed']}  {score}  run {m['run_id']}"
         )
     return "\n".join(lines)
 
 
-__all__ = ["EnsembleResult", "ensemble", "format_members", "member_configs", "parse_recipes"]
+__all__ = ["EnsembleResult", "ensemble", "format_members", "member_configs", "parse_augments"]

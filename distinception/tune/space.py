@@ -1,11 +1,11 @@
 """Search spaces over the config dataclasses: what a sweep may vary, and how a sample becomes a job.
 
-A space maps dotted config fields (`recipe.area_min`, `ps.lr`) to domains. Keys and both ends of
+A space maps dotted config fields (`augment.area_min`, `ps.lr`) to domains. Keys and both ends of
 every range are checked against the dataclasses when the space is built, so a typo or an
 out-of-range bound fails before any trial starts, with the same one-line errors as `--set`.
 
 The aspect-ratio range of the paper is symmetric (3/4 to 4/3): when a space samples
-`recipe.aspect_max` but not `recipe.aspect_min`, a trial's `aspect_min` is `1 / aspect_max`.
+`augment.aspect_max` but not `augment.aspect_min`, a trial's `aspect_min` is `1 / aspect_max`.
 """
 
 from __future__ import annotations
@@ -76,11 +76,11 @@ Domain = Uniform | Choice | Grid
 #: What a user sweeps first: how much of the image a crop covers, its aspect range, the
 #: photometric and lighting strengths, the resize interpolation, and the learning rate.
 DEFAULT_SPACE: dict[str, Domain] = {
-    "recipe.area_min": Uniform(0.08, 1.0),
-    "recipe.aspect_max": Uniform(1.0, 1.5),
-    "recipe.photometric": Uniform(0.0, 0.5),
-    "recipe.lighting": Uniform(0.0, 0.2),
-    "recipe.interpolation": Choice(("bilinear", "area", "bicubic", "nearest", "random")),
+    "augment.area_min": Uniform(0.08, 1.0),
+    "augment.aspect_max": Uniform(1.0, 1.5),
+    "augment.photometric": Uniform(0.0, 0.5),
+    "augment.lighting": Uniform(0.0, 0.2),
+    "augment.interpolation": Choice(("bilinear", "area", "bicubic", "nearest", "random")),
     "ps.lr": Uniform(0.005, 0.05, log=True),
 }
 
@@ -94,9 +94,12 @@ def _nest(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _tie_aspect(nested: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    recipe = nested.get("recipe", {})
-    if "aspect_max" in recipe and "aspect_min" not in recipe:
-        nested = {**nested, "recipe": {**recipe, "aspect_min": 1.0 / float(recipe["aspect_max"])}}
+    augment = nested.get("augment", {})
+    if "aspect_max" in augment and "aspect_min" not in augment:
+        nested = {
+            **nested,
+            "augment": {**augment, "aspect_min": 1.0 / float(augment["aspect_max"])},
+        }
     return nested
 
 
@@ -142,7 +145,7 @@ class SearchSpace:
         fixed = set(keys)
         return SearchSpace(
             {k: d for k, d in self.domains.items() if k not in fixed},
-            tie_aspect=self.tie_aspect and "recipe.aspect_min" not in fixed,
+            tie_aspect=self.tie_aspect and "augment.aspect_min" not in fixed,
         )
 
     def describe(self) -> str:

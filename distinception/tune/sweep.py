@@ -1,4 +1,4 @@
-"""`distinception sweep`: Ray Tune over the sampling/photometric recipe (and the learning rate).
+"""`distinception sweep`: Ray Tune over the augment (and the learning rate).
 
 Every trial is a whole asynchronous-PS training scored by its Polyak weights' validation error.
 ASHA compares trials at equal examples seen (not at equal wall time or report counts, which

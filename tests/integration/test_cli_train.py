@@ -40,10 +40,10 @@ def test_train_command_reports_and_records_a_run(tiny_data, mlflow_uri, tmp_path
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["mlflow.source.name"] == "distinception train"
-    # Registered as version 1, tagged with its recipe.
+    # Registered as version 1, tagged with its recipe and its augment.
     (version,) = client.search_model_versions("name = 'tiny-model'")
     assert version.run_id == run_id and str(version.version) == "1"
-    assert version.tags["recipe"] == "tiny" and version.tags["recipe.flip"] == "True"
+    assert version.tags["recipe"] == "tiny" and version.tags["augment.flip"] == "True"
     assert (tmp_path / "ckpt" / "progress.json").is_file()
     assert (tmp_path / "ckpt" / "shard-0.pt").is_file()
 

@@ -20,14 +20,14 @@ pytestmark = pytest.mark.integration
 def test_three_member_ensemble_then_table3_grid(easy_data, mlflow_uri, tmp_path):
     # The quadrant classes change under a mirror, so no member flips; one samples crops.
     crops = tmp_path / "crops.yaml"
-    crops.write_text("recipe: {area_min: 0.7, flip: false, interpolation: bilinear}\n")
+    crops.write_text("augment: {area_min: 0.7, flip: false, interpolation: bilinear}\n")
     out = tmp_path / "ens"
     # As a user types it; what it did is read back from its output directory and MLflow.
     proc = distinception(
         *("ensemble", "--recipe", "tiny", "--set", f"data.path={easy_data}"),
         *("--set", f"tracking.tracking_uri={mlflow_uri}", "--set", "run.max_examples=1500"),
         *("--set", "run.eval_interval_s=3", "--set", "run.init_seed=7"),
-        *("--members", "3", "--recipes", f"none,{crops}", "--max-concurrent", "1"),
+        *("--members", "3", "--augments", f"none,{crops}", "--max-concurrent", "1"),
         *("--out", str(out)),
         cwd=tmp_path,
         env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"),
@@ -35,12 +35,12 @@ def test_three_member_ensemble_then_table3_grid(easy_data, mlflow_uri, tmp_path)
     result = SimpleNamespace(**json.loads((out / "ensemble.json").read_text()))
     assert [m["member"] for m in result.members] == [0, 1, 2]
     assert all(m["status"] == "finished" for m in result.members)
-    assert [m["recipe"] for m in result.members] == ["none", "crops", "none"]
-    # The members as printed: one line each, with its status, recipe and run.
+    assert [m["augment"] for m in result.members] == ["none", "crops", "none"]
+    # The members as printed: one line each, with its status, augment and run.
     assert f"ensemble {result.parent_run_id}: 3 members" in proc.stdout
     for m in result.members:
         line = next(x for x in proc.stdout.splitlines() if f"member {m['member']} " in x)
-        assert "finished" in line and f"recipe {m['recipe']} " in line, line
+        assert "finished" in line and f"augment {m['augment']} " in line, line
         assert line.endswith(f"run {m['run_id']}"), line
     assert f"distinception evaluate {result.parent_run_id} " in proc.stdout
 
@@ -59,8 +59,8 @@ def test_three_member_ensemble_then_table3_grid(easy_data, mlflow_uri, tmp_path)
     # Each member is a version of one registered model, tagged with how it was trained.
     versions = client.search_model_versions("name = 'tiny-ensemble'")
     assert sorted(v.run_id for v in versions) == sorted(m["run_id"] for m in result.members)
-    area = {v.run_id: v.tags["recipe.area_min"] for v in versions}
-    assert area[result.members[1]["run_id"]] == "0.7"  # the crops member's own recipe
+    area = {v.run_id: v.tags["augment.area_min"] for v in versions}
+    assert area[result.members[1]["run_id"]] == "0.7"  # the crops member's own augment
     assert all(v.tags["recipe"].startswith("tiny-member") for v in versions)
 
     # Evaluated later, by the ensemble's run id, through the CLI as a user would.

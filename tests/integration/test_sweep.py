@@ -105,8 +105,8 @@ def swept(tiny_data, mlflow_server, tmp_path_factory):
         *("--set", f"tracking.tracking_uri={mlflow_server}"),
         *("--set", "tracking.experiment=sweep-test", "--set", "tracking.log_model=false"),
         *("--set", "run.max_examples=1200", "--set", "run.eval_interval_s=1.5"),
-        *("--set", "recipe.photometric=0.1"),  # fixed: not swept
-        *("--space", "recipe.area_min=uniform:0.3:1.0"),
+        *("--set", "augment.photometric=0.1"),  # fixed: not swept
+        *("--space", "augment.area_min=uniform:0.3:1.0"),
         *("--space", "ps.lr=grid:" + ",".join(str(lr) for lr in GRID)),
         *("--samples", "1", "--scheduler", "asha", "--out", str(out)),
         cwd=out.parent,
@@ -129,11 +129,11 @@ def test_two_trial_sweep_ranks_writes_best_yaml_and_nests_runs(swept, tiny_data,
     assert {r["status"] for r in result.ranked} <= {"finished", "stopped"}
     assert result.ranked[0]["status"] == "finished"
     best = load_yaml(result.best_yaml)
-    assert best.recipe.area_min == pytest.approx(result.ranked[0]["recipe.area_min"])
-    assert best.recipe.aspect_min == pytest.approx(1 / best.recipe.aspect_max)
+    assert best.augment.area_min == pytest.approx(result.ranked[0]["augment.area_min"])
+    assert best.augment.aspect_min == pytest.approx(1 / best.augment.aspect_max)
     assert best.ps.lr == result.ranked[0]["ps.lr"]  # the best trial's point of the grid
-    assert best.recipe.photometric == 0.1  # fixed with --set, not swept
-    assert all("recipe.photometric" not in r for r in result.ranked)
+    assert best.augment.photometric == 0.1  # fixed with --set, not swept
+    assert all("augment.photometric" not in r for r in result.ranked)
     assert best.data.path == tiny_data
     # Printed: the trials it plans, the ranked table (best first), where best.yaml is.
     assert "sweep tiny: 2 trials over " in out and "ps.lr=grid:0.01,0.02" in out
@@ -141,7 +141,7 @@ def test_two_trial_sweep_ranks_writes_best_yaml_and_nests_runs(swept, tiny_data,
     head = next(
         i for i, line in enumerate(lines) if line.split()[:3] == ["rank", "trial", "status"]
     )
-    assert "recipe.area_min" in lines[head] and "ps.lr" in lines[head]
+    assert "augment.area_min" in lines[head] and "ps.lr" in lines[head]
     for rank, row in enumerate(result.ranked, 1):
         assert lines[head + rank].split()[:3] == [str(rank), row["trial"], row["status"]]
     assert f"best job: {result.best_yaml}  (train it:" in out
@@ -170,7 +170,7 @@ def test_two_trial_sweep_ranks_writes_best_yaml_and_nests_runs(swept, tiny_data,
         assert child["info"]["status"] in ("FINISHED", "KILLED")
         params = {p["key"]: p["value"] for p in child["data"]["params"]}
         row = next(r for r in result.ranked if r["run_id"] == child["info"]["run_id"])
-        assert float(params["recipe.area_min"]) == pytest.approx(row["recipe.area_min"])
+        assert float(params["augment.area_min"]) == pytest.approx(row["augment.area_min"])
         assert float(params["ps.lr"]) == row["ps.lr"]
         metrics = {m["key"] for m in child["data"]["metrics"]}
         # Grouped in the UI by prefix; val/top1_error is the served (Polyak) weights' error.
@@ -194,7 +194,7 @@ def test_two_trial_sweep_ranks_writes_best_yaml_and_nests_runs(swept, tiny_data,
 
 def test_the_mlflow_ui_compares_the_trials_and_shows_the_best(swept, mlflow_server, tmp_path):
     """As a user compares a sweep: open the experiment in the MLflow UI, expand the sweep's
-    parent run, select its trials, open the compare view, and read the recipe and the error."""
+    parent run, select its trials, open the compare view, and read the augment and the error."""
     _, result = swept
     trials = {r["run_id"]: r for r in result.ranked}
     parent = _rest(mlflow_server, f"runs/get?run_id={result.parent_run_id}")["run"]["info"]
@@ -221,14 +221,14 @@ def test_the_mlflow_ui_compares_the_trials_and_shows_the_best(swept, mlflow_serv
         click(browser, "//button[normalize-space()='Compare']")
         run_ids = table_row(browser, "Run ID:")
         names = table_row(browser, "Run Name:")
-        areas = table_row(browser, "recipe.area_min")
+        areas = table_row(browser, "augment.area_min")
         metrics = compared_metrics(browser)
         browser.save_screenshot(str(shots / "compare.png"))
 
     assert sorted(run_ids) == sorted(trials), run_ids
     # Each trial's sampled crop area, as it ran.
     for run_id, area in zip(run_ids, areas, strict=True):
-        assert float(area) == pytest.approx(trials[run_id]["recipe.area_min"], rel=1e-6)
+        assert float(area) == pytest.approx(trials[run_id]["augment.area_min"], rel=1e-6)
     # Every trial's validation error is charted under val/, beside train/, ps/ and faults/.
     assert sorted(metrics["val/top1_error"]) == list(range(len(run_ids))), metrics
     assert all(0.0 <= float(v) <= 1.0 for v in metrics["val/top1_error"].values())

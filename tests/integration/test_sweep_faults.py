@@ -1,5 +1,5 @@
 """A Tune trial killed mid-run: the sweep goes on, the trial's MLflow run ends FAILED, its actors
-and placement group are gone, and the best recipe is the survivor's."""
+and placement group are gone, and the best augment is the survivor's."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def test_killed_trial_is_failed_and_the_sweep_completes(ray_local, tiny_data, ml
     killer = KillOneTrial(seed=3)
     result = sweep(
         cfg,
-        build_space(["recipe.area_min=uniform:0.5:1.0"], fixed=["ps.lr"]),
+        build_space(["augment.area_min=uniform:0.5:1.0"], fixed=["ps.lr"]),
         samples=2,
         scheduler="fifo",
         max_concurrent=1,
@@ -65,16 +65,16 @@ def test_killed_trial_is_failed_and_the_sweep_completes(ray_local, tiny_data, ml
     status = {r["trial"]: r["status"] for r in result.ranked}
     assert status[killer.killed] == "failed"
     assert sorted(status.values()) == ["failed", "finished"]
-    assert result.ranked[0]["status"] == "finished"  # the survivor is the best recipe
+    assert result.ranked[0]["status"] == "finished"  # the survivor is the best trial
     runs = child_runs(mlflow_uri, result.parent_run_id)
     assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]
     assert MlflowClient(mlflow_uri).get_run(result.parent_run_id).info.status == "FINISHED"
-    # best.yaml is the survivor's recipe, even though the killed trial reported a result first.
+    # best.yaml is the survivor's job, even though the killed trial reported a result first.
     survivor = next(r for r in result.ranked if r["status"] == "finished")
     header = Path(result.best_yaml).read_text().splitlines()[0]
     assert f"trial {survivor['trial']}," in header, header
     best = load_yaml(result.best_yaml)
-    assert best.recipe.area_min == pytest.approx(survivor["recipe.area_min"])
+    assert best.augment.area_min == pytest.approx(survivor["augment.area_min"])
     # The killed trial took its shards, replicas, averager and placement group with it.
     assert _settles(lambda: not _alive_training_actors() and not _live_placement_groups()), (
         _alive_training_actors(),

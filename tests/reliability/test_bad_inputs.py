@@ -19,7 +19,7 @@ import torch
 from as_typed import distinception
 
 from distinception.cli import main
-from distinception.config import PSConfig, RecipeConfig
+from distinception.config import AugmentConfig, PSConfig
 from distinception.data.loader import TrainStream
 from distinception.ps.layout import ParamLayout
 from distinception.ps.replica import build_flat_model
@@ -163,7 +163,7 @@ def test_an_empty_shard_among_full_ones_is_read_past(tiny_data, tmp_path):
         consumer=0,
         num_consumers=1,
         batch_size=16,
-        recipe=RecipeConfig(),
+        augment=AugmentConfig(),
         input_size=32,
         seed=0,
     )

@@ -22,16 +22,16 @@ def test_named_recipes_are_valid_and_round_trip_through_yaml(name, tmp_path):
 def test_overrides_are_typed_from_yaml_scalars():
     cfg = apply_overrides(
         get_recipe("demo"),
-        ["ps.num_replicas=4", "ps.lr=1e-3", "recipe.flip=false", "ps.staleness=bound:2"],
+        ["ps.num_replicas=4", "ps.lr=1e-3", "augment.flip=false", "ps.staleness=bound:2"],
     )
     assert cfg.ps.num_replicas == 4 and cfg.ps.lr == 0.001
-    assert cfg.recipe.flip is False and cfg.ps.staleness == "bound:2"
+    assert cfg.augment.flip is False and cfg.ps.staleness == "bound:2"
 
 
 def test_recipe_preset_by_name_then_field_override():
-    cfg = apply_overrides(JobConfig(), ["recipe=caffe", "recipe.flip=false"])
-    assert cfg.recipe.area_min == AUGMENT_PRESETS["caffe"].area_min
-    assert cfg.recipe.flip is False
+    cfg = apply_overrides(JobConfig(), ["augment=caffe", "augment.flip=false"])
+    assert cfg.augment.area_min == AUGMENT_PRESETS["caffe"].area_min
+    assert cfg.augment.flip is False
 
 
 @pytest.mark.parametrize(
@@ -42,10 +42,10 @@ def test_recipe_preset_by_name_then_field_override():
         (["model.variant=resnet"], "model.variant='resnet': expected one of faithful, bn"),
         (["ps.num_replicas=two"], "ps.num_replicas='two': expected an integer"),
         (["ps.staleness=bound:x"], "ps.staleness='bound:x': expected none, scale or bound:K"),
-        (["recipe.area_min=0.9", "recipe.area_max=0.5"], "recipe.area_max=0.5"),
-        (["recipe.interpolation=lanczos"], "recipe.interpolation='lanczos'"),
+        (["augment.area_min=0.9", "augment.area_max=0.5"], "augment.area_max=0.5"),
+        (["augment.interpolation=lanczos"], "augment.interpolation='lanczos'"),
         (["run.epochs=0", "run.max_examples=0", "run.max_seconds=0"], "run.epochs=0.0"),
-        (["recipe=fancy"], "recipe='fancy': expected one of paper, caffe, none"),
+        (["augment=fancy"], "augment='fancy': expected one of paper, caffe, none"),
         (["nonsense.key=1"], "nonsense: unknown key"),
         (["novalue"], "--set 'novalue': expected section.key=value"),
         (["model.aux=maybe"], "model.aux='maybe': expected true or false"),
@@ -76,7 +76,7 @@ def test_flat_params_cover_every_field():
     assert flat["model.variant"] == "faithful"
     assert flat["ps.momentum"] == 0.9
     assert flat["ps.lr_decay"] == 0.96 and flat["ps.lr_decay_epochs"] == 8.0
-    assert flat["recipe.area_min"] == 0.08
+    assert flat["augment.area_min"] == 0.08
     assert len(flat) > 50
 
 

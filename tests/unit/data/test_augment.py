@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from distinception.config import RecipeConfig
+from distinception.config import AugmentConfig
 from distinception.data.augment import (
     MEAN,
     STD,
@@ -21,8 +21,8 @@ def _crop(t: v2.Compose) -> RandomResizedCropMixed:
 
 def test_crop_areas_and_aspects_span_the_configured_ranges():
     torch.manual_seed(0)
-    recipe = RecipeConfig(area_min=0.08, area_max=1.0, aspect_min=3 / 4, aspect_max=4 / 3)
-    crop = _crop(build_train_transform(recipe, 32))
+    augment = AugmentConfig(area_min=0.08, area_max=1.0, aspect_min=3 / 4, aspect_max=4 / 3)
+    crop = _crop(build_train_transform(augment, 32))
     img = torch.zeros(3, 400, 400, dtype=torch.uint8)
     areas, aspects = [], []
     for _ in range(3000):
@@ -40,8 +40,8 @@ def test_crop_areas_and_aspects_span_the_configured_ranges():
 
 def test_narrow_recipe_gives_narrow_crops():
     torch.manual_seed(1)
-    recipe = RecipeConfig(area_min=0.5, area_max=0.6, aspect_min=1.0, aspect_max=1.0)
-    crop = _crop(build_train_transform(recipe, 32))
+    augment = AugmentConfig(area_min=0.5, area_max=0.6, aspect_min=1.0, aspect_max=1.0)
+    crop = _crop(build_train_transform(augment, 32))
     img = torch.zeros(3, 200, 200, dtype=torch.uint8)
     for _ in range(200):
         p = crop.make_params([img])
@@ -51,12 +51,12 @@ def test_narrow_recipe_gives_narrow_crops():
 
 def test_random_interpolation_draws_all_four_fixed_draws_one():
     torch.manual_seed(0)
-    crop = _crop(build_train_transform(RecipeConfig(interpolation="random"), 16))
+    crop = _crop(build_train_transform(AugmentConfig(interpolation="random"), 16))
     img = torch.zeros(3, 40, 40, dtype=torch.uint8)
     seen = [crop.make_params([img])["mode"] for _ in range(400)]
     counts = {m: seen.count(m) for m in ("bilinear", "area", "nearest", "bicubic")}
     assert all(70 < n < 130 for n in counts.values()), counts
-    fixed = _crop(build_train_transform(RecipeConfig(interpolation="nearest"), 16))
+    fixed = _crop(build_train_transform(AugmentConfig(interpolation="nearest"), 16))
     assert {fixed.make_params([img])["mode"] for _ in range(20)} == {"nearest"}
 
 
@@ -73,9 +73,9 @@ def test_interpolation_modes_differ_and_area_averages():
 
 
 def test_photometric_factors_and_random_order():
-    recipe = RecipeConfig(photometric=0.5)
+    augment = AugmentConfig(photometric=0.5)
     jitter = next(
-        s for s in build_train_transform(recipe, 16).transforms if isinstance(s, v2.ColorJitter)
+        s for s in build_train_transform(augment, 16).transforms if isinstance(s, v2.ColorJitter)
     )
     assert jitter.brightness == jitter.contrast == jitter.saturation == (0.5, 1.5)
     assert jitter.hue is None
@@ -89,7 +89,7 @@ def test_photometric_factors_and_random_order():
         )
         orders.add(tuple(i for i in p["fn_idx"].tolist() if i != 3))
     assert len(orders) == 6  # every order of brightness, contrast, saturation occurs
-    off = build_train_transform(RecipeConfig(photometric=0.0, lighting=0.0), 16)
+    off = build_train_transform(AugmentConfig(photometric=0.0, lighting=0.0), 16)
     assert not any(isinstance(s, (v2.ColorJitter, Lighting)) for s in off.transforms)
 
 
@@ -112,9 +112,9 @@ def test_lighting_moves_along_the_pca_directions_with_the_configured_std():
 def test_train_transform_output():
     torch.manual_seed(0)
     img = torch.randint(0, 256, (3, 50, 70), dtype=torch.uint8)
-    out = build_train_transform(RecipeConfig(), 32)(img)
+    out = build_train_transform(AugmentConfig(), 32)(img)
     assert out.shape == (3, 32, 32) and out.dtype == torch.float32
-    none = RecipeConfig(
+    none = AugmentConfig(
         area_min=1.0, aspect_min=1.0, aspect_max=1.0, flip=False, photometric=0.0, lighting=0.0
     )
     grey = torch.full((3, 40, 40), 128, dtype=torch.uint8)

@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from distinception.config import AUGMENT_PRESETS, RecipeConfig
+from distinception.config import AUGMENT_PRESETS, AugmentConfig
 from distinception.data.loader import TrainStream, eval_batches, num_classes, sample_batches
 from distinception.data.shards import DataError, DatasetWriter, open_manifest
 
@@ -16,7 +16,7 @@ def _stream(path, consumer=0, n=1, batch=4, position=None, seed=3):
         consumer=consumer,
         num_consumers=n,
         batch_size=batch,
-        recipe=RecipeConfig(),
+        augment=AugmentConfig(),
         input_size=24,
         seed=seed,
         position=position,
@@ -161,13 +161,13 @@ def test_eval_batches_all_rows_and_errors(tiny_set):
 
 
 def test_every_preset_recipe_streams(tiny_set):
-    for recipe in AUGMENT_PRESETS.values():
+    for augment in AUGMENT_PRESETS.values():
         s = TrainStream(
             tiny_set,
             consumer=0,
             num_consumers=2,
             batch_size=3,
-            recipe=recipe,
+            augment=augment,
             input_size=24,
             seed=0,
         )

@@ -17,7 +17,7 @@ def _stream(path: str) -> TrainStream:
         consumer=0,
         num_consumers=1,
         batch_size=8,
-        recipe=AUGMENT_PRESETS["paper"],
+        augment=AUGMENT_PRESETS["paper"],
         input_size=32,
         seed=3,
     )

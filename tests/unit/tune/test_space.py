@@ -21,9 +21,9 @@ from distinception.tune.trials import bundles, fit_to, plan_concurrency, trial_c
 def test_default_space_is_valid_and_nested_by_section():
     space = SearchSpace(DEFAULT_SPACE)
     tune_space = space.to_tune()
-    assert set(tune_space) == {"recipe", "ps"}
+    assert set(tune_space) == {"augment", "ps"}
     assert {"area_min", "aspect_max", "photometric", "lighting", "interpolation"} <= set(
-        tune_space["recipe"]
+        tune_space["augment"]
     )
     assert "lr" in tune_space["ps"]
 
@@ -33,41 +33,41 @@ def test_a_sample_becomes_a_job_and_the_aspect_range_stays_symmetric():
     cfg = SearchSpace(DEFAULT_SPACE).apply(
         base,
         {
-            "recipe": {"area_min": 0.3, "aspect_max": 1.25, "interpolation": "area"},
+            "augment": {"area_min": 0.3, "aspect_max": 1.25, "interpolation": "area"},
             "ps": {"lr": 0.01},
         },
     )
-    assert cfg.recipe.area_min == 0.3
-    assert cfg.recipe.aspect_max == 1.25
-    assert cfg.recipe.aspect_min == pytest.approx(0.8)
-    assert cfg.recipe.interpolation == "area"
+    assert cfg.augment.area_min == 0.3
+    assert cfg.augment.aspect_max == 1.25
+    assert cfg.augment.aspect_min == pytest.approx(0.8)
+    assert cfg.augment.interpolation == "area"
     assert cfg.ps.lr == 0.01
     assert cfg.model == base.model and cfg.run == base.run
 
 
 def test_unknown_fields_and_bad_ranges_fail_in_one_line():
-    with pytest.raises(ConfigError, match=r"did you mean 'recipe\.area_min'"):
-        SearchSpace({"recipe.area_mn": Uniform(0.1, 1.0)})
-    with pytest.raises(ConfigError, match=r"recipe.area_min=0.0: expected a number in \(0, 1\]"):
-        SearchSpace({"recipe.area_min": Uniform(0.0, 1.0)})
+    with pytest.raises(ConfigError, match=r"did you mean 'augment\.area_min'"):
+        SearchSpace({"augment.area_mn": Uniform(0.1, 1.0)})
+    with pytest.raises(ConfigError, match=r"augment.area_min=0.0: expected a number in \(0, 1\]"):
+        SearchSpace({"augment.area_min": Uniform(0.0, 1.0)})
     with pytest.raises(ConfigError, match="expected low <= high"):
         SearchSpace({"ps.lr": Uniform(0.1, 0.01)})
     with pytest.raises(ConfigError, match="interpolation"):
-        SearchSpace({"recipe.interpolation": Choice(("bilinear", "lanczos"))})
+        SearchSpace({"augment.interpolation": Choice(("bilinear", "lanczos"))})
     with pytest.raises(ConfigError, match="low > 0"):
         SearchSpace({"ps.lr": Uniform(0.0, 0.1, log=True)})
 
 
 def test_parse_domain_and_build_space_with_fixed_fields():
     assert parse_domain("ps.lr", "loguniform:1e-3:0.1") == Uniform(1e-3, 0.1, log=True)
-    assert parse_domain("recipe.flip", "choice:true,false") == Choice((True, False))
+    assert parse_domain("augment.flip", "choice:true,false") == Choice((True, False))
     with pytest.raises(ConfigError, match="expected uniform:LOW:HIGH"):
         parse_domain("ps.lr", "normal:0:1")
-    space = build_space(["recipe.flip=choice:true,false"], fixed=["ps.lr", "recipe.aspect_min"])
-    assert "ps.lr" not in space.domains and "recipe.flip" in space.domains
+    space = build_space(["augment.flip=choice:true,false"], fixed=["ps.lr", "augment.aspect_min"])
+    assert "ps.lr" not in space.domains and "augment.flip" in space.domains
     # aspect_min was fixed by the user: it is not tied to aspect_max any more.
-    cfg = space.apply(JobConfig(), {"recipe.aspect_max": 1.5})
-    assert cfg.recipe.aspect_min == JobConfig().recipe.aspect_min
+    cfg = space.apply(JobConfig(), {"augment.aspect_max": 1.5})
+    assert cfg.augment.aspect_min == JobConfig().augment.aspect_min
 
 
 def test_trials_fit_the_cluster_without_oversubscribing_it():
