@@ -121,10 +121,14 @@ class ReplicaLoop:
             return None
 
     def _arrived(self, future: Future) -> bool:
+        """Whether the pull behind this push can be taken now. A push whose send failed counts
+        as arrived: taking it counts it lost once and pulls afresh, where asking here would
+        count it again at every refresh until it is taken."""
         if not future.done():
             return False
-        ticket = self._ticket(future, 0)
-        return ticket is not None and self.links.arrived(ticket)
+        if future.exception() is not None:
+            return True
+        return self.links.arrived(future.result())
 
     def _refresh(self) -> None:
         """Load the newest weights that have arrived; wait for the oldest pull in flight only
