@@ -80,15 +80,7 @@ def fit_cpus(cfg: JobConfig, replicas: int, cpus: float = 2.0) -> JobConfig:
 def open_stream(cfg: JobConfig, data: str, consumer: int = 0, consumers: int = 1) -> Any:
     from distinception.data.loader import TrainStream
 
-    return TrainStream(
-        data,
-        consumer=consumer,
-        num_consumers=consumers,
-        batch_size=cfg.data.batch_size,
-        augment=cfg.augment,
-        input_size=cfg.model.input_size,
-        seed=cfg.run.seed,
-    )
+    return TrainStream.for_job(cfg, data, consumer, consumers)
 
 
 class LocalTrainer:

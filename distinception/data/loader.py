@@ -213,6 +213,28 @@ class TrainStream:
         self._labels = np.zeros(0, dtype=np.int64)
         self._rows = np.zeros(0, dtype=np.int64)
 
+    @classmethod
+    def for_job(
+        cls,
+        cfg: JobConfig,
+        path: str,
+        consumer: int = 0,
+        num_consumers: int = 1,
+        position: dict | None = None,
+    ) -> TrainStream:
+        """Consumer `consumer`'s share of a job's training data, as the job's batch size,
+        augment, input size and seed say: a replica and the benchmarks' loops read the same."""
+        return cls(
+            path,
+            consumer=consumer,
+            num_consumers=num_consumers,
+            batch_size=cfg.data.batch_size,
+            augment=cfg.augment,
+            input_size=cfg.model.input_size,
+            seed=cfg.run.seed,
+            position=position,
+        )
+
     def position(self) -> dict:
         """Where the next batch starts; a stream built with it continues exactly from here."""
         return {"epoch": self.epoch, "offset": self._offset}

@@ -42,16 +42,7 @@ def train_stream(
     """Opens replica `index`'s share of the training data at a recorded position (or the start)."""
 
     def open_at(position: dict | None) -> TrainStream:
-        return TrainStream(
-            data_path,
-            consumer=index,
-            num_consumers=num_consumers,
-            batch_size=cfg.data.batch_size,
-            augment=cfg.augment,
-            input_size=cfg.model.input_size,
-            seed=cfg.run.seed,
-            position=position,
-        )
+        return TrainStream.for_job(cfg, data_path, index, num_consumers, position)
 
     return open_at
 
