@@ -37,7 +37,7 @@ def _floor(x: float) -> float:
 
 
 def trial_cpus(cfg: JobConfig) -> float:
-    from distinception.ps.coordinator import actor_demand
+    from distinception.ps.capacity import actor_demand
 
     return DRIVER_CPUS + actor_demand(cfg).get("CPU", 0.0)
 
