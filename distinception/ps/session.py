@@ -26,15 +26,16 @@ def init_ray(address: str | None, **local: Any) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
+    # Ray's start-up notices (the local instance started, connected to a cluster, token auth on
+    # as we ask) are not the user's business; its errors still show, and its session logs keep
+    # everything.
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
         return False
     options: dict[str, Any] = {
         "num_cpus": max(2, os.cpu_count() or 2),
         "include_dashboard": False,
         "log_to_driver": False,
-        # Ray's start-up notices (the local instance started, token auth on as we ask) are not
-        # the user's business; its errors still show, and its session logs keep everything.
         "logging_level": logging.ERROR,
     }
     ray.init(**(options | local))
