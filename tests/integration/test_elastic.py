@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from as_typed import distinception
 from mlflow.tracking import MlflowClient
 from ray_heads import free_port, kill_pids, pids_using
 
@@ -101,17 +102,19 @@ def _metric(client: MlflowClient, run_id: str, key: str) -> list[float]:
     return [m.value for m in client.get_metric_history(run_id, key)]
 
 
-def test_autoscaling_cluster_adds_nodes_and_survives_losing_one(
-    start_head, tiny_data, mlflow_uri, tmp_path
-):
+@pytest.fixture
+def autoscaling_head(start_head, tmp_path_factory):
+    """A new fake multi-node cluster whose autoscaler adds up to 3 `replica_node`s (1 CPU and 1
+    `replica` each) to a head with 1 CPU and no `replica`. New for each test: a node killed by
+    one test stays listed by the fake provider, and one test's nodes would serve the next."""
     # The fake provider starts its nodes against GCS port 6379 unless the config names the
     # head's address (`provider.gcs_address`): a copy of cluster/local.yaml names a free port.
     port = free_port()
     config = yaml.safe_load((ROOT / "cluster" / "local.yaml").read_text())
     config["provider"]["gcs_address"] = f"127.0.0.1:{port}"
-    autoscaling = tmp_path / "local.yaml"
+    autoscaling = tmp_path_factory.mktemp("autoscaling") / "local.yaml"
     autoscaling.write_text(yaml.safe_dump(config))
-    head = start_head(
+    return start_head(
         [
             "--num-cpus=1",
             '--resources={"ps": 8}',
@@ -133,6 +136,12 @@ def test_autoscaling_cluster_adds_nodes_and_survives_losing_one(
             "RAY_health_check_failure_threshold": "3",
         },
     )
+
+
+def test_autoscaling_cluster_adds_nodes_and_survives_losing_one(
+    autoscaling_head, tiny_data, mlflow_uri, tmp_path
+):
+    head = autoscaling_head
     driver_log = tmp_path / "driver.log"
     with open(driver_log, "w") as out:
         driver = subprocess.Popen(
@@ -197,6 +206,8 @@ def test_autoscaling_cluster_adds_nodes_and_survives_losing_one(
     out = driver_log.read_text()
     assert driver.returncode == 0, out[-3000:]
     assert killed is not None, "never saw two replicas training: " + out[-3000:]
+    # Before starting, the job waited for a node that could hold its first replica, and said so.
+    assert "distinception: waiting for the autoscaler: " in out and "replica 0/1" in out, out
 
     monitor = (head.session_logs / "monitor.log").read_text()
     assert "Adding" in monitor and "replica_node" in monitor  # the autoscaler added nodes
@@ -214,3 +225,32 @@ def test_autoscaling_cluster_adds_nodes_and_survives_losing_one(
 
 def _db(uri: str) -> bool:
     return Path(uri.removeprefix("sqlite:///")).exists()
+
+
+def test_a_job_the_autoscaler_cannot_hold_waits_with_progress_then_fails_in_one_line(
+    autoscaling_head, tiny_data, tmp_path
+):
+    """Five 1-CPU replicas need five `replica_node`s; the autoscaler may add three."""
+    started = time.monotonic()
+    proc = distinception(
+        *("train", "--address", autoscaling_head.gcs_address, "--recipe", "tiny"),
+        *("--set", f"data.path={tiny_data}"),
+        *("--set", f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db"),
+        *("--set", "ps.num_replicas=5", "--set", "ps.replica_cpus=1"),
+        *("--set", "ps.replica_resources={replica: 1}", "--set", "ps.shard_resources={ps: 1}"),
+        code=2,
+        env=autoscaling_head.env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    waiting = [
+        line for line in lines if line.startswith("distinception: waiting for the autoscaler")
+    ]
+    assert waiting and "replica " in waiting[0] and "/5" in waiting[0], proc.stderr[-3000:]
+    last = lines[-1]
+    assert last.startswith("distinception: error: the job's actors ask for "), proc.stderr[-3000:]
+    assert "the autoscaler started no node for it" in last and "lower ps.num_replicas" in last
+    assert "Traceback" not in proc.stderr and " INFO " not in proc.stderr  # no Ray notices
+    # It gave up on its own, well before the test's limit, once no node was coming.
+    assert time.monotonic() - started < 240

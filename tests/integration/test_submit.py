@@ -147,6 +147,28 @@ def _wait_for_status(job_id: str, wanted: str, address: tuple, env: dict, timeou
     raise AssertionError(f"{job_id} not {wanted} within {timeout} s: {status}")
 
 
+def test_a_job_too_big_for_a_cluster_without_an_autoscaler_fails_at_once_in_one_line(
+    head, tiny_data, tmp_path
+):
+    """This head was started without `--autoscaling-config`: its 4 CPUs are all it will have."""
+    proc = distinception(
+        *("train", "--address", head.gcs_address, "--recipe", "tiny"),
+        *("--set", f"data.path={tiny_data}", "--set", "ps.num_replicas=8"),
+        *("--set", f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db"),
+        code=2,
+        env=head.env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert not any("waiting for the autoscaler" in line for line in lines), proc.stderr
+    last = lines[-1]
+    assert last.startswith("distinception: error: the job's actors ask for "), proc.stderr
+    assert "CPU" in last and "ps.num_replicas=8" in last and "the cluster has 4" in last
+    assert "no autoscaler to add nodes; lower ps.num_replicas" in last
+    assert "Traceback" not in proc.stderr and " INFO " not in proc.stderr  # no Ray notices
+
+
 def test_missing_or_wrong_token_is_one_clear_line(head, tmp_path):
     no_token = {k: v for k, v in head.env.items() if not k.startswith("RAY_AUTH_TOKEN")}
     no_token["HOME"] = str(tmp_path)  # no ~/.ray/auth_token either
