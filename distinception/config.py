@@ -506,26 +506,43 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
     return value
 
 
-def _build_section(section: str, cls: type, values: Any, base: Any) -> Any:
+def load_section(name: str, cls: type, values: Any, base: Any = None) -> Any:
+    """Build the frozen dataclass `cls` from a mapping, over `base` (default: its defaults).
+
+    The one loader of every validated document here: run configs and job specs alike. Each key
+    must be a field, each value is coerced to the field's type or refused, a field that is itself
+    a dataclass is loaded the same way, and the class's own checks run last; every refusal is one
+    line naming `name.key` (just `key` when `name` is empty), the value and what is allowed."""
     if isinstance(values, cls):
         return values
+    if not isinstance(values, Mapping):
+        _fail(name, values, "a mapping of " + ", ".join(f.name for f in dataclasses.fields(cls)))
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {f.name: getattr(base, f.name) for f in dataclasses.fields(cls)} if base else {}
+    for key, value in values.items():
+        where = f"{name}.{key}" if name else str(key)
+        if key not in names:
+            raise _unknown(where, key, names)
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            # An empty nested section (`runtime_env:` with nothing under it) keeps its defaults.
+            value = {} if value is None else value
+            kwargs[key] = load_section(where, hint, value, kwargs.get(key))
+        else:
+            kwargs[key] = _coerce(where, value, hint)
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{name}.{err}" if name else str(err)) from None
+
+
+def _build_section(section: str, cls: type, values: Any, base: Any) -> Any:
     if section == "augment" and isinstance(values, str):
         if values not in AUGMENT_PRESETS:
             _fail("augment", values, "one of " + ", ".join(AUGMENT_PRESETS) + " or a mapping")
         return AUGMENT_PRESETS[values]
-    if not isinstance(values, Mapping):
-        _fail(section, values, "a mapping of " + ", ".join(f.name for f in dataclasses.fields(cls)))
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = dataclasses.asdict(base)
-    for key, value in values.items():
-        if key not in names:
-            raise _unknown(f"{section}.{key}", key, names)
-        kwargs[key] = _coerce(f"{section}.{key}", value, hints[key])
-    try:
-        return cls(**kwargs)
-    except ConfigError as err:
-        raise ConfigError(f"{section}.{err}") from None
+    return load_section(section, cls, values, base)
 
 
 def from_dict(values: Mapping[str, Any], base: JobConfig | None = None) -> JobConfig:
@@ -602,6 +619,7 @@ __all__ = [
     "TrackingConfig",
     "apply_overrides",
     "from_dict",
+    "load_section",
     "load_yaml",
     "parse_staleness",
 ]

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from distinception.config import ConfigError
+from distinception.config import ConfigError, load_section
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -54,38 +54,63 @@ class JobSpec:
     description: str = ""
 
 
-_TOP = {"name", "description", "entrypoint", "runtime_env", "resources"}
-_RUNTIME = {"working_dir", "requirements", "excludes", "env_vars"}
-_RESOURCES = {"num_cpus", "num_gpus", "custom"}
-
-
-def _keys(where: str, values: Any, allowed: set[str]) -> Mapping[str, Any]:
-    if values is None:
-        return {}
-    if not isinstance(values, Mapping):
-        raise SubmitError(
-            f"{where}={values!r}: expected a mapping of " + ", ".join(sorted(allowed))
-        )
-    unknown = sorted(set(values) - allowed)
-    if unknown:
-        raise SubmitError(
-            f"{where}.{unknown[0]}: unknown key; expected one of " + ", ".join(sorted(allowed))
-        )
-    return values
-
-
-def _mapping(where: str, values: Any) -> Mapping[str, Any]:
-    if values is None:
-        return {}
-    if not isinstance(values, Mapping):
-        raise SubmitError(f"{where}={values!r}: expected a mapping")
-    return values
-
-
-def _number(where: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise SubmitError(f"{where}={value!r}: expected a number >= 0")
+def _amount(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ConfigError(f"{name}={value!r}: expected a number >= 0")
     return float(value)
+
+
+@dataclass(frozen=True)
+class RuntimeEnvDoc:
+    """A spec's `runtime_env:` as written (paths relative to the spec file)."""
+
+    working_dir: str = "."
+    requirements: str = ""
+    excludes: tuple[str, ...] = ()
+    env_vars: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        excludes = self.excludes if self.excludes is not None else ()
+        if not isinstance(excludes, (list, tuple)) or not all(isinstance(x, str) for x in excludes):
+            raise ConfigError(f"excludes={excludes!r}: expected a list of path patterns")
+        object.__setattr__(self, "excludes", tuple(excludes))
+        env_vars = self.env_vars if self.env_vars is not None else {}
+        if not isinstance(env_vars, Mapping):
+            raise ConfigError(f"env_vars={env_vars!r}: expected a mapping")
+        object.__setattr__(self, "env_vars", {str(k): str(v) for k, v in env_vars.items()})
+
+
+@dataclass(frozen=True)
+class DriverResourcesDoc:
+    """A spec's `resources:`: what the driver process itself holds on the cluster."""
+
+    num_cpus: float = 0.0
+    num_gpus: float = 0.0
+    custom: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _amount("num_cpus", self.num_cpus)
+        _amount("num_gpus", self.num_gpus)
+        custom = self.custom if self.custom is not None else {}
+        if not isinstance(custom, Mapping):
+            raise ConfigError(f"custom={custom!r}: expected a mapping")
+        custom = {str(k): _amount(f"custom.{k}", v) for k, v in custom.items()}
+        object.__setattr__(self, "custom", custom)
+
+
+@dataclass(frozen=True)
+class JobSpecDoc:
+    """A job spec file as written, checked by the same loader as run configs."""
+
+    entrypoint: str = ""
+    name: str = ""
+    description: str = ""
+    runtime_env: RuntimeEnvDoc = field(default_factory=RuntimeEnvDoc)
+    resources: DriverResourcesDoc = field(default_factory=DriverResourcesDoc)
+
+    def __post_init__(self) -> None:
+        if not self.entrypoint.strip():
+            raise ConfigError(f"entrypoint={self.entrypoint!r}: expected a command line")
 
 
 def load_spec(path: str | Path) -> JobSpec:
@@ -102,38 +127,32 @@ def load_spec(path: str | Path) -> JobSpec:
             f"job spec {str(path)!r}: expected a mapping with an entrypoint (the command to run);"
             " `train --config` files are not job specs"
         )
-    _keys("job spec", doc, _TOP)
-    entrypoint = doc["entrypoint"]
-    if not isinstance(entrypoint, str) or not entrypoint.strip():
-        raise SubmitError(f"entrypoint={entrypoint!r}: expected a command line")
-    runtime = _keys("runtime_env", doc.get("runtime_env"), _RUNTIME)
-    res = _keys("resources", doc.get("resources"), _RESOURCES)
+    try:
+        spec = load_section("", JobSpecDoc, doc)
+    except ConfigError as err:
+        raise SubmitError(f"job spec {str(path)!r}: {err}") from None
+    runtime = spec.runtime_env
     base = p.resolve().parent
-    working_dir = (base / str(runtime.get("working_dir", "."))).resolve()
+    working_dir = (base / runtime.working_dir).resolve()
     if not working_dir.is_dir():
         raise SubmitError(f"runtime_env.working_dir={str(working_dir)!r}: expected a directory")
     requirements = ""
-    if runtime.get("requirements"):
-        req = (base / str(runtime["requirements"])).resolve()
+    if runtime.requirements:
+        req = (base / runtime.requirements).resolve()
         if not req.is_file():
             raise SubmitError(f"runtime_env.requirements={str(req)!r}: expected a file")
         requirements = str(req)
-    env_vars = _mapping("runtime_env.env_vars", runtime.get("env_vars"))
-    excludes = runtime.get("excludes") or []
-    if not isinstance(excludes, list) or not all(isinstance(x, str) for x in excludes):
-        raise SubmitError(f"runtime_env.excludes={excludes!r}: expected a list of path patterns")
-    custom = _mapping("resources.custom", res.get("custom"))
     return JobSpec(
-        name=str(doc.get("name") or p.stem),
-        description=str(doc.get("description") or ""),
-        entrypoint=" ".join(entrypoint.split()),
+        name=spec.name or p.stem,
+        description=spec.description,
+        entrypoint=" ".join(spec.entrypoint.split()),
         working_dir=str(working_dir),
         requirements=requirements,
-        excludes=tuple(excludes),
-        env_vars={str(k): str(v) for k, v in env_vars.items()},
-        num_cpus=_number("resources.num_cpus", res.get("num_cpus", 0)),
-        num_gpus=_number("resources.num_gpus", res.get("num_gpus", 0)),
-        resources={str(k): _number(f"resources.custom.{k}", v) for k, v in custom.items()},
+        excludes=runtime.excludes,
+        env_vars=dict(runtime.env_vars),
+        num_cpus=spec.resources.num_cpus,
+        num_gpus=spec.resources.num_gpus,
+        resources=dict(spec.resources.custom),
     )
 
 

@@ -76,10 +76,14 @@ def test_runtime_env_carries_code_pins_and_tracking_uri(monkeypatch):
     [
         ("model: {}\n", "expected a mapping with an entrypoint"),
         ("entrypoint: ''\n", "entrypoint='': expected a command line"),
-        ("entrypoint: x\nruntime: {}\n", "job spec.runtime: unknown key"),
+        ("entrypoint: x\nruntime: {}\n", "runtime: unknown key (did you mean 'runtime_env'?)"),
         ("entrypoint: x\nruntime_env: {workdir: .}\n", "runtime_env.workdir: unknown key"),
         ("entrypoint: x\nresources: {num_cpus: -1}\n", "resources.num_cpus=-1"),
         ("entrypoint: x\nruntime_env: {requirements: nope.txt}\n", "expected a file"),
+        ("entrypoint: x\nruntime_env: {excludes: data/}\n", "expected a list of path patterns"),
+        ("entrypoint: x\nruntime_env: {env_vars: [A]}\n", "runtime_env.env_vars=['A']"),
+        ("entrypoint: x\nresources: {custom: {ps: -2}}\n", "resources.custom.ps=-2: expected"),
+        ("entrypoint: [a, b]\n", "entrypoint=['a', 'b']: expected a string"),
     ],
 )
 def test_bad_specs_fail_with_one_line(tmp_path, doc, message):
