@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 CALL_SECONDS = 1.0
 #: Calls queued per replica: the one it runs and the next, so it never waits for the driver.
 QUEUED = 2
+#: Steps in a new replica's first calls, before its pace is known.
+FIRST_STEPS = 2
 
 #: Creates the replica actor for a slot, starting at the given data position (None: its start).
 Spawn = Callable[[int, dict | None], Any]
@@ -49,7 +51,7 @@ class ReplicaScheduler:
         #: Examples trained on by all replicas, this job and (resumed) before it.
         self.examples = 0
         self.pool: ReplicaPool | None = None
-        #: Shard updates to wait for before the other replicas join; 0 once they have.
+        #: Shard updates a fresh job waits for before the other replicas start (0: none).
         self.warm = 0
         self.n_active = 0
         self.stopping = False
@@ -85,7 +87,7 @@ class ReplicaScheduler:
 
     def _queue(self, i: int) -> None:
         for _ in range(QUEUED):
-            self.pending[self.replicas[i].train.remote(2)] = i
+            self.pending[self.replicas[i].train.remote(FIRST_STEPS)] = i
 
     def _first_elastic_replicas(self, target: int) -> dict[int, Any]:
         """Ask for room for `target` replicas; wait (bounded) until `min_replicas` are up."""
