@@ -5,7 +5,9 @@
 - plain cores, unit-tested without Ray: the update rule (`shard`) and the shard as its peers see
   it (`shard_server`), a replica's compute (`replica`) and its loop (`replica_loop`), the
   averager (`averager`), the flat layout and the staleness policies.
-- the Ray shell (`actors`), and the control plane (`coordinator`) that starts and watches it.
+- the Ray shell (`actors`), and the control plane that starts and watches it: the
+  `coordinator`, whose loop runs the parts in `control/` (replicas, stats, evaluation,
+  checkpoints).
 
 Code outside `ps/` uses what this module exports and the `transport` package, nothing deeper:
 the benchmarks rebuild a replica's step, a shard's optimizer and the transport from these

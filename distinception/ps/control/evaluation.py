@@ -1,0 +1,74 @@
+"""Evaluations while a job trains, stamped at the moment they were asked for.
+
+The averager scores the weights it holds when asked, and scoring takes seconds; stamping a
+result when it arrives would shift every curve to the right by the scoring time. So the
+evaluator remembers the examples and training seconds of each request. One request at a time,
+polled without waiting: the driver never blocks on the averager while replicas train. A failed
+evaluation is counted and skipped, never retried: the next one comes on the clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import Counter
+from typing import Any
+
+import ray
+from ray.exceptions import RayError
+
+from distinception.ps.actors import RPC_TIMEOUT_S
+
+log = logging.getLogger(__name__)
+
+#: An evaluation to report: (metrics, examples, training seconds) at its request.
+Point = tuple[dict[str, float], int, float]
+
+
+class Evaluator:
+    """Asks the averager for an evaluation every `interval_s`, one in flight at a time."""
+
+    def __init__(
+        self,
+        averager: Any,
+        faults: Counter[str],
+        interval_s: float,
+        *,
+        started: float,
+        examples: int,
+        seconds: float,
+    ) -> None:
+        self.averager = averager
+        self.faults = faults
+        self.interval_s = interval_s
+        self.last_at = started
+        self.ref: ray.ObjectRef | None = None
+        #: Examples and training seconds when the evaluation in flight was asked for.
+        self.asked_at = (examples, seconds)
+
+    def tick(self, now: float, examples: int, seconds: float, stopping: bool) -> Point | None:
+        """Ask for an evaluation when one is due; return the one that finished, if any."""
+        if self.ref is None and now - self.last_at >= self.interval_s and not stopping:
+            self.ref = self.averager.evaluate.remote()
+            self.asked_at = (examples, seconds)
+            self.last_at = now
+        if self.ref is not None and ray.wait([self.ref], timeout=0)[0]:
+            ref, self.ref = self.ref, None
+            return self._done(ref, *self.asked_at)
+        return None
+
+    def _done(self, ref: ray.ObjectRef, examples: int, seconds: float) -> Point | None:
+        try:
+            res = ray.get(ref, timeout=RPC_TIMEOUT_S)
+        except RayError as err:
+            self.faults["eval_failed"] += 1
+            log.warning("evaluation failed: %s", err)
+            return None
+        return {k: float(v) for k, v in res.items() if k.endswith("_error")}, examples, seconds
+
+    def drain(self) -> None:
+        """Wait (bounded) for the evaluation still in flight before the job finishes; the job
+        ends with its own final evaluation, so this one is not reported."""
+        if self.ref is not None:
+            with contextlib.suppress(RayError):
+                ray.get(self.ref, timeout=RPC_TIMEOUT_S)

@@ -1,0 +1,242 @@
+"""The replica scheduler: keeps every replica busy, and every replica's work accounted for.
+
+Each replica always has a second call queued behind the one it runs, so it never waits for the
+driver; each call is sized to about `CALL_SECONDS` of work, so the driver reacts to faults and
+budgets quickly. A replica that dies is sought back to the data position it last reported, or
+replaced there when Ray has no restarts left; in an elastic job its slot is freed instead and
+the pool fills it when capacity returns. Positions and stats are kept per slot because that is
+what a restart, a replacement and a checkpoint need.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError
+
+from distinception.config import ConfigError, JobConfig
+from distinception.ps.actors import RPC_TIMEOUT_S
+from distinception.ps.elastic import ReplicaPool
+
+log = logging.getLogger(__name__)
+
+#: Each replica call runs about this long: short enough to react to faults and budgets quickly,
+#: long enough that the driver's round trips cost nothing measurable.
+CALL_SECONDS = 1.0
+#: Calls queued per replica: the one it runs and the next, so it never waits for the driver.
+QUEUED = 2
+#: Steps in a new replica's first calls, before its pace is known.
+FIRST_STEPS = 2
+
+#: Creates the replica actor for a slot, starting at the given data position (None: its start).
+Spawn = Callable[[int, dict | None], Any]
+
+
+class ReplicaScheduler:
+    """The replicas of one job, the calls in flight to them, and what they reported."""
+
+    def __init__(self, cfg: JobConfig, faults: Counter[str], spawn: Spawn) -> None:
+        self.cfg = cfg
+        self.faults = faults
+        self.spawn = spawn
+        self.replicas: dict[int, Any] = {}
+        self.pending: dict[ray.ObjectRef, int] = {}
+        self.positions: dict[int, dict] = {}
+        self.replica_stats: dict[int, dict[str, Any]] = {}
+        #: Examples trained on by all replicas, this job and (resumed) before it.
+        self.examples = 0
+        self.pool: ReplicaPool | None = None
+        #: Shard updates a fresh job waits for before the other replicas start (0: none).
+        self.warm = 0
+        self.n_active = 0
+        self.stopping = False
+
+    # -- starting ------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the first replicas: one while a fresh job warms up, else all of them."""
+        ps = self.cfg.ps
+        self.warm = ps.warm_start_updates if self.examples == 0 else 0
+        self.n_active = 1 if self.warm else ps.num_replicas
+        if ps.elastic:
+            self.replicas = self._first_elastic_replicas(self.n_active)
+        else:
+            self.replicas = {i: self._new(i) for i in range(self.n_active)}
+        for i in self.replicas:
+            self._queue(i)
+
+    def end_warm_start(self, versions: list[int]) -> None:
+        """Once every shard has `warm` updates, start the replicas the warm start held back."""
+        ps = self.cfg.ps
+        if not (self.warm and self.n_active < ps.num_replicas and min(versions) >= self.warm):
+            return
+        if self.pool is not None:
+            self.pool.set_target(ps.num_replicas)
+            self.n_active = ps.num_replicas
+        for i in range(self.n_active, ps.num_replicas):
+            self.replicas[i] = self._new(i)
+            self._queue(i)
+        self.n_active = ps.num_replicas
+
+    def _new(self, slot: int) -> Any:
+        return self.spawn(slot, self.positions.get(slot))
+
+    def _queue(self, i: int) -> None:
+        for _ in range(QUEUED):
+            self.pending[self.replicas[i].train.remote(FIRST_STEPS)] = i
+
+    def _first_elastic_replicas(self, target: int) -> dict[int, Any]:
+        """Ask for room for `target` replicas; wait (bounded) until `min_replicas` are up."""
+        ps = self.cfg.ps
+        self.pool = ReplicaPool(
+            self._new,
+            ps.num_replicas,
+            {"CPU": ps.replica_cpus, "GPU": ps.replica_gpus, **ps.replica_resources},
+            self._slot_progress,
+        )
+        self.pool.set_target(target)
+        replicas: dict[int, Any] = {}
+        need = min(ps.min_replicas, target)
+        deadline = time.monotonic() + ps.elastic_wait_s
+        while len(replicas) < need:
+            replicas.update(self.pool.poll(replicas))
+            if len(replicas) >= need:
+                break
+            if time.monotonic() > deadline:
+                raise ConfigError(
+                    f"ps.min_replicas={ps.min_replicas}: only {len(replicas)} replicas could be "
+                    f"placed within ps.elastic_wait_s={ps.elastic_wait_s:g}; expected a cluster "
+                    f"with room for replicas needing {self.pool.bundle}"
+                )
+            time.sleep(0.5)
+        return replicas
+
+    def _slot_progress(self, slot: int) -> tuple[int, int]:
+        pos = self.positions.get(slot) or {}
+        return int(pos.get("epoch", 0)), int(pos.get("offset", 0))
+
+    # -- running -------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        """Calls are in flight, or an elastic job that is not stopping waits for replicas."""
+        return bool(self.pending) or (self.pool is not None and not self.stopping)
+
+    def wait(self, timeout: float = 0.5) -> list[ray.ObjectRef]:
+        """The next finished call, if one finishes within `timeout`."""
+        if self.pending:
+            ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=timeout)
+            return ready
+        time.sleep(timeout)  # elastic, every replica lost: wait for capacity to return
+        return []
+
+    def collect(self, ready: list[ray.ObjectRef]) -> list[dict[str, Any]]:
+        """Take in replicas that joined and the finished calls `ready`, queue the next calls;
+        return the stats of each call that succeeded."""
+        if self.pool is not None and not self.stopping:
+            for i, actor in self.pool.poll(self.replicas):
+                self.replicas[i] = actor
+                self._queue(i)
+        finished = []
+        for ref in ready:
+            i = self.pending.pop(ref)
+            try:
+                stats = ray.get(ref)
+            except RayActorError as err:
+                self._failed(i, err)
+                continue
+            self._record(i, stats)
+            if stats["restarted"]:
+                # Ray restarted it and this call, queued after the failure, ran before any
+                # seek: its batches came from its stream's start. Seek it back now.
+                self._resume(i)
+            # Aim each call at CALL_SECONDS of work.
+            per_step = stats["wall_s"] / max(1, stats["steps"])
+            steps = max(1, min(256, int(CALL_SECONDS / max(per_step, 1e-4))))
+            if not self.stopping:
+                self.pending[self.replicas[i].train.remote(steps)] = i
+            finished.append(stats)
+        return finished
+
+    def _record(self, i: int, stats: dict[str, Any]) -> None:
+        self.examples += stats["examples"]
+        if not stats["restarted"]:  # a restarted actor's position is not its recorded one
+            self.positions[i] = stats["position"]
+        self.replica_stats[i] = stats
+
+    def stop(self) -> None:
+        """Let the calls in flight finish and submit no more; stop waiting for capacity."""
+        self.stopping = True
+        if self.pool is not None:
+            self.pool.close()
+
+    def close(self) -> None:
+        """Stop every replica, and those still starting."""
+        if self.pool is not None:
+            self.pool.close()
+        for actor in self.replicas.values():
+            ray.kill(actor, no_restart=True)
+
+    # -- faults --------------------------------------------------------------------------------
+    def _failed(self, i: int, err: BaseException) -> None:
+        """A replica died mid-call: Ray restarts it; seek it to its data position and go on."""
+        self.faults["replica_failures"] += 1
+        if self.pool is not None:
+            log.warning("replica %d lost (%s); its slot is free", i, type(err).__name__)
+            self._lost(i)
+            return
+        log.warning("replica %d failed (%s); restarting", i, type(err).__name__)
+        if any(v == i for v in self.pending.values()):
+            # Its other queued call fails too, or runs on the restarted actor and reports
+            # `restarted`; either way it is sought then, once.
+            return
+        self._resume(i)
+        if not self.stopping:
+            self._queue(i)
+
+    def _lost(self, i: int) -> None:
+        """Elastic: a replica died (usually with its node); free its slot, refill it later."""
+        self.faults["replicas_lost"] += 1
+        for ref in [r for r, slot in self.pending.items() if slot == i]:
+            del self.pending[ref]
+        actor = self.replicas.pop(i, None)
+        if actor is not None:
+            ray.kill(actor, no_restart=True)
+        assert self.pool is not None
+        self.pool.lost(i)
+
+    def _resume(self, i: int) -> None:
+        """Seek replica `i` to its recorded data position; replace it when out of restarts."""
+        try:
+            resumed = ray.get(
+                self.replicas[i].seek.remote(self.positions.get(i) or {"epoch": 0, "offset": 0}),
+                timeout=RPC_TIMEOUT_S,
+            )
+        except (RayActorError, GetTimeoutError):
+            # Out of restarts: replace it with a fresh actor at the same data position.
+            self.faults["replica_replaced"] += 1
+            self.replicas[i] = self._new(i)
+            resumed = self.positions.get(i)
+        # Recorded now, not only by its next call: a run that reaches its budget while the
+        # replica is down makes no further call to it.
+        if i in self.replica_stats:
+            self.replica_stats[i]["resumed_from"] = resumed
+
+    # -- what it reports -----------------------------------------------------------------------
+    def skipped_images(self) -> int:
+        """Undecodable images the replicas read past, as of their last calls."""
+        return sum(int(x["skipped"]) for x in self.replica_stats.values())
+
+    def pool_metrics(self) -> dict[str, float]:
+        """How many replicas an elastic job has, is starting and has seen join (else none)."""
+        if self.pool is None:
+            return {}
+        return {
+            "replicas": float(len(self.replicas)),
+            "replicas_starting": float(len(self.pool.starting)),
+            "replicas_joined": float(self.pool.joined),
+            "replica_nodes": float(self.pool.node_count()),
+        }
