@@ -40,12 +40,15 @@ def train(
     address: str | None = None,
     resume: str | None = None,
     parent_run_id: str | None = None,
+    straggler: float = 1.0,
 ) -> TrainResult:
     """Train `cfg` (or continue the job checkpointed in `resume`) on the parameter server.
 
     With `track` the job is one MLflow run, recorded before `callbacks` see each event (so they
     may read the run); without it only `callbacks` hear of it. Ray is joined at `address` (or
-    `RAY_ADDRESS`), else started locally and shut down afterwards."""
+    `RAY_ADDRESS`), else started locally and shut down afterwards. `straggler` is for
+    benchmarks, not part of the job's config: replica 0 takes that many times its compute time
+    per step (1 = none), to measure how the job copes with a slow worker."""
     from distinception.training import train as run_train
 
     return run_train(
@@ -55,6 +58,7 @@ def train(
         address=address,
         resume=resume,
         parent_run_id=parent_run_id,
+        straggler=straggler,
     )
 
 

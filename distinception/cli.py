@@ -289,6 +289,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise ConfigError(f"--seeds={args.seeds}: expected an integer >= 1")
         if args.target is not None and not 0 < args.target < 1:
             raise ConfigError(f"--target={args.target}: expected an error rate in (0, 1)")
+        if not 1 <= args.straggler <= 100:
+            raise ConfigError(f"--straggler={args.straggler:g}: expected a number in [1, 100]")
         extra = {
             "budget": args.budget,
             "seeds": args.seeds,
@@ -297,6 +299,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "target": args.target,
             "recipe": args.recipe,
             "lrs": _lrs(args.lrs),
+            "straggler": args.straggler,
         }
     print(run(replicas=args.replicas, quick=args.quick, out_dir=args.out, **extra)["text"])
     return 0
@@ -662,6 +665,14 @@ def build_parser() -> argparse.ArgumentParser:
                 default=None,
                 help="error rate the time-to-target columns use (default 1.5 x the local "
                 "loop's final error)",
+            )
+            p.add_argument(
+                "--straggler",
+                type=float,
+                default=1.0,
+                metavar="FACTOR",
+                help="replica 0 of the parameter server and rank 0 of DDP take FACTOR times "
+                "their compute time per step (default 1: no straggler)",
             )
         p.set_defaults(func=cmd_bench)
     p = bench.add_parser(

@@ -217,9 +217,6 @@ class PSConfig:
     elastic_wait_s: float = 900.0
     replica_resources: dict[str, float] = field(default_factory=dict)
     shard_resources: dict[str, float] = field(default_factory=dict)
-    #: Benchmark/test knob: replica 0 runs this many times slower than it could (it sleeps
-    #: (factor - 1) x its compute time after every step), to measure a straggler. 1 = off.
-    straggler_factor: float = 1.0
 
     @property
     def dc_versions(self) -> int:
@@ -302,12 +299,6 @@ class PSConfig:
             "min_replicas",
             self.min_replicas,
             f"an integer in [1, num_replicas={self.num_replicas}]",
-        )
-        _check(
-            1 <= self.straggler_factor <= 100,
-            "straggler_factor",
-            self.straggler_factor,
-            "a number in [1, 100] (1 = no straggler)",
         )
         _check(self.elastic_wait_s > 0, "elastic_wait_s", self.elastic_wait_s, "a number > 0")
         for name in ("replica_resources", "shard_resources"):

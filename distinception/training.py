@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from distinception.config import JobConfig
+from distinception.config import ConfigError, JobConfig
 from distinception.ps.callbacks import Callback, TrainResult
 from distinception.ps.coordinator import Coordinator, load_progress_config
 from distinception.tracking import MlflowCallback, redact, tracking_uri, ui_command
@@ -20,16 +20,23 @@ def train(
     address: str | None = None,
     resume: str | None = None,
     parent_run_id: str | None = None,
+    straggler: float = 1.0,
 ) -> TrainResult:
     """Train `cfg` (or continue the job checkpointed in `resume`), logged to MLflow with `track`.
 
     The MLflow callback comes first: the job's run id is the run it opens, and the other
     callbacks see every event after it is recorded."""
+    if not 1 <= straggler <= 100:
+        raise ConfigError(f"straggler={straggler!r}: expected a number in [1, 100] (1 = none)")
     if resume:
         cfg = load_progress_config(resume)
     tracking = [MlflowCallback(cfg, parent_run_id=parent_run_id)] if track else []
     coordinator = Coordinator(
-        cfg, [*tracking, *callbacks], checkpoint_dir=resume or None, resume=bool(resume)
+        cfg,
+        [*tracking, *callbacks],
+        checkpoint_dir=resume or None,
+        resume=bool(resume),
+        straggler=straggler,
     )
     return coordinator.run(address=address)
 

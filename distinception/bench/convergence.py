@@ -52,7 +52,7 @@ SYSTEMS = {
 DDP_SPLIT = "sync DDP, split batch"
 
 
-def _ps(cfg: JobConfig, budget: int, eval_s: float) -> dict[str, Any]:
+def _ps(cfg: JobConfig, budget: int, eval_s: float, straggler: float) -> dict[str, Any]:
     cfg = from_dict(
         {
             "run": {
@@ -65,7 +65,7 @@ def _ps(cfg: JobConfig, budget: int, eval_s: float) -> dict[str, Any]:
         },
         cfg,
     )
-    res = api.train(cfg, track=False)
+    res = api.train(cfg, track=False, straggler=straggler)
     # Each evaluation at the training seconds and examples of its request (the clock starts
     # when the replicas do, not when the actors are being created), then the final one.
     points = [h for h in res.history if "raw_top1_error" in h]
@@ -239,6 +239,7 @@ def run_convergence(
     systems: tuple[str, ...] = tuple(SYSTEMS),
     target: float | None = None,
     lrs: tuple[float, ...] = (),
+    straggler: float = 1.0,
 ) -> dict[str, Any]:
     """Every system on every seed; writes convergence.md and two PNG plots (error vs seconds and
     vs examples seen, mean over seeds).
@@ -246,7 +247,8 @@ def run_convergence(
     With `lrs`, each system first runs once at each of those learning rates (a Ray Tune grid,
     on a seed the comparison does not use, recorded as an MLflow parent run with a child per
     trial), and is then compared at the one where it ended lowest (its Polyak error for the
-    parameter server).
+    parameter server). With `straggler` > 1, replica 0 of the parameter server and rank 0 of
+    DDP take that many times their compute time per step (the local loop has no one to slow).
 
     The table gives the final error as mean ± the 95% interval over seeds, and the examples and
     seconds each system took to reach `target` error (default: 1.5 x the local loop's mean final
@@ -284,14 +286,15 @@ def run_convergence(
             warmup_steps=0,
             eval_every=max(1, steps // points),
             examples_per_epoch=train_examples,
+            straggler=straggler,
         )["curve"]
 
     def run_system(name: str, cfg: JobConfig) -> dict[str, list[tuple[float, int, float]]]:
         """One run of system `name` at `cfg`: a curve per series it adds."""
         if name == "ps":
-            return _ps(cfg, budget, eval_s)
+            return _ps(cfg, budget, eval_s, straggler)
         if name == "ps-previous":
-            ps = _ps(from_dict(PREVIOUS_UPDATE, cfg), budget, eval_s)
+            ps = _ps(from_dict(PREVIOUS_UPDATE, cfg), budget, eval_s, straggler)
             return {PREV_POLYAK: ps[POLYAK], PREV_RAW: ps[RAW]}
         if name == "ddp":
             return {DDP: ddp(cfg)}
@@ -360,6 +363,7 @@ def run_convergence(
         + (f" --systems {','.join(systems)}" if tuple(systems) != tuple(SYSTEMS) else "")
         + "".join(f" --set {o}" for o in overrides)
         + (f" --lrs {','.join(f'{lr:g}' for lr in lrs)}" if lrs else "")
+        + (f" --straggler {straggler:g}" if straggler != 1 else "")
     )
     lines = [
         *header(cmd, info),

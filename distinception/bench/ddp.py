@@ -2,9 +2,9 @@
 
 This is what a Ray user would run instead of a parameter server. Each worker runs our replica's
 compute and the shard's optimizer locally (`LocalTrainer`) on its own share of the data; DDP
-averages the gradients every step. Rank 0 may be made a straggler with `ps.straggler_factor`,
-slowed exactly as a replica is (`straggle`), and optionally scores its weights at fixed example
-counts (the clock stops while it does).
+averages the gradients every step. Rank 0 may be made a straggler (`straggler`: the factor its
+steps are slowed by), slowed exactly as a replica is (`straggle`), and optionally scores its
+weights at fixed example counts (the clock stops while it does).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _loop(config: dict[str, Any]) -> None:
         workers=world,
     )
     trainer.core.model = torch.nn.parallel.DistributedDataParallel(trainer.core.model)
-    slow = cfg.ps.straggler_factor if rank == 0 else 1.0
+    slow = config["straggler"] if rank == 0 else 1.0
     per_step = world * cfg.data.batch_size
 
     def step() -> None:
@@ -90,6 +90,7 @@ def run_ddp(
     warmup_steps: int = 3,
     eval_every: int = 0,
     examples_per_epoch: int = 5000,
+    straggler: float = 1.0,
 ) -> dict[str, Any]:
     """Run `steps` synchronous steps on `workers` workers; images/s and updates/s exclude the
     start-up and warm-up, and the curve (seconds, examples, top-1 error) is scored on rank 0."""
@@ -107,6 +108,7 @@ def run_ddp(
                 "warmup_steps": warmup_steps,
                 "eval_every": eval_every,
                 "examples_per_epoch": examples_per_epoch,
+                "straggler": straggler,
             },
             torch_config=TorchConfig(backend="gloo"),
             scaling_config=ScalingConfig(

@@ -59,11 +59,17 @@ class DocsParameterServer:
 
 class DocsWorker:
     def __init__(
-        self, cfg: JobConfig, data: str, num_classes: int, index: int, workers: int
+        self,
+        cfg: JobConfig,
+        data: str,
+        num_classes: int,
+        index: int,
+        workers: int,
+        straggler: float = 1.0,
     ) -> None:
         torch.set_num_threads(1)
         self.trainer = LocalTrainer(cfg, num_classes, open_stream(cfg, data, index, workers))
-        self.slow = cfg.ps.straggler_factor if index == 0 else 1.0
+        self.slow = straggler if index == 0 else 1.0
 
     def compute_gradients(self, weights: dict[str, torch.Tensor]) -> list[np.ndarray]:
         core = self.trainer.core
@@ -88,6 +94,7 @@ def run_docs_pattern(
     worker_cpus: float = 0.75,
     ps_cpus: float = 0.25,
     examples_per_epoch: int = 5000,
+    straggler: float = 1.0,
 ) -> dict[str, Any]:
     """Train until `seconds` pass or `examples` are used; rates exclude the first round.
 
@@ -100,7 +107,7 @@ def run_docs_pattern(
     actors = [
         ray.remote(DocsWorker)
         .options(num_cpus=worker_cpus)
-        .remote(cfg, data, num_classes, i, workers)
+        .remote(cfg, data, num_classes, i, workers, straggler)
         for i in range(workers)
     ]
     try:

@@ -5,7 +5,7 @@
 (c) Ray Train `TorchTrainer`, DDP over gloo, N workers;
 (d) a local single-process loop (one thread, like one replica).
 Same model, batch, data, optimizer and CPU share per worker; then the same with replica/worker 0
-slowed 2x (`ps.straggler_factor`). Rates are taken after start-up and warm-up.
+slowed 2x (`--straggler`). Rates are taken after start-up and warm-up.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def steady_rates(result: Any) -> tuple[float, float]:
     return result.examples / result.seconds, result.updates / result.seconds
 
 
-def run_ps(cfg: JobConfig, seconds: float) -> dict[str, Any]:
+def run_ps(cfg: JobConfig, seconds: float, straggler: float = 1.0) -> dict[str, Any]:
     cfg = from_dict(
         {
             "run": {
@@ -59,7 +59,7 @@ def run_ps(cfg: JobConfig, seconds: float) -> dict[str, Any]:
         },
         cfg,
     )
-    result = api.train(cfg, track=False)
+    result = api.train(cfg, track=False, straggler=straggler)
     images, updates = steady_rates(result)
     return {"images_per_s": images, "updates_per_s": updates, "result": result}
 
@@ -81,14 +81,18 @@ def run_local(cfg: JobConfig, data: str, num_classes: int, steps: int) -> dict[s
 
 
 def measure(
-    cfg: JobConfig, seconds: float, steps: int, local: dict[str, Any] | None
+    cfg: JobConfig,
+    seconds: float,
+    steps: int,
+    local: dict[str, Any] | None,
+    straggler: float = 1.0,
 ) -> dict[str, dict[str, Any]]:
     from distinception.bench.ddp import run_ddp
     from distinception.bench.docs_pattern import run_docs_pattern
 
     data, num_classes, train_examples = resolve_data(cfg)
     n, cpus = cfg.ps.num_replicas, cfg.ps.replica_cpus
-    out = {PS: run_ps(cfg, seconds)}
+    out = {PS: run_ps(cfg, seconds, straggler)}
     out[DOCS] = run_docs_pattern(
         cfg,
         data,
@@ -97,6 +101,7 @@ def measure(
         seconds=seconds,
         worker_cpus=cpus,
         examples_per_epoch=train_examples,
+        straggler=straggler,
     )
     out[DDP] = run_ddp(
         cfg,
@@ -106,6 +111,7 @@ def measure(
         max(4, steps // n),
         worker_cpus=cpus,
         examples_per_epoch=train_examples,
+        straggler=straggler,
     )
     out[LOCAL] = local or run_local(cfg, data, num_classes, steps)
     return out
@@ -135,8 +141,7 @@ def run_throughput(
     t0 = time.perf_counter()
     with local_ray():
         plain = measure(base, seconds, steps, None)
-        slow_cfg = from_dict({"ps": {"straggler_factor": straggler}}, base)
-        slow = measure(slow_cfg, seconds, steps, plain[LOCAL])
+        slow = measure(base, seconds, steps, plain[LOCAL], straggler)
     wall = time.perf_counter() - t0
     scenarios = {"all at full speed": plain, f"worker 0 slowed {straggler:g}x": slow}
 

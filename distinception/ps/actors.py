@@ -112,6 +112,7 @@ class ReplicaActor(ReplicaLoop):
         ranges: list[tuple[int, int]],
         num_consumers: int,
         position: dict | None = None,
+        slowdown: float = 1.0,
     ) -> None:
         _threads(cfg.ps.replica_cpus)
         super().__init__(
@@ -122,6 +123,7 @@ class ReplicaActor(ReplicaLoop):
             _connect(shards, ranges, cfg.ps.transport),
             position=position,
             restarted=_reconstructed(),
+            slowdown=slowdown,
         )
 
     def ready(self) -> dict[str, Any]:

@@ -72,8 +72,10 @@ class Coordinator:
         *,
         checkpoint_dir: str | None = None,
         resume: bool = False,
+        straggler: float = 1.0,
     ) -> None:
         self.cfg = cfg
+        self.straggler = straggler
         self.callbacks = CallbackList(callbacks)
         self.resume = resume
         self.checkpoint_dir = checkpoint_dir or cfg.run.checkpoint_dir
@@ -155,6 +157,7 @@ class Coordinator:
             self.ranges,
             self.cfg.ps.num_replicas,
             position,
+            slowdown=self.straggler if index == 0 else 1.0,
         )
 
     def _load_progress(self) -> None:

@@ -34,7 +34,7 @@ def build_flat_model(
 
 
 def straggle(factor: float, compute_s: float) -> None:
-    """Benchmark knob: make one step take `factor` times its compute time (`ps.straggler_factor`).
+    """Benchmark knob: make one step take `factor` times its compute time (`straggler`).
 
     Every system compared against the parameter server calls this same function after its
     step, so a straggler costs each of them the same."""

@@ -64,6 +64,7 @@ class ReplicaLoop:
         connect: Callable[[Callable[[str], None]], ShardChannel],
         position: dict | None = None,
         restarted: bool = False,
+        slowdown: float = 1.0,
     ) -> None:
         self.index = index
         self.cfg = cfg
@@ -90,7 +91,8 @@ class ReplicaLoop:
         self.step = 0
         self.max_lag = cfg.ps.lag
         self.lag = 0
-        self.straggler = cfg.ps.straggler_factor if index == 0 else 1.0
+        #: A benchmark's straggler: each step takes this many times its compute time.
+        self.straggler = slowdown
         self.pending_pulls: deque[Future] = deque()
         self.comm = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replica-comm")
         self.in_flight: list[Any] = []

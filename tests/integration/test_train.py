@@ -405,3 +405,21 @@ def test_warm_start_bounded_staleness_and_bf16_transfer(ray_local, easy_data, ml
     # Measured 0.0 Polyak and raw (2026-12-01; chance 0.75). How many pushes a bound of 0
     # refuses depends on the machine's timing, so more slack; half the accuracy (0.5) fails.
     assert result.final["polyak_top1_error"] <= 0.2
+
+
+def test_a_straggler_replica_reads_a_fraction_of_what_the_others_read(ray_local, easy_data):
+    """`straggler` slows replica 0 only; the run is not slowed to its pace (asynchrony)."""
+    cfg = tiny_cfg(
+        easy_data,
+        "",
+        ps={"num_replicas": 2, "replica_cpus": 0.5},
+        run={"max_examples": 1600, "eval_interval_s": 1e9, "progress": False},
+    )
+    result = train(cfg, track=False, straggler=4.0)
+    share = 4 * 96 // 2  # each replica's rows of the quadrant set per epoch
+    rows = {
+        i: s["position"]["epoch"] * share + s["position"]["offset"]
+        for i, s in result.replica_stats.items()
+    }
+    assert set(rows) == {0, 1} and result.examples >= 1600
+    assert rows[0] < 0.6 * rows[1], rows

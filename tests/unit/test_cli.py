@@ -121,6 +121,21 @@ def test_bench_convergence_bad_systems_and_target_are_one_line(capsys):
     assert "--systems='ps,mpi': expected a comma list of ps, ps-previous" in (
         capsys.readouterr().err
     )
+    assert main(["bench", "convergence", "--straggler", "0.5"]) == 2
+    assert "--straggler=0.5: expected a number in [1, 100]" in capsys.readouterr().err
+
+
+def test_the_straggler_is_a_benchmark_option_not_part_of_a_jobs_config(capsys):
+    from distinception import api
+    from distinception.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"straggler=0.5: expected a number in \[1, 100\]"):
+        api.train(api.load_config("tiny"), track=False, straggler=0.5)  # before Ray starts
+    assert main(["train", "--set", "ps.straggler_factor=2", "--print-config"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("distinception: error: ps.straggler_factor: unknown key") and (
+        "\n" not in err
+    )
 
 
 def test_data_inspect_runs_as_a_user_types_it(tmp_path):

@@ -115,7 +115,7 @@ class FakeShards:
         return []
 
 
-def make_loop(lag: int = 0, **fake: Any) -> tuple[ReplicaLoop, FakeShards]:
+def make_loop(lag: int = 0, slowdown: float = 1.0, **fake: Any) -> tuple[ReplicaLoop, FakeShards]:
     torch.manual_seed(0)
     cfg = JobConfig(
         model=MODEL,
@@ -131,7 +131,7 @@ def make_loop(lag: int = 0, **fake: Any) -> tuple[ReplicaLoop, FakeShards]:
     from distinception.ps.replica import build_flat_model
 
     total = build_flat_model(cfg, 4)[3].total
-    loop = ReplicaLoop(0, cfg, 4, FakeStream, connect)
+    loop = ReplicaLoop(0, cfg, 4, FakeStream, connect, slowdown=slowdown)
     return loop, made[0]
 
 
@@ -239,3 +239,19 @@ def test_seek_reopens_the_stream_at_the_recorded_position(loops):
     out = loop.train(2)
     assert out["position"] == {"batches": 9}
     assert out["restarted"] is False and out["resumed_from"] == {"batches": 7}
+
+
+@pytest.mark.parametrize("slowdown", [1.0, 3.0])
+def test_a_straggler_sleeps_its_factor_minus_one_times_each_steps_compute(
+    loops, slowdown, monkeypatch
+):
+    import distinception.ps.replica_loop as replica_loop
+
+    slept: list[tuple[float, float]] = []
+    monkeypatch.setattr(replica_loop, "straggle", lambda f, s: slept.append((f, s)))
+    loop, _ = make_loop(slowdown=slowdown)
+    loops.append(loop)
+    loop.train(3)
+    drain(loop)
+    assert [f for f, _ in slept] == [slowdown] * 3
+    assert all(s > 0 for _, s in slept)  # measured compute time of each step
