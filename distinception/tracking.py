@@ -101,7 +101,9 @@ def source_tags() -> dict[str, str]:
     import sys
 
     argv = sys.argv or [""]
-    ours = os.path.basename(argv[0]) == "distinception" or argv[0].endswith("distinception/cli.py")
+    ours = os.path.basename(argv[0]) == "distinception" or argv[0].endswith(
+        "distinception/cli/__main__.py"
+    )
     tags = {
         # The command typed (`distinception train`); a Tune trial's worker process has no
         # command of ours, its parent run has.

@@ -169,7 +169,7 @@ def test_every_command_ends_its_help_with_examples_that_parse(capsys):
 
 
 def test_an_unexpected_error_is_one_line_with_the_log_and_exit_1(monkeypatch, tmp_path, capsys):
-    import distinception.cli as cli
+    import distinception.cli.data as cli
 
     def broken(args):
         raise RuntimeError("the model exploded\nsecond line")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from distinception.cli import _job_config, build_parser
+from distinception.cli import build_parser
+from distinception.cli.jobs import _job_config
 from distinception.config import load_yaml
 from distinception.recipes import get_recipe
 from distinception.submit import SubmitError, find_token, load_spec, runtime_env

@@ -1,0 +1,176 @@
+"""The `distinception` command: parse arguments, then call one library function.
+
+Each group of commands (`jobs`: train and friends, `data`, `cluster`, `bench`) adds its own
+parsers and holds its own command functions; this module assembles them and runs one.
+
+A user mistake (bad config value, missing path, malformed data) ends with one line on stderr and
+exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from typing import NoReturn
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes end like every other user error: one line, exit status 2 (argparse
+    prints the whole usage first). Subcommand parsers are made of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        message = " ".join(message.split())
+        self.exit(2, f"distinception: error: {message} (see {self.prog} --help)\n")
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from distinception.config import ConfigError
+
+    errors: list[type[BaseException]] = [ConfigError, FileNotFoundError]
+    try:
+        from distinception.data.shards import DataError
+
+        errors.append(DataError)
+    except ImportError:  # pragma: no cover - data room not importable
+        pass
+    return tuple(errors)
+
+
+#: One or two examples at the end of each command's --help.
+EXAMPLES: dict[str, list[str]] = {
+    "train": [
+        "distinception train --recipe demo",
+        "distinception train --recipe digits --set data.path=~/.cache/distinception/digits "
+        "--set ps.num_replicas=4",
+    ],
+    "sweep": [
+        "distinception sweep --recipe demo --samples 8 --scheduler asha",
+        "distinception sweep --space ps.lr=grid:0.01,0.02,0.05 --samples 1 --set run.epochs=5",
+    ],
+    "ensemble": [
+        "distinception ensemble --members 7 --augments paper,caffe",
+        "distinception ensemble --members 3 --augments best-of-sweep --sweep sweeps/demo-TIME",
+    ],
+    "evaluate": [
+        "distinception evaluate RUN_ID --crops center,ten,paper144",
+        "distinception evaluate models:/googlenet/1 --crops ten --limit 500 --json",
+    ],
+    "model summary": [
+        "distinception model summary",
+        "distinception model summary --variant bn --input-size 64 --width 0.25 --json",
+    ],
+    "data generate": ["distinception data generate --out data/builtin --size 64"],
+    "data import": ["distinception data import ~/images/flowers --out data/flowers"],
+    "data inspect": ["distinception data inspect data/flowers --grid flowers.png"],
+    "submit": [
+        "distinception submit jobs/train.yaml --follow",
+        "distinception submit jobs/train.yaml --address http://127.0.0.1:8265 -- "
+        "--set ps.num_replicas=8",
+    ],
+    "jobs list": ["distinception jobs list --address http://127.0.0.1:8265"],
+    "jobs status": ["distinception jobs status train-demo-1a2b3c"],
+    "jobs logs": ["distinception jobs logs train-demo-1a2b3c --follow"],
+    "jobs stop": ["distinception jobs stop train-demo-1a2b3c"],
+    "bench throughput": ["distinception bench throughput --replicas 2 --quick"],
+    "bench convergence": [
+        "distinception bench convergence --quick",
+        "distinception bench convergence --recipe digits --replicas 2 --seeds 5 "
+        "--lrs 0.02,0.05 --set data.path=~/.cache/distinception/digits",
+    ],
+    "bench staleness": ["distinception bench staleness --quick"],
+    "bench updates": [
+        "distinception bench updates --quick",
+        "distinception bench updates --recipe digits --replicas 1,2 --updates previous,default,dc "
+        "--seeds 3 --set data.path=~/.cache/distinception/digits",
+    ],
+    "bench gpu": ["distinception bench gpu --batch 64 --steps 60"],
+}
+
+
+def leaf_parsers(
+    parser: argparse.ArgumentParser, words: tuple[str, ...] = ()
+) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    """Every runnable command's parser, with its words (`bench updates`)."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield " ".join(words), parser
+    for action in subs:
+        for name, sub in action.choices.items():
+            yield from leaf_parsers(sub, (*words, name))
+
+
+def _add_examples(parser: argparse.ArgumentParser) -> None:
+    for words, p in leaf_parsers(parser):
+        lines = EXAMPLES.get(words, [])
+        if lines:
+            p.epilog = "examples:\n" + "\n".join(f"  {line}" for line in lines)
+            p.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="distinception",
+        description="GoogLeNet trained with asynchronous SGD on a Ray parameter server, "
+        "Polyak-averaged, every run in MLflow.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    from distinception.cli import bench, cluster, data, jobs
+
+    for group in (jobs, data, cluster, bench):
+        group.add_parsers(sub)
+    _add_examples(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if argv[:1] == ["submit"] and "--" in argv:
+        # argparse cannot take positionals after options; everything past -- goes to the job.
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1 :]
+    args = build_parser().parse_args(argv)
+    if extra:
+        args.extra = [*args.extra, *extra]
+    try:
+        return int(args.func(args) or 0)
+    except _user_errors() as err:
+        print(f"distinception: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("distinception: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        # Not the user's mistake: one line and where the whole traceback went, status 1.
+        log = _crash_log(argv)
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        print(
+            f"distinception: unexpected {type(err).__name__}: {first} (traceback in {log})",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _crash_log(argv: list[str]) -> str:
+    """Write the current exception's traceback to a file under the cache directory."""
+    import tempfile
+    import time
+    import traceback
+    from pathlib import Path
+
+    text = f"distinception {' '.join(argv)}\n\n{traceback.format_exc()}"
+    folder = Path(os.environ.get("DISTINCEPTION_LOG_DIR", "~/.cache/distinception/logs"))
+    try:
+        folder = folder.expanduser()
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        path.write_text(text)
+    except OSError:
+        fd, name = tempfile.mkstemp(prefix="distinception-crash-", suffix=".log")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        path = Path(name)
+    return str(path)
