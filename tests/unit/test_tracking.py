@@ -69,12 +69,12 @@ def test_gpu_metrics_reach_the_run_where_a_gpu_is(tmp_path, monkeypatch):
     import mlflow
 
     from distinception.config import apply_overrides
-    from distinception.tracking import MlflowHooks
+    from distinception.tracking import MlflowCallback
 
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = mlflow.MlflowClient(uri)
-    hooks = MlflowHooks(apply_overrides(get_recipe("tiny"), [f"tracking.tracking_uri={uri}"]))
+    hooks = MlflowCallback(apply_overrides(get_recipe("tiny"), [f"tracking.tracking_uri={uri}"]))
     hooks.run_id = client.create_run("0").info.run_id
     hooks._watch_system()
     time.sleep(3)
