@@ -8,6 +8,7 @@ tracking room and the Tune room can all import it without importing the coordina
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,8 @@ if TYPE_CHECKING:
     import torch
 
     from distinception.config import JobConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -67,7 +70,11 @@ class Callback:
 
 class CallbackList(Callback):
     """Calls every callback in order. The job's run id is the first one a callback returns: the
-    run that tracks the job (MLflow) comes first, and others may read it from there."""
+    run that tracks the job (MLflow) comes first, and others may read it from there.
+
+    At the end every callback hears of it even when one before it raised: a failed model upload
+    must not keep a user's callback from the result. The first error of `on_end` is raised once
+    all have run; errors of `on_failure` are logged, so the job's own error is the one raised."""
 
     def __init__(self, callbacks: Sequence[Callback] = ()) -> None:
         self.callbacks = list(callbacks)
@@ -88,12 +95,23 @@ class CallbackList(Callback):
             cb.on_checkpoint(directory, progress)
 
     def on_end(self, result: TrainResult, model: torch.nn.Module | None) -> None:
+        first: Exception | None = None
         for cb in self.callbacks:
-            cb.on_end(result, model)
+            try:
+                cb.on_end(result, model)
+            except Exception as err:
+                first = first or err
+        if first is not None:
+            raise first
 
     def on_failure(self, error: BaseException) -> None:
         for cb in self.callbacks:
-            cb.on_failure(error)
+            try:
+                cb.on_failure(error)
+            except Exception:
+                log.exception(
+                    "%s.on_failure raised; the job's own error follows", type(cb).__name__
+                )
 
 
 __all__ = ["Callback", "CallbackList", "TrainResult"]
