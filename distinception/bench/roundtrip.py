@@ -36,7 +36,7 @@ from distinception.config import JobConfig, ModelConfig, from_dict
 from distinception.data.generated import resolve_data
 from distinception.model.googlenet import build_model
 from distinception.ps import RPC_TIMEOUT_S, build_flat_model, shm
-from distinception.ps.actors import remote_replica, remote_shard
+from distinception.ps.actors import ReplicaSpec, ShardSpec, remote_replica, remote_shard
 from distinception.ps.transport.objstore import ShardLinks
 from distinception.recipes import get_recipe
 
@@ -89,7 +89,9 @@ def bench_p1(
     init = [ray.put(flat[a:b].numpy().copy()) for a, b in ranges]
     shm_dir = shm.job_dir() if transport == "auto" and shm.available() else ""
     shards = [
-        remote_shard(cfg).remote(i, a, b, layout, [init[i]], cfg, 10**6, "", False, shm_dir)
+        remote_shard(cfg).remote(
+            ShardSpec(i, a, b, layout, cfg, examples_per_epoch=10**6, shm_dir=shm_dir), [init[i]]
+        )
         for i, (a, b) in enumerate(ranges)
     ]
     ray.get([s.ready.remote() for s in shards], timeout=RPC_TIMEOUT_S)
@@ -180,12 +182,15 @@ def bench_p2(steps: int, rounds: int = 3) -> dict[str, Any]:
     shm_dir = shm.job_dir() if shm.available() else ""  # the default transport, as in `train`
     shards = [
         remote_shard(cfg).remote(
-            i, a, b, layout, [init[i]], cfg, train_examples, "", False, shm_dir
+            ShardSpec(i, a, b, layout, cfg, examples_per_epoch=train_examples, shm_dir=shm_dir),
+            [init[i]],
         )
         for i, (a, b) in enumerate(ranges)
     ]
     ray.get([s.ready.remote() for s in shards], timeout=RPC_TIMEOUT_S)
-    replica = remote_replica(cfg).remote(0, cfg, data, num_classes, shards, ranges, 1, None)
+    replica = remote_replica(cfg).remote(
+        ReplicaSpec(0, cfg, data, num_classes, tuple(shards), tuple(ranges), num_consumers=1)
+    )
     ray.get(replica.train.remote(3), timeout=RPC_TIMEOUT_S)
     replica_rates, local_rates, timings = [], [], Counter()
     try:

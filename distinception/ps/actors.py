@@ -16,7 +16,8 @@ Wire protocol of a shard:
   ringing the shard's doorbell with `push`'s arguments, the slot's path in place of the gradient
   (`push_shared` takes the same request as a Ray call). See `transport.shm`.
 
-Constructor arguments stay small and by value, so a restart never depends on an object that may
+Each actor is built from one frozen spec (`specs.py`: `ShardSpec`, `ReplicaSpec`,
+`AveragerSpec`). Specs stay small and by value, so a restart never depends on an object that may
 have left the store: the coordinator registers its shards under job-unique names and hands
 replicas and the averager those names (`shard_handles`), and each shard builds its initial
 slice from `run.model_seed` itself.
@@ -32,13 +33,21 @@ import torch
 
 from distinception.config import JobConfig
 from distinception.ps.averager import AveragerLoop
-from distinception.ps.layout import ParamLayout
 from distinception.ps.replica_loop import ReplicaLoop, train_stream
 from distinception.ps.shard_server import ShardServer
+from distinception.ps.specs import AveragerSpec, ReplicaSpec, ShardSpec
 from distinception.ps.transport import RPC_TIMEOUT_S
 from distinception.ps.transport.objstore import Publication, ShardLinks
 
-__all__ = ["RPC_TIMEOUT_S", "remote_averager", "remote_replica", "remote_shard"]
+__all__ = [
+    "RPC_TIMEOUT_S",
+    "AveragerSpec",
+    "ReplicaSpec",
+    "ShardSpec",
+    "remote_averager",
+    "remote_replica",
+    "remote_shard",
+]
 
 
 def _threads(cpus: float) -> None:
@@ -60,35 +69,22 @@ def _connect(
 
 
 class ShardActor(ShardServer):
-    def __init__(
-        self,
-        index: int,
-        start: int,
-        stop: int,
-        layout: ParamLayout,
-        init: list[ray.ObjectRef] | None,
-        cfg: JobConfig,
-        examples_per_epoch: int,
-        checkpoint_uri: str,
-        resume: bool,
-        shm_dir: str = "",
-        num_classes: int = 0,
-    ) -> None:
-        """`init`: the initial slice, in the object store; None builds the model from
-        `run.model_seed` instead (the coordinator's way)."""
+    def __init__(self, spec: ShardSpec, init: list[ray.ObjectRef] | None = None) -> None:
+        """`init`: the initial slice, in the object store (benchmarks); None builds the model
+        from `run.model_seed` instead (the coordinator's way, which a restart can repeat)."""
         torch.set_num_threads(1)
         super().__init__(
-            index,
-            start,
-            stop,
-            layout,
+            spec.index,
+            spec.start,
+            spec.stop,
+            spec.layout,
             None if init is None else ray.get(init[0]),
-            cfg,
-            examples_per_epoch,
-            checkpoint_uri,
-            resume,
-            shm_dir=shm_dir,
-            num_classes=num_classes,
+            spec.cfg,
+            spec.examples_per_epoch,
+            spec.checkpoint_uri,
+            spec.resume,
+            shm_dir=spec.shm_dir,
+            num_classes=spec.num_classes,
             node_id=_node_id(),
             restarted=_reconstructed(),
         )
@@ -102,28 +98,18 @@ class ShardActor(ShardServer):
 
 
 class ReplicaActor(ReplicaLoop):
-    def __init__(
-        self,
-        index: int,
-        cfg: JobConfig,
-        data_path: str,
-        num_classes: int,
-        shards: list[Any],
-        ranges: list[tuple[int, int]],
-        num_consumers: int,
-        position: dict | None = None,
-        slowdown: float = 1.0,
-    ) -> None:
+    def __init__(self, spec: ReplicaSpec) -> None:
+        cfg = spec.cfg
         _threads(cfg.ps.replica_cpus)
         super().__init__(
-            index,
+            spec.index,
             cfg,
-            num_classes,
-            train_stream(cfg, data_path, index, num_consumers),
-            _connect(shards, ranges, cfg.ps.transport),
-            position=position,
+            spec.num_classes,
+            train_stream(cfg, spec.data_path, spec.index, spec.num_consumers),
+            _connect(list(spec.shards), list(spec.ranges), cfg.ps.transport),
+            position=spec.position,
             restarted=_reconstructed(),
-            slowdown=slowdown,
+            slowdown=spec.slowdown,
         )
 
     def ready(self) -> dict[str, Any]:
@@ -132,24 +118,16 @@ class ReplicaActor(ReplicaLoop):
 
 
 class AveragerActor(AveragerLoop):
-    def __init__(
-        self,
-        cfg: JobConfig,
-        data_path: str,
-        num_classes: int,
-        shards: list[Any],
-        ranges: list[tuple[int, int]],
-        checkpoint_uri: str,
-        resume: bool,
-    ) -> None:
+    def __init__(self, spec: AveragerSpec) -> None:
+        cfg = spec.cfg
         _threads(cfg.ps.averager_cpus)
         super().__init__(
             cfg,
-            data_path,
-            num_classes,
-            _connect(shards, ranges, cfg.ps.transport),
-            checkpoint_uri,
-            resume,
+            spec.data_path,
+            spec.num_classes,
+            _connect(list(spec.shards), list(spec.ranges), cfg.ps.transport),
+            spec.checkpoint_uri,
+            spec.resume,
             restarted=_reconstructed(),
         )
 

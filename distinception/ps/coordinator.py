@@ -52,6 +52,7 @@ from distinception.ps.control.stats import (
 from distinception.ps.elastic import ReplicaPool
 from distinception.ps.replica import build_flat_model
 from distinception.ps.session import ray_session
+from distinception.ps.specs import AveragerSpec, ReplicaSpec, ShardSpec
 
 __all__ = [
     "CALL_SECONDS",
@@ -128,17 +129,18 @@ class Coordinator:
         self.shard_names = [f"distinception-{job}-shard-{i}" for i in range(len(self.ranges))]
         self.shards = [
             remote_shard(cfg, self.shard_names[i]).remote(
-                i,
-                a,
-                b,
-                layout,
-                None,
-                cfg,
-                self.train_examples,
-                self._ckpt_uri(f"shard-{i}.pt"),
-                resume,
-                self.shm_dir,
-                self.num_classes,
+                ShardSpec(
+                    index=i,
+                    start=a,
+                    stop=b,
+                    layout=layout,
+                    cfg=cfg,
+                    examples_per_epoch=self.train_examples,
+                    checkpoint_uri=self._ckpt_uri(f"shard-{i}.pt"),
+                    resume=resume,
+                    shm_dir=self.shm_dir,
+                    num_classes=self.num_classes,
+                )
             )
             for i, (a, b) in enumerate(self.ranges)
         ]
@@ -149,15 +151,17 @@ class Coordinator:
 
     def _new_replica(self, index: int, position: dict | None) -> Any:
         return remote_replica(self.cfg).remote(
-            index,
-            self.cfg,
-            self.data_path,
-            self.num_classes,
-            self.shard_names,
-            self.ranges,
-            self.cfg.ps.num_replicas,
-            position,
-            slowdown=self.straggler if index == 0 else 1.0,
+            ReplicaSpec(
+                index=index,
+                cfg=self.cfg,
+                data_path=self.data_path,
+                num_classes=self.num_classes,
+                shards=tuple(self.shard_names),
+                ranges=tuple(self.ranges),
+                num_consumers=self.cfg.ps.num_replicas,
+                position=position,
+                slowdown=self.straggler if index == 0 else 1.0,
+            )
         )
 
     def _load_progress(self) -> None:
@@ -177,13 +181,15 @@ class Coordinator:
             self._load_progress()
         self._start_shards(self.resume)
         self.averager = remote_averager(cfg).remote(
-            cfg,
-            self.data_path,
-            self.num_classes,
-            self.shard_names,
-            self.ranges,
-            self._ckpt_uri("averager.pt"),
-            self.resume,
+            AveragerSpec(
+                cfg=cfg,
+                data_path=self.data_path,
+                num_classes=self.num_classes,
+                shards=tuple(self.shard_names),
+                ranges=tuple(self.ranges),
+                checkpoint_uri=self._ckpt_uri("averager.pt"),
+                resume=self.resume,
+            )
         )
         ray.get(self.averager.start.remote(), timeout=RPC_TIMEOUT_S)
         info = {

@@ -55,7 +55,7 @@ def source_tags() -> dict[str, str]:
         "mlflow.source.name": "distinception" + (f" {argv[1]}" if ours and len(argv) > 1 else ""),
         "mlflow.source.type": "JOB" if os.environ.get("RAY_JOB_ID") else "LOCAL",
     }
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the checkout: distinception/tracking/job.py
     if (root / ".git").exists():
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             commit = subprocess.run(

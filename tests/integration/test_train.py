@@ -227,13 +227,14 @@ def test_shard_killed_mid_run_reloads_its_checkpoint(ray_local, easy_data, mlflo
 def test_bad_pushes_are_refused_through_the_real_actor(ray_local, easy_data, mlflow_uri):
     import numpy as np
 
-    from distinception.ps.actors import remote_shard
+    from distinception.ps.actors import ShardSpec, remote_shard
     from distinception.ps.layout import ParamLayout
 
     cfg = tiny_cfg(easy_data, mlflow_uri)
     layout = ParamLayout.from_module(torch.nn.Linear(4, 2))
     init = ray.put(np.zeros(layout.total, dtype=np.float32))
-    shard = remote_shard(cfg).remote(0, 0, layout.total, layout, [init], cfg, 100, "", False)
+    spec = ShardSpec(0, 0, layout.total, layout, cfg, examples_per_epoch=100)
+    shard = remote_shard(cfg).remote(spec, [init])
     info = ray.get(shard.ready.remote())
     good = np.ones(layout.total, dtype=np.float32)
     cases = {
@@ -257,7 +258,7 @@ def test_bad_shared_memory_pushes_are_refused_through_the_real_actor(
 ):
     import numpy as np
 
-    from distinception.ps.actors import remote_shard
+    from distinception.ps.actors import ShardSpec, remote_shard
     from distinception.ps.layout import ParamLayout
     from distinception.ps.transport import shm
 
@@ -265,7 +266,8 @@ def test_bad_shared_memory_pushes_are_refused_through_the_real_actor(
     layout = ParamLayout.from_module(torch.nn.Linear(4, 2))
     init = ray.put(np.zeros(layout.total, dtype=np.float32))
     job = shm.job_dir()
-    shard = remote_shard(cfg).remote(0, 0, layout.total, layout, [init], cfg, 100, "", False, job)
+    spec = ShardSpec(0, 0, layout.total, layout, cfg, examples_per_epoch=100, shm_dir=job)
+    shard = remote_shard(cfg).remote(spec, [init])
     link = ray.get(shard.attach.remote())
     assert link["path"].startswith(job + os.sep)
     slot = shm.SharedVector(os.path.join(job, "replica-0-t-0.g"), layout.total, create=True)

@@ -20,7 +20,7 @@ import pytest
 import ray
 import torch
 
-from distinception.ps.actors import RPC_TIMEOUT_S, remote_shard
+from distinception.ps.actors import RPC_TIMEOUT_S, ShardSpec, remote_shard
 from distinception.ps.coordinator import object_store_bytes
 from distinception.ps.layout import ParamLayout
 from distinception.recipes import get_recipe
@@ -70,7 +70,8 @@ def test_many_replicas_pushing_to_one_shard(ray_local, report):
     cfg = get_recipe("tiny")
     layout = ParamLayout.from_module(torch.nn.Linear(512, 512))  # 1 MiB of float32
     init = ray.put(np.zeros(layout.total, dtype=np.float32))
-    shard = remote_shard(cfg).remote(0, 0, layout.total, layout, [init], cfg, 10**6, "", False)
+    spec = ShardSpec(0, 0, layout.total, layout, cfg, examples_per_epoch=10**6)
+    shard = remote_shard(cfg).remote(spec, [init])
     ray.get(shard.ready.remote(), timeout=RPC_TIMEOUT_S)
     pushers = [Pusher.remote(i, layout.total, layout.fingerprint) for i in range(REPLICAS)]
     # Worker processes start a couple at a time on 2 cores: the clock starts once all are up.
