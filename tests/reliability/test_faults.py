@@ -469,3 +469,77 @@ def test_a_writer_sigkilled_between_write_and_rename_leaves_the_old_checkpoint(t
     ckpt.save_state(uri, {"flat": torch.full((4,), 3.0), "version": 3})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-0.pt"]
     assert ckpt.load_state(uri)["version"] == 3
+
+
+@ray.remote(num_cpus=0.1)
+class _FlakyPeer:
+    """An averager or shard whose first call of each method in `fail` raises, as a call that
+    meets a dead actor does."""
+
+    def __init__(self, fail: tuple[str, ...]) -> None:
+        self.fail = fail
+        self.calls: dict[str, int] = {}
+
+    def _call(self, name: str) -> int:
+        self.calls[name] = self.calls.get(name, 0) + 1
+        if name in self.fail and self.calls[name] == 1:
+            raise RuntimeError(f"{name} crashed")
+        return self.calls[name]
+
+    def evaluate(self) -> dict:
+        self._call("evaluate")
+        return {"raw_top1_error": 0.25, "polyak_top1_error": 0.2, "polyak_samples": 3}
+
+    def save(self) -> int:
+        return 7 * self._call("save")
+
+
+def test_failed_evaluations_and_checkpoints_are_counted_and_skipped(ray_local, tmp_path):
+    """The averager's evaluate and a shard's save fail once each: each is counted, nothing is
+    reported or written for it, and the next one on the clock goes through."""
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from distinception.api import load_config
+    from distinception.ps.control.checkpoints import Checkpointer, read_progress
+    from distinception.ps.control.evaluation import Evaluator
+
+    faults: Counter[str] = Counter()
+    averager, shard = _FlakyPeer.remote(("evaluate",)), _FlakyPeer.remote(("save",))
+    evaluator = Evaluator(averager, faults, 1.0, started=0.0, examples=0, seconds=0.0)
+
+    def evaluation(now: float, examples: int, seconds: float):
+        """Tick at `now` until the evaluation it asked for has come back (None: it failed)."""
+        point = evaluator.tick(now, examples, seconds, stopping=False)
+        deadline = time.monotonic() + 60
+        while point is None and evaluator.ref is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+            point = evaluator.tick(now, examples, seconds, stopping=False)
+        return point
+
+    assert evaluation(2.0, 100, 1.5) is None  # failed: counted, nothing reported
+    assert faults["eval_failed"] == 1
+    metrics, examples, seconds = evaluation(4.0, 300, 3.5)
+    assert metrics == {"raw_top1_error": 0.25, "polyak_top1_error": 0.2}
+    assert (examples, seconds) == (300, 3.5)  # stamped at its request
+    assert faults["eval_failed"] == 1
+
+    seen: list[dict] = []
+
+    class Seen(Callback):
+        def on_checkpoint(self, directory, progress):
+            seen.append(progress)
+
+    cfg = load_config("tiny", overrides=["run.checkpoint_interval_s=1"])
+    replicas = SimpleNamespace(examples=300, positions={0: {"epoch": 0, "offset": 64}})
+    checkpointer = Checkpointer(
+        cfg, str(tmp_path), [shard], averager, replicas, faults, Seen(), run_id="r", started=0.0
+    )
+    checkpointer.tick(2.0, seconds=1.5)
+    assert faults["checkpoint_failed"] == 1 and not seen
+    assert not (tmp_path / "progress.json").exists()  # nothing points at a failed save
+    checkpointer.tick(4.0, seconds=3.5)
+    assert len(seen) == 1 and seen[0]["versions"] == [14]
+    progress = read_progress(str(tmp_path))
+    assert progress.faults == {"eval_failed": 1, "checkpoint_failed": 1}
+    assert (progress.examples, progress.seconds, progress.run_id) == (300, 3.5, "r")
