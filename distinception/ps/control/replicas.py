@@ -70,9 +70,12 @@ class ReplicaScheduler:
             self._queue(i)
 
     def end_warm_start(self, versions: list[int]) -> None:
-        """Once every shard has `warm` updates, start the replicas the warm start held back."""
+        """Once every shard has `warm` updates, start the replicas the warm start held back
+        (not once the job is stopping: they would only start to be stopped)."""
         ps = self.cfg.ps
-        if not (self.warm and self.n_active < ps.num_replicas and min(versions) >= self.warm):
+        if self.stopping or not (
+            self.warm and self.n_active < ps.num_replicas and min(versions) >= self.warm
+        ):
             return
         if self.pool is not None:
             self.pool.set_target(ps.num_replicas)
