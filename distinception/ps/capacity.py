@@ -45,6 +45,14 @@ QUIET_SECONDS = 30.0
 POLL_SECONDS = 1.0
 
 
+def replica_bundle(cfg: JobConfig) -> dict[str, float]:
+    """What one replica asks of a node (zero amounts left out): the placement of a replica
+    actor, a trial's replica bundle and the elastic pool's request all use this one."""
+    ps = cfg.ps
+    bundle = {"CPU": ps.replica_cpus, "GPU": ps.replica_gpus, **ps.replica_resources}
+    return {k: float(v) for k, v in bundle.items() if v > 0}
+
+
 def actor_bundles(cfg: JobConfig, replicas: int | None = None) -> list[dict[str, float]]:
     """One resource bundle per actor: the shards, the averager (placed like a shard) and
     `replicas` replicas (default `ps.num_replicas`). The autoscaler packs bundles onto node
@@ -53,8 +61,7 @@ def actor_bundles(cfg: JobConfig, replicas: int | None = None) -> list[dict[str,
     n = ps.num_replicas if replicas is None else replicas
     shard = {"CPU": ps.shard_cpus, **ps.shard_resources}
     averager = {"CPU": ps.averager_cpus, **ps.shard_resources}
-    replica = {"CPU": ps.replica_cpus, "GPU": ps.replica_gpus, **ps.replica_resources}
-    bundles = [shard] * ps.num_shards + [averager] + [replica] * n
+    bundles = [shard] * ps.num_shards + [averager] + [replica_bundle(cfg)] * n
     return [b for b in ({k: float(v) for k, v in b.items() if v > 0} for b in bundles) if b]
 
 

@@ -67,6 +67,8 @@ def bundles(cfg: JobConfig) -> list[dict[str, float]]:
     averager share one bundle holding the shard resources and each replica gets its own holding
     the replica resources, so every actor fits only where it belongs.
     """
+    from distinception.ps.capacity import replica_bundle
+
     ps = cfg.ps
     gpu = {"GPU": ps.replica_gpus} if ps.replica_gpus else {}
     if not (ps.shard_resources or ps.replica_resources):
@@ -77,8 +79,7 @@ def bundles(cfg: JobConfig) -> list[dict[str, float]]:
     n_ps = ps.num_shards + 1  # the averager is placed like a shard
     server = {"CPU": round(ps.num_shards * ps.shard_cpus + ps.averager_cpus, 4)}
     server |= {k: v * n_ps for k, v in ps.shard_resources.items()}
-    replica = {"CPU": ps.replica_cpus, **gpu, **ps.replica_resources}
-    return [{"CPU": DRIVER_CPUS}, server] + [dict(replica) for _ in range(ps.num_replicas)]
+    return [{"CPU": DRIVER_CPUS}, server] + [replica_bundle(cfg) for _ in range(ps.num_replicas)]
 
 
 def plan_concurrency(cfg: JobConfig, cluster_cpus: float, max_concurrent: int | None) -> int:

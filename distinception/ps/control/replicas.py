@@ -21,6 +21,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 
 from distinception.config import ConfigError, JobConfig
 from distinception.ps.actors import RPC_TIMEOUT_S
+from distinception.ps.capacity import replica_bundle
 from distinception.ps.elastic import ReplicaPool
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ class ReplicaScheduler:
         self.pool = ReplicaPool(
             self._new,
             ps.num_replicas,
-            {"CPU": ps.replica_cpus, "GPU": ps.replica_gpus, **ps.replica_resources},
+            replica_bundle(self.cfg),
             self._slot_progress,
         )
         self.pool.set_target(target)
