@@ -227,6 +227,7 @@ class Coordinator:
         budget = cfg.run.example_budget(self.train_examples) or 2**62
         replicas = self.scheduler
         replicas.start()
+        replicas.wait_built()
         t_start = time.perf_counter()
         evaluator, checkpointer, stats = self._clocked_parts(t_start)
         progress = ProgressBar(cfg.run.progress, budget, self.examples)

@@ -33,6 +33,8 @@ CALL_SECONDS = 1.0
 QUEUED = 2
 #: Steps in a new replica's first calls, before its pace is known.
 FIRST_STEPS = 2
+#: How long `start` waits for the first replicas to be built before it lets the clock run anyway.
+STARTUP_WAIT_S = 300.0
 
 #: Creates the replica actor for a slot, starting at the given data position (None: its start).
 Spawn = Callable[[int, dict | None], Any]
@@ -69,6 +71,17 @@ class ReplicaScheduler:
             self.replicas = {i: self._new(i) for i in range(self.n_active)}
         for i in self.replicas:
             self._queue(i)
+
+    def wait_built(self, timeout: float = STARTUP_WAIT_S) -> None:
+        """Return once the started replicas are built (placed, data opened, model made).
+
+        The job starts its training clock after this, so that the clock counts training and
+        not start-up, as the clocks of the systems it is compared with do. It never raises: a
+        replica that fails to build fails its first call, where a failed replica is handled.
+        """
+        built = [r.ready.remote() for r in self.replicas.values()]
+        if built:
+            ray.wait(built, num_returns=len(built), timeout=timeout)
 
     def end_warm_start(self, versions: list[int]) -> None:
         """Once every shard has `warm` updates, start the replicas the warm start held back

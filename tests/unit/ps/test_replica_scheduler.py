@@ -8,10 +8,19 @@ from distinception.api import load_config
 from distinception.ps.control.replicas import QUEUED, ReplicaScheduler
 
 
+class Ready:
+    def __init__(self, slot: int) -> None:
+        self.slot = slot
+
+    def remote(self) -> str:
+        return f"built-{self.slot}"
+
+
 class FakeActor:
     def __init__(self, slot: int) -> None:
         self.slot = slot
         self.train = self  # `actor.train.remote(steps)` queues a call
+        self.ready = Ready(slot)
 
     def remote(self, steps: int) -> tuple[int, int, object]:
         return (self.slot, steps, object())
@@ -50,3 +59,17 @@ def test_without_a_warm_start_every_replica_starts_at_once():
     replicas, spawned = scheduler(warm=0)
     replicas.start()
     assert spawned == [0, 1, 2] and len(replicas.pending) == 3 * QUEUED
+
+
+def test_the_clock_waits_for_every_started_replica_to_be_built(monkeypatch):
+    waited: list[tuple[list, int]] = []
+
+    def fake_wait(refs, num_returns, timeout):
+        waited.append((list(refs), num_returns))
+        return refs, []
+
+    monkeypatch.setattr("distinception.ps.control.replicas.ray.wait", fake_wait)
+    replicas, _ = scheduler(warm=0)
+    replicas.start()
+    replicas.wait_built()
+    assert waited == [(["built-0", "built-1", "built-2"], 3)]
