@@ -3,6 +3,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Test files run in this many worker processes (pytest-xdist; 0: in one process). Most of a
+# test's time is spent waiting on Ray, MLflow and subprocesses, so 2 workers fit 2 cores.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test lint format bench clean
 
@@ -19,7 +22,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -P tests/run_suite.py
+	$(BIN)/python -P tests/run_suite.py -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports
