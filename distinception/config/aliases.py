@@ -84,8 +84,10 @@ def migrate(doc: Mapping[Any, Any]) -> dict[Any, Any]:
         out[section] = kept
     for target, values in moved.items():
         given = out.get(target)
-        twice = [n for n in values if not isinstance(given, Mapping) or n in given]
-        if given is not None and twice:
+        if given is not None and not isinstance(given, Mapping):
+            continue  # the section itself is refused when it loads, in its own words
+        twice = [n for n in values if given and n in given]
+        if twice:
             new = f"{target}.{twice[0]}"
             old = next(o for o, n in MOVED.items() if n == new)
             raise ConfigError(f"{old}: also given as {new}; expected only {new}")
