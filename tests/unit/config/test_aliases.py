@@ -113,6 +113,17 @@ def test_a_config_saved_before_the_split_loads_to_the_same_job(recipe):
         assert from_dict(yaml.safe_load(yaml.safe_dump(old))) == cfg
 
 
+def test_a_checkpoint_written_before_the_split_resumes_with_the_same_job(tmp_path):
+    import json
+
+    from distinception.ps.control.checkpoints import load_progress_config
+
+    cfg = apply_overrides(get_recipe("tiny"), ["optim.lr=0.03", "averager.interval_s=1"])
+    (tmp_path / "progress.json").write_text(json.dumps({"config": _old_layout(cfg)}))
+    with pytest.warns(DeprecationWarning, match="now optim.lr"):
+        assert load_progress_config(str(tmp_path)) == cfg
+
+
 def test_the_new_sections_are_in_a_saved_config_and_round_trip(tmp_path):
     cfg = apply_overrides(
         get_recipe("demo"),
