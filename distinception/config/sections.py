@@ -1,5 +1,5 @@
 """One small frozen dataclass per part of a job, each checking its own values, composed into
-`JobConfig`."""
+`JobConfig` (the parameter server's parts are in `config.ps`)."""
 
 from __future__ import annotations
 
@@ -200,8 +200,8 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class JobConfig:
-    """One whole job: the parts above, each validated on its own; the checks that span two
-    parts run here, and name both."""
+    """One whole job: its sections, each validated on its own; the checks that span two
+    sections run here, and name both fields by their dotted keys."""
 
     name: str = "custom"
     model: ModelConfig = field(default_factory=ModelConfig)
