@@ -381,8 +381,8 @@ def main() -> None:
         emit(
             f"Learning curves: the demo's plain loop (`LocalTrainer`, recipe `demo`: bn GoogLeNet"
             f" w{demo.model.width} @{demo.model.input_size}, batch {demo.data.batch_size}, SGD lr"
-            f" {demo.ps.lr} momentum {demo.ps.momentum}, {demo.ps.lr_decay} per"
-            f" {demo.ps.lr_decay_epochs:g} epoch), {budget:,} examples, {os.cpu_count() or 1}"
+            f" {demo.optim.lr} momentum {demo.optim.momentum}, {demo.optim.lr_decay} per"
+            f" {demo.optim.lr_decay_epochs:g} epoch), {budget:,} examples, {os.cpu_count() or 1}"
             f" threads; top-1 error % on the validation split at every {100 // args.points}% of"
             f" the budget; 'left chance' = first evaluation at <= {100 * LEFT_CHANCE:.0f}% error"
             " (chance 90%). `two-branch`: every Inception module without its 5x5 and pool"

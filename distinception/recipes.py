@@ -8,15 +8,19 @@ and needs real data; `cluster` is `paper` spread over many replicas.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from distinception.config import (
     AUGMENT_PRESETS,
     AugmentConfig,
+    AveragerConfig,
     ConfigError,
     DataConfig,
     JobConfig,
     ModelConfig,
+    OptimConfig,
+    PlacementConfig,
     PSConfig,
     RunConfig,
 )
@@ -31,17 +35,15 @@ def paper() -> JobConfig:
         model=ModelConfig(variant="faithful", width=1.0, input_size=224),
         data=DataConfig(image_size=256, batch_size=32, eval_batch_size=64),
         augment=AUGMENT_PRESETS["paper"],
-        ps=PSConfig(
-            num_shards=4,
-            num_replicas=8,
+        optim=OptimConfig(
             optimizer="sgd",
             lr=0.01,
             momentum=0.9,
             weight_decay=2e-4,
             lr_decay=0.96,
             lr_decay_epochs=8.0,
-            warm_start_updates=1000,
         ),
+        ps=PSConfig(num_shards=4, num_replicas=8, warm_start_updates=1000),
         run=RunConfig(epochs=250.0, eval_interval_s=1800.0, checkpoint_interval_s=600.0),
     )
 
@@ -50,7 +52,7 @@ def cluster() -> JobConfig:
     base = paper()
     return base.replace(
         name="cluster",
-        ps=PSConfig(**{**base.ps.__dict__, "num_shards": 8, "num_replicas": 32}),
+        ps=dataclasses.replace(base.ps, num_shards=8, num_replicas=32),
     )
 
 
@@ -62,20 +64,12 @@ def demo() -> JobConfig:
         model=ModelConfig(variant="bn", width=0.25, input_size=64),
         data=DataConfig(image_size=64, batch_size=32, eval_batch_size=128),
         augment=AUGMENT_PRESETS["caffe"],
-        ps=PSConfig(
-            num_shards=2,
-            num_replicas=2,
-            lr=0.02,
-            momentum=0.9,
-            weight_decay=1e-4,
-            lr_decay=0.96,
-            lr_decay_epochs=1.0,
-            replica_cpus=0.75,
-            shard_cpus=0.125,
-            averager_cpus=0.25,
-            polyak="ema",
-            ema_decay=0.97,
+        optim=OptimConfig(
+            lr=0.02, momentum=0.9, weight_decay=1e-4, lr_decay=0.96, lr_decay_epochs=1.0
         ),
+        ps=PSConfig(num_shards=2, num_replicas=2),
+        averager=AveragerConfig(polyak="ema", ema_decay=0.97),
+        placement=PlacementConfig(replica_cpus=0.75, shard_cpus=0.125, averager_cpus=0.25),
         # The budget is examples, so every machine ends at the same point of the curve: 25
         # epochs (125k examples) take about 5 minutes on two cores (BENCHMARKS.md, P4).
         run=RunConfig(epochs=25.0, eval_interval_s=30.0),
@@ -111,7 +105,8 @@ def digits() -> JobConfig:
         ),
         # A run is ~30 s: an EMA over ~10 of the averager's samples (5 s) follows the weights;
         # the demo's 0.97 (~17 s) would still hold weights from a third of the run back.
-        ps=PSConfig(**{**base.ps.__dict__, "lr": 0.05, "ema_decay": 0.9}),
+        optim=dataclasses.replace(base.optim, lr=0.05),
+        averager=dataclasses.replace(base.averager, ema_decay=0.9),
         run=RunConfig(epochs=10.0, eval_interval_s=10.0),
     )
 
@@ -130,16 +125,10 @@ def tiny() -> JobConfig:
             batch_size=16,
             eval_batch_size=64,
         ),
-        ps=PSConfig(
-            **{
-                **base.ps.__dict__,
-                "replica_cpus": 0.5,
-                "shard_cpus": 0.1,
-                "averager_cpus": 0.1,
-                "lr": 0.02,
-                "ema_decay": 0.8,
-                "averager_interval_s": 0.25,
-            }
+        optim=dataclasses.replace(base.optim, lr=0.02),
+        averager=dataclasses.replace(base.averager, ema_decay=0.8, interval_s=0.25),
+        placement=dataclasses.replace(
+            base.placement, replica_cpus=0.5, shard_cpus=0.1, averager_cpus=0.1
         ),
         run=RunConfig(max_examples=4000, eval_interval_s=5.0, progress=False),
     )

@@ -69,12 +69,12 @@ def _source_root() -> str:
 
 def fit_cpus(cfg: JobConfig, replicas: int, cpus: float = 2.0) -> JobConfig:
     """`cfg` with `replicas` replicas whose CPUs, with the shards' and averager's, fit `cpus`."""
-    ps = cfg.ps
-    left = cpus - ps.num_shards * ps.shard_cpus - ps.averager_cpus
+    shards, at = cfg.ps.num_shards, cfg.placement
+    left = cpus - shards * at.shard_cpus - at.averager_cpus
     if left <= 0:
-        raise ConfigError(f"{ps.num_shards} shards and the averager do not fit {cpus} CPUs")
-    per = min(ps.replica_cpus, round(left / replicas - 5e-4, 3))
-    return from_dict({"ps": {"num_replicas": replicas, "replica_cpus": per}}, cfg)
+        raise ConfigError(f"{shards} shards and the averager do not fit {cpus} CPUs")
+    per = min(at.replica_cpus, round(left / replicas - 5e-4, 3))
+    return from_dict({"ps": {"num_replicas": replicas}, "placement": {"replica_cpus": per}}, cfg)
 
 
 def open_stream(cfg: JobConfig, data: str, consumer: int = 0, consumers: int = 1) -> Any:
@@ -104,11 +104,11 @@ class LocalTrainer:
         params = dict(self.core.model.named_parameters())
         decay = [params[e.name] for e in self.core.layout.entries if e.decay]
         plain = [params[e.name] for e in self.core.layout.entries if not e.decay]
-        self.optimizer = build_optimizer(decay, plain, cfg.ps)
+        self.optimizer = build_optimizer(decay, plain, cfg.optim)
         self.seen = 0
         self.workers = workers
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda _: lr_factor(self.seen, cfg.ps, examples_per_epoch)
+            self.optimizer, lambda _: lr_factor(self.seen, cfg.optim, examples_per_epoch)
         )
 
     def step(self, batch: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
@@ -126,7 +126,7 @@ def top1_error(cfg: JobConfig, data: str, num_classes: int, flat: torch.Tensor) 
     from distinception.data.loader import bn_batches, val_batches
     from distinception.ps import AveragerCore
 
-    core = AveragerCore(from_dict({"ps": {"polyak": "off"}}, cfg), num_classes)
+    core = AveragerCore(from_dict({"averager": {"polyak": "off"}}, cfg), num_classes)
     core.observe(0, flat)
     res = core.evaluate(lambda: val_batches(cfg, data), lambda: bn_batches(cfg, data))
     return float(res["raw_top1_error"])

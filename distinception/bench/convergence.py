@@ -175,7 +175,7 @@ def _sweep_lr(
         def trial(config: dict[str, Any]) -> None:
             import ray
 
-            cfg = from_dict({"ps": {"lr": config["lr"]}, "run": {"seed": SWEEP_SEED}}, base)
+            cfg = from_dict({"optim": {"lr": config["lr"]}, "run": {"seed": SWEEP_SEED}}, base)
             # The system runs in a task of its own, scheduled outside the trial's placement
             # group (Tune would capture its actors there): it asks for its own CPUs, as in the
             # comparison that follows.
@@ -188,7 +188,7 @@ def _sweep_lr(
                 uri,
                 parent,
                 f"{config['system']}-lr{config['lr']:g}",
-                {"system": config["system"], "ps.lr": config["lr"]},
+                {"system": config["system"], "optim.lr": config["lr"]},
                 {"final_top1_error": error},
             )
             tune.report({"final_top1_error": error})
@@ -282,7 +282,7 @@ def run_convergence(
             num_classes,
             replicas,
             steps,
-            worker_cpus=cfg.ps.replica_cpus,
+            worker_cpus=cfg.placement.replica_cpus,
             warmup_steps=0,
             eval_every=max(1, steps // points),
             examples_per_epoch=train_examples,
@@ -315,7 +315,7 @@ def run_convergence(
             for name in [n for n in SYSTEMS if n in systems]:
                 cfg = from_dict({"run": {"seed": seed}}, base)
                 if name in best_lr:
-                    cfg = from_dict({"ps": {"lr": best_lr[name]}}, cfg)
+                    cfg = from_dict({"optim": {"lr": best_lr[name]}}, cfg)
                 for series, curve in run_system(name, cfg).items():
                     curves[series].append(curve)
     wall = time.perf_counter() - t_start
@@ -325,7 +325,7 @@ def run_convergence(
         if LOCAL in curves:
             target = min(0.95, 1.5 * statistics.mean(run[-1][2] for run in curves[LOCAL]))
     series_lr = {
-        series: best_lr.get(name, base.ps.lr) for name in systems for series in SYSTEMS[name]
+        series: best_lr.get(name, base.optim.lr) for name in systems for series in SYSTEMS[name]
     }
     rows, finals = [], {}
     for name, runs in curves.items():
@@ -369,7 +369,7 @@ def run_convergence(
         *header(cmd, info),
         f"Model `{base.name}` ({base.model.variant} GoogLeNet, width {base.model.width}, "
         f"{base.model.input_size} px, {num_classes} classes, data `{data}`), batch "
-        f"{base.data.batch_size}, lr {base.ps.lr}, momentum {base.ps.momentum}; {replicas} "
+        f"{base.data.batch_size}, lr {base.optim.lr}, momentum {base.optim.momentum}; {replicas} "
         f"replicas/workers; budget {budget:,} examples per run; {seeds} seeds; whole run "
         f"{wall:.0f} s. Examples per update: PS and local {base.data.batch_size}, {DDP} "
         f"{replicas * base.data.batch_size} ({replicas} x {base.data.batch_size}), {DDP_SPLIT} "

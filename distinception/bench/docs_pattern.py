@@ -34,11 +34,11 @@ class DocsParameterServer:
         self.optimizer = build_optimizer(
             [p for p in self.params if p.dim() > 1],
             [p for p in self.params if p.dim() <= 1],
-            cfg.ps,
+            cfg.optim,
         )
         self.seen = 0
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda _: lr_factor(self.seen, cfg.ps, examples_per_epoch)
+            self.optimizer, lambda _: lr_factor(self.seen, cfg.optim, examples_per_epoch)
         )
 
     def apply_gradients(self, *gradients: list[np.ndarray]) -> dict[str, torch.Tensor]:

@@ -5,11 +5,12 @@ machine that has only torch (2.11+) and the repository.
 Both train the faithful GoogLeNet at 224 px in bf16 autocast on synthetic images already on the
 GPU (the data path is measured separately, on CPU). The local loop is what a user writes, SGD
 with momentum on the GPU, timed twice: model and inputs in the default memory format, and both in
-channels-last; the ratio is taken against the faster. The replica runs its own step as configured
-with `ps.compute_dtype=bfloat16`: it loads new weights from pageable host memory (the pull, as out
-of the object store), its flat-buffer model computes the gradient, and the gradient is copied to
-host memory (the push, awaited one step later as the communication thread does); the optimizer
-runs on the shards, which are not part of this measurement. Model FLOP utilisation counts
+channels-last; the ratio is taken against the faster. The replica runs its own step as
+configured with `transport.compute_dtype=bfloat16`: it loads new weights from pageable host
+memory (the pull, as out of the object store), its flat-buffer model computes the gradient,
+and the gradient is copied to host memory (the push, awaited one step later as the
+communication thread does); the optimizer runs on the shards, which are not part of this
+measurement. Model FLOP utilisation counts
 1.583 G multiply-adds per image forward (the paper's model at 224 px), x2 FLOPs per
 multiply-add and x3 for forward plus backward.
 """
@@ -24,7 +25,7 @@ from typing import Any
 
 import torch
 
-from distinception.config import JobConfig, ModelConfig, PSConfig
+from distinception.config import JobConfig, ModelConfig, TransportConfig
 from distinception.model.googlenet import build_model
 from distinception.model.loss import googlenet_loss
 from distinception.ps import ReplicaCore
@@ -101,7 +102,7 @@ def run_gpu(
         raise SystemExit("distinception bench gpu: no CUDA device here")
     torch.backends.cudnn.benchmark = True
     model_cfg = ModelConfig(variant="faithful", width=1.0, input_size=size)
-    cfg = JobConfig(model=model_cfg, ps=PSConfig(compute_dtype="bfloat16"))
+    cfg = JobConfig(model=model_cfg, transport=TransportConfig(compute_dtype="bfloat16"))
     x = torch.randn(batch, 3, size, size, device=dev)
     y = torch.randint(0, 1000, (batch,), device=dev)
     local_nchw_s = _local_seconds(model_cfg, x, y, steps, warmup, dev, channels_last=False)

@@ -62,15 +62,10 @@ def bench_p1(
     cfg = from_dict(
         {
             "model": model_cfg.__dict__,
-            "ps": {
-                "num_shards": num_shards,
-                "momentum": 0.0,
-                "lr": 1e-4,
-                "weight_decay": 0.0,
-                "transfer_dtype": dtype,
-                "transport": transport,
-                "shard_cpus": 0.25,
-            },
+            "ps": {"num_shards": num_shards},
+            "optim": {"momentum": 0.0, "lr": 1e-4, "weight_decay": 0.0},
+            "transport": {"transfer_dtype": dtype, "channel": transport},
+            "placement": {"shard_cpus": 0.25},
         },
         JobConfig(),
     )
@@ -173,7 +168,8 @@ def bench_p1(
 def bench_p2(steps: int, rounds: int = 3) -> dict[str, Any]:
     """Replica and local loop measured alternately `rounds` times; medians of each."""
     cfg = from_dict(
-        {"ps": {"num_replicas": 1, "num_shards": 2, "replica_cpus": 1.0}}, get_recipe("demo")
+        {"ps": {"num_replicas": 1, "num_shards": 2}, "placement": {"replica_cpus": 1.0}},
+        get_recipe("demo"),
     )
     data, num_classes, train_examples = resolve_data(cfg)
     _, flat, _, layout = build_flat_model(cfg, num_classes, seed=0)

@@ -91,7 +91,7 @@ def measure(
     from distinception.bench.docs_pattern import run_docs_pattern
 
     data, num_classes, train_examples = resolve_data(cfg)
-    n, cpus = cfg.ps.num_replicas, cfg.ps.replica_cpus
+    n, cpus = cfg.ps.num_replicas, cfg.placement.replica_cpus
     out = {PS: run_ps(cfg, seconds, straggler)}
     out[DOCS] = run_docs_pattern(
         cfg,
@@ -173,7 +173,8 @@ def run_throughput(
         *header(cmd, info),
         f"Model `{base.name}` ({base.model.variant} GoogLeNet, width {base.model.width}, "
         f"{base.model.input_size} px), batch {base.data.batch_size}, {base.ps.num_shards} shards, "
-        f"{replicas} replicas/workers at {base.ps.replica_cpus} CPU and 1 torch thread each; "
+        f"{replicas} replicas/workers at {base.placement.replica_cpus} CPU and 1 torch thread "
+        "each; "
         f"{seconds:g} s per asynchronous system, {steps} local steps; whole run {wall:.0f} s.",
         "",
         *markdown_table(

@@ -1,11 +1,12 @@
 """`distinception bench updates`: the asynchronous update rules side by side, at equal examples.
 
-Each named update is a set of `ps.*` values laid over the recipe; every (replicas, update, seed)
-is one whole parameter-server training through real actors, scored as a real run is (its
-averager's raw and Polyak weights, center crop, BatchNorm statistics recomputed). The table gives
-mean ± the 95% interval over seeds of the final error, with the staleness the shards measured,
-the momentum they ended with, the memory delay compensation held, and the wall time, so the
-default update is chosen by measurement and anyone can re-run the choice.
+Each named update is a set of config values (`ps.*`, `optim.*`) laid over the recipe; every
+(replicas, update, seed) is one whole parameter-server training through real actors, scored as
+a real run is (its averager's raw and Polyak weights, center crop, BatchNorm statistics
+recomputed). The table gives mean ± the 95% interval over seeds of the final error, with the
+staleness the shards measured, the momentum they ended with, the memory delay compensation
+held, and the wall time, so the default update is chosen by measurement and anyone can re-run
+the choice.
 """
 
 from __future__ import annotations
@@ -30,24 +31,34 @@ from distinception.config import ConfigError, apply_overrides, from_dict
 from distinception.data.generated import resolve_data
 from distinception.recipes import get_recipe
 
-#: Named update rules: `ps.*` values over the recipe's. "default" is the recipe as it is.
+#: Named update rules: config values (dotted keys) over the recipe's. "default" is the recipe as
+#: it is.
 UPDATES: dict[str, dict[str, Any]] = {
     "default": {},
     # What the parameter server did before momentum correction and the lag rule: Downpour with
     # the full explicit momentum, and one step of lag even for a lone replica.
-    "previous": {"momentum_correction": "none", "max_lag": 1},
-    "no-lag": {"max_lag": 0},
-    "lag": {"max_lag": 1},
-    "dc": {"delay_compensation": 2.0},
-    "dc-only": {"momentum_correction": "none", "max_lag": 1, "delay_compensation": 2.0},
-    "dc-constant": {"delay_compensation": 0.04, "dc_adaptive": False},
-    "scale": {"momentum_correction": "none", "max_lag": 1, "staleness": "scale"},
-    "scale+mc": {"staleness": "scale"},
-    "bound:1": {"momentum_correction": "none", "staleness": "bound:1"},
-    "bound:1+mc": {"staleness": "bound:1"},
-    "warm-start": {"momentum_correction": "none", "max_lag": 1, "warm_start_updates": 60},
-    "adagrad": {"momentum_correction": "none", "max_lag": 1, "optimizer": "adagrad"},
+    "previous": {"ps.momentum_correction": "none", "ps.max_lag": 1},
+    "no-lag": {"ps.max_lag": 0},
+    "lag": {"ps.max_lag": 1},
+    "dc": {"ps.delay_compensation": 2.0},
+    "dc-only": {"ps.momentum_correction": "none", "ps.max_lag": 1, "ps.delay_compensation": 2.0},
+    "dc-constant": {"ps.delay_compensation": 0.04, "ps.dc_adaptive": False},
+    "scale": {"ps.momentum_correction": "none", "ps.max_lag": 1, "ps.staleness": "scale"},
+    "scale+mc": {"ps.staleness": "scale"},
+    "bound:1": {"ps.momentum_correction": "none", "ps.staleness": "bound:1"},
+    "bound:1+mc": {"ps.staleness": "bound:1"},
+    "warm-start": {"ps.momentum_correction": "none", "ps.max_lag": 1, "ps.warm_start_updates": 60},
+    "adagrad": {"ps.momentum_correction": "none", "ps.max_lag": 1, "optim.optimizer": "adagrad"},
 }
+
+
+def _nested(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Dotted keys as the nested mapping `from_dict` reads."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        section, _, name = key.partition(".")
+        out.setdefault(section, {})[name] = value
+    return out
 
 
 def _parse(names: tuple[str, ...]) -> tuple[str, ...]:
@@ -86,7 +97,7 @@ def run_updates(
                 for seed in range(seeds):
                     cfg = from_dict(
                         {
-                            "ps": UPDATES[name],
+                            **_nested(UPDATES[name]),
                             "run": {
                                 "seed": seed,
                                 "max_seconds": 0.0,
@@ -147,7 +158,7 @@ def run_updates(
         *header(cmd, info),
         f"Recipe `{recipe}` ({base.model.variant} GoogLeNet, width {base.model.width}, "
         f"{base.model.input_size} px, {num_classes} classes, data `{data}`), batch "
-        f"{base.data.batch_size}, lr {base.ps.lr}, momentum {base.ps.momentum}, budget "
+        f"{base.data.batch_size}, lr {base.optim.lr}, momentum {base.optim.momentum}, budget "
         f"{base.run.epochs or base.run.max_examples} "
         f"{'epochs' if base.run.epochs else 'examples'} per run; whole run {wall:.0f} s. "
         "Updates: "

@@ -47,7 +47,7 @@ EXAMPLES: dict[str, list[str]] = {
     ],
     "sweep": [
         "distinception sweep --recipe demo --samples 8 --scheduler asha",
-        "distinception sweep --space ps.lr=grid:0.01,0.02,0.05 --samples 1 --set run.epochs=5",
+        "distinception sweep --space optim.lr=grid:0.01,0.02,0.05 --samples 1 --set run.epochs=5",
     ],
     "ensemble": [
         "distinception ensemble --members 7 --augments paper,caffe",

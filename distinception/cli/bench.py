@@ -167,7 +167,7 @@ def add_parsers(sub: Any) -> None:
                 "--set",
                 action="append",
                 metavar="KEY=VALUE",
-                help="override the recipe for every system, e.g. ps.lr=0.01 (repeatable)",
+                help="override the recipe for every system, e.g. optim.lr=0.01 (repeatable)",
             )
             p.add_argument(
                 "--recipe",

@@ -4,10 +4,13 @@ Every value is checked where it enters (YAML, ``--set``, Tune samples), so a typ
 with one line naming the field, the value and what is allowed, never halfway through a run.
 Nothing here imports torch, ray or mlflow: every room may depend on this module.
 
-Its parts: `checks` (the error and the checks), `sections` (the dataclasses) and `loader`
-(YAML, overrides and mappings into them). Import from the package.
+Its parts: `checks` (the error and the checks), `sections` (the job's sections and `JobConfig`),
+`ps` (the parameter server's sections: optim, ps, averager, transport, placement), `aliases`
+(keys that moved, still read under their old names) and `loader` (YAML, overrides and mappings
+into them). Import from the package.
 """
 
+from distinception.config.aliases import MOVED, current_key
 from distinception.config.checks import ConfigError
 from distinception.config.loader import (
     apply_overrides,
@@ -15,24 +18,30 @@ from distinception.config.loader import (
     load_section,
     load_yaml,
 )
-from distinception.config.sections import (
-    AUGMENT_PRESETS,
+from distinception.config.ps import (
     COMPUTE_DTYPES,
-    INTERPOLATIONS,
     MOMENTUM_CORRECTION,
     OPTIMIZERS,
     POLYAK_MODES,
     TRANSFER_DTYPES,
     TRANSPORTS,
+    AveragerConfig,
+    OptimConfig,
+    PlacementConfig,
+    PSConfig,
+    TransportConfig,
+    parse_staleness,
+)
+from distinception.config.sections import (
+    AUGMENT_PRESETS,
+    INTERPOLATIONS,
     VARIANTS,
     AugmentConfig,
     DataConfig,
     JobConfig,
     ModelConfig,
-    PSConfig,
     RunConfig,
     TrackingConfig,
-    parse_staleness,
 )
 
 __all__ = [
@@ -40,20 +49,26 @@ __all__ = [
     "COMPUTE_DTYPES",
     "INTERPOLATIONS",
     "MOMENTUM_CORRECTION",
+    "MOVED",
     "OPTIMIZERS",
     "POLYAK_MODES",
     "TRANSFER_DTYPES",
     "TRANSPORTS",
     "VARIANTS",
     "AugmentConfig",
+    "AveragerConfig",
     "ConfigError",
     "DataConfig",
     "JobConfig",
     "ModelConfig",
+    "OptimConfig",
     "PSConfig",
+    "PlacementConfig",
     "RunConfig",
     "TrackingConfig",
+    "TransportConfig",
     "apply_overrides",
+    "current_key",
     "from_dict",
     "load_section",
     "load_yaml",

@@ -11,25 +11,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from distinception.config.aliases import migrate, moved_from
 from distinception.config.checks import ConfigError, _fail
-from distinception.config.sections import (
-    AUGMENT_PRESETS,
-    AugmentConfig,
-    DataConfig,
-    JobConfig,
-    ModelConfig,
-    PSConfig,
-    RunConfig,
-    TrackingConfig,
-)
+from distinception.config.sections import AUGMENT_PRESETS, JobConfig
 
 _SECTIONS: dict[str, type] = {
-    "model": ModelConfig,
-    "data": DataConfig,
-    "augment": AugmentConfig,
-    "ps": PSConfig,
-    "tracking": TrackingConfig,
-    "run": RunConfig,
+    f.name: typing.get_type_hints(JobConfig)[f.name]
+    for f in dataclasses.fields(JobConfig)
+    if f.name != "name"
 }
 
 
@@ -38,11 +27,18 @@ def _shown(name: str) -> str:
     return name if name.isprintable() else repr(name)
 
 
-def _unknown(name: str, key: Any, allowed: Iterable[str]) -> ConfigError:
+def _unknown(name: str, key: Any, allowed: Iterable[str], section: str = "") -> ConfigError:
+    """The error for a key that is not a field; in `ps` the suggestion also looks at the keys
+    that moved out of it, under their new names (`ps.lrr`: did you mean 'optim.lr'?)."""
     allowed = sorted(allowed)
-    hint = difflib.get_close_matches(str(key), allowed, n=1)
-    also = f" (did you mean {hint[0]!r}?)" if hint else ""
+    hint = _closest(str(key), moved_from(section) | {a: a for a in allowed})
+    also = f" (did you mean {hint!r}?)" if hint else ""
     return ConfigError(f"{_shown(name)}: unknown key{also}; expected one of " + ", ".join(allowed))
+
+
+def _closest(key: str, shown: dict[str, str]) -> str:
+    hint = difflib.get_close_matches(key, sorted(shown), n=1)
+    return shown[hint[0]] if hint else ""
 
 
 def _coerce(name: str, value: Any, annotation: Any) -> Any:
@@ -98,7 +94,7 @@ def load_section(name: str, cls: type, values: Any, base: Any = None) -> Any:
     for key, value in values.items():
         where = f"{name}.{key}" if name else str(key)
         if key not in names:
-            raise _unknown(where, key, names)
+            raise _unknown(where, key, names, name)
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             # An empty nested section (`runtime_env:` with nothing under it) keeps its defaults.
@@ -126,7 +122,7 @@ def from_dict(values: Mapping[str, Any], base: JobConfig | None = None) -> JobCo
     if not isinstance(values, Mapping):
         raise ConfigError(f"config={type(values).__name__}: expected a mapping of sections")
     out: dict[str, Any] = {}
-    for key, value in values.items():
+    for key, value in migrate(values).items():
         if key == "name":
             out["name"] = _coerce("name", value, str)
         elif key in _SECTIONS:

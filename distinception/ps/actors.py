@@ -11,7 +11,7 @@ Wire protocol of a shard:
 - `pull()` -> (version, incarnation, [ref]): the weights of `version` as one object-store ref,
   put at most once per version (`objstore.Publication`).
 - `push(grad, base_version, examples, fingerprint, incarnation)` -> a `PushResult` as a dict.
-- Same node (`ps.transport=auto`): a replica reads the weights from the shard's shared-memory
+- Same node (`transport.channel=auto`): a replica reads the weights from the shard's shared-memory
   file instead of pulling, and pushes by writing its gradient into a shared-memory slot and
   ringing the shard's doorbell with `push`'s arguments, the slot's path in place of the gradient
   (`push_shared` takes the same request as a Ray call). See `transport.shm`.
@@ -100,13 +100,13 @@ class ShardActor(ShardServer):
 class ReplicaActor(ReplicaLoop):
     def __init__(self, spec: ReplicaSpec) -> None:
         cfg = spec.cfg
-        _threads(cfg.ps.replica_cpus)
+        _threads(cfg.placement.replica_cpus)
         super().__init__(
             spec.index,
             cfg,
             spec.num_classes,
             train_stream(cfg, spec.data_path, spec.index, spec.num_consumers),
-            _connect(list(spec.shards), list(spec.ranges), cfg.ps.transport),
+            _connect(list(spec.shards), list(spec.ranges), cfg.transport.channel),
             position=spec.position,
             restarted=_reconstructed(),
             slowdown=spec.slowdown,
@@ -120,12 +120,12 @@ class ReplicaActor(ReplicaLoop):
 class AveragerActor(AveragerLoop):
     def __init__(self, spec: AveragerSpec) -> None:
         cfg = spec.cfg
-        _threads(cfg.ps.averager_cpus)
+        _threads(cfg.placement.averager_cpus)
         super().__init__(
             cfg,
             spec.data_path,
             spec.num_classes,
-            _connect(list(spec.shards), list(spec.ranges), cfg.ps.transport),
+            _connect(list(spec.shards), list(spec.ranges), cfg.transport.channel),
             spec.checkpoint_uri,
             spec.resume,
             restarted=_reconstructed(),
@@ -136,28 +136,28 @@ def remote_shard(cfg: JobConfig, name: str | None = None) -> Any:
     """`name`: register the shard under it, so replicas and the averager can be given names."""
     return ray.remote(ShardActor).options(
         name=name,
-        num_cpus=cfg.ps.shard_cpus,
-        max_restarts=cfg.ps.max_shard_restarts,
+        num_cpus=cfg.placement.shard_cpus,
+        max_restarts=cfg.placement.max_shard_restarts,
         max_task_retries=0,
-        resources=cfg.ps.shard_resources,
+        resources=cfg.placement.shard_resources,
     )
 
 
 def remote_replica(cfg: JobConfig, resources: dict[str, float] | None = None) -> Any:
     return ray.remote(ReplicaActor).options(
-        num_cpus=cfg.ps.replica_cpus,
-        num_gpus=cfg.ps.replica_gpus,
-        max_restarts=cfg.ps.max_replica_restarts,
+        num_cpus=cfg.placement.replica_cpus,
+        num_gpus=cfg.placement.replica_gpus,
+        max_restarts=cfg.placement.max_replica_restarts,
         max_task_retries=0,
-        resources=cfg.ps.replica_resources if resources is None else resources,
+        resources=cfg.placement.replica_resources if resources is None else resources,
     )
 
 
 def remote_averager(cfg: JobConfig) -> Any:
     return ray.remote(AveragerActor).options(
-        num_cpus=cfg.ps.averager_cpus,
+        num_cpus=cfg.placement.averager_cpus,
         max_restarts=2,
         max_task_retries=0,
         max_concurrency=4,
-        resources=cfg.ps.shard_resources,
+        resources=cfg.placement.shard_resources,
     )

@@ -39,9 +39,9 @@ class AveragerCore:
         self.cfg = cfg
         self.model, self.flat, _, self.layout = build_flat_model(cfg, num_classes)
         self.model.eval()
-        if cfg.ps.polyak == "ema":
+        if cfg.averager.polyak == "ema":
             self.averaged = AveragedModel(
-                self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ps.ema_decay)
+                self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.averager.ema_decay)
             )
         else:
             self.averaged = AveragedModel(self.model)
@@ -55,7 +55,7 @@ class AveragerCore:
         with torch.no_grad():
             self.flat.copy_(values)
         self.version = version
-        if self.cfg.ps.polyak != "off" and version >= self.cfg.ps.polyak_start:
+        if self.cfg.averager.polyak != "off" and version >= self.cfg.averager.polyak_start:
             self.averaged.update_parameters(self.model)
             self.samples += 1
         return True
@@ -111,7 +111,7 @@ class AveragerCore:
 
 
 class AveragerLoop:
-    """Samples the shards' weights every `ps.averager_interval_s` on its own thread, and answers
+    """Samples the shards' weights every `averager.interval_s` on its own thread, and answers
     evaluations and checkpoints beside it (one lock around the core).
 
     `connect(count)` makes the channel to the shards. `restarted`: this is a new life of an
@@ -160,7 +160,7 @@ class AveragerLoop:
                 self._sample()
             except self.links.errors:
                 self.errors += 1
-            time.sleep(self.cfg.ps.averager_interval_s)
+            time.sleep(self.cfg.averager.interval_s)
 
     def start(self) -> bool:
         if not self.running:

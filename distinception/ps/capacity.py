@@ -48,8 +48,8 @@ POLL_SECONDS = 1.0
 def replica_bundle(cfg: JobConfig) -> dict[str, float]:
     """What one replica asks of a node (zero amounts left out): the placement of a replica
     actor, a trial's replica bundle and the elastic pool's request all use this one."""
-    ps = cfg.ps
-    bundle = {"CPU": ps.replica_cpus, "GPU": ps.replica_gpus, **ps.replica_resources}
+    at = cfg.placement
+    bundle = {"CPU": at.replica_cpus, "GPU": at.replica_gpus, **at.replica_resources}
     return {k: float(v) for k, v in bundle.items() if v > 0}
 
 
@@ -57,11 +57,11 @@ def actor_bundles(cfg: JobConfig, replicas: int | None = None) -> list[dict[str,
     """One resource bundle per actor: the shards, the averager (placed like a shard) and
     `replicas` replicas (default `ps.num_replicas`). The autoscaler packs bundles onto node
     types, so asking per actor (not in all) launches nodes that can hold them."""
-    ps = cfg.ps
-    n = ps.num_replicas if replicas is None else replicas
-    shard = {"CPU": ps.shard_cpus, **ps.shard_resources}
-    averager = {"CPU": ps.averager_cpus, **ps.shard_resources}
-    bundles = [shard] * ps.num_shards + [averager] + [replica_bundle(cfg)] * n
+    at = cfg.placement
+    n = cfg.ps.num_replicas if replicas is None else replicas
+    shard = {"CPU": at.shard_cpus, **at.shard_resources}
+    averager = {"CPU": at.averager_cpus, **at.shard_resources}
+    bundles = [shard] * cfg.ps.num_shards + [averager] + [replica_bundle(cfg)] * n
     return [b for b in ({k: float(v) for k, v in b.items() if v > 0} for b in bundles) if b]
 
 
@@ -209,22 +209,28 @@ class CapacityWait:
 
 
 def _fields(cfg: JobConfig, key: str) -> str:
-    ps = cfg.ps
-    n = f"ps.min_replicas={ps.min_replicas}" if ps.elastic else f"ps.num_replicas={ps.num_replicas}"
+    ps, at = cfg.ps, cfg.placement
+    n = (
+        f"placement.min_replicas={at.min_replicas}"
+        if at.elastic
+        else f"ps.num_replicas={ps.num_replicas}"
+    )
     return {
-        "CPU": f"{n} x ps.replica_cpus={ps.replica_cpus:g} + "
-        f"ps.num_shards={ps.num_shards} x ps.shard_cpus={ps.shard_cpus:g} + "
-        f"ps.averager_cpus={ps.averager_cpus:g}",
-        "GPU": f"{n} x ps.replica_gpus={ps.replica_gpus:g}",
+        "CPU": f"{n} x placement.replica_cpus={at.replica_cpus:g} + "
+        f"ps.num_shards={ps.num_shards} x placement.shard_cpus={at.shard_cpus:g} + "
+        f"placement.averager_cpus={at.averager_cpus:g}",
+        "GPU": f"{n} x placement.replica_gpus={at.replica_gpus:g}",
     }.get(
-        key, f"ps.replica_resources={ps.replica_resources}, ps.shard_resources={ps.shard_resources}"
+        key,
+        f"placement.replica_resources={at.replica_resources}, "
+        f"placement.shard_resources={at.shard_resources}",
     )
 
 
 def _lower(key: str) -> str:
     return {
-        "CPU": "lower ps.num_replicas or ps.replica_cpus",
-        "GPU": "set ps.replica_gpus=0 or run on a GPU machine",
+        "CPU": "lower ps.num_replicas or placement.replica_cpus",
+        "GPU": "set placement.replica_gpus=0 or run on a GPU machine",
     }.get(key, "drop the custom resources or join a cluster that has them")
 
 
@@ -235,10 +241,9 @@ def check_fits(
     out: TextIO | None = None,
     clock: Callable[[], float] = time.time,
 ) -> None:
-    """Return once the cluster holds what the job's actors ask (with `ps.elastic`, its
-    `ps.min_replicas`); raise ConfigError, one line, when it does not and cannot grow."""
-    ps = cfg.ps
-    replicas = ps.min_replicas if ps.elastic else None
+    """Return once the cluster holds what the job's actors ask (with `placement.elastic`, its
+    `placement.min_replicas`); raise ConfigError, one line, when it does not and cannot grow."""
+    replicas = cfg.placement.min_replicas if cfg.placement.elastic else None
     need = actor_demand(cfg, replicas)
     have = ray.cluster_resources()
     short = shortfall(need, have)

@@ -122,7 +122,7 @@ class Coordinator:
         # Each shard builds the same initial weights from `run.model_seed` itself: nothing in the
         # object store that a restart would depend on (Ray warns about such constructor args).
         # One directory per job for the same-node shared-memory transport (see ps/shm.py).
-        self.shm_dir = shm.job_dir() if cfg.ps.transport == "auto" and shm.available() else ""
+        self.shm_dir = shm.job_dir() if cfg.transport.channel == "auto" and shm.available() else ""
         # Shards are registered by name (unique to this job) and replicas and the averager are
         # given the names: actor handles as constructor arguments live in the object store.
         job = uuid.uuid4().hex[:12]

@@ -132,7 +132,7 @@ class ReplicaCore:
         self.model = model.to(self.device)
         self.flat, self.grad, self.layout = flatten_module(self.model)
         self.model.train()
-        self.autocast = cfg.ps.compute_dtype == "bfloat16"
+        self.autocast = cfg.transport.compute_dtype == "bfloat16"
         self.batches = batches
         self.accumulated = 0
         self.examples = 0
@@ -199,8 +199,8 @@ class ReplicaCore:
         n = max(1, self.accumulated)
         if n > 1:
             self.grad.div_(n)
-        if self.cfg.ps.clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.ps.clip_norm)
+        if self.cfg.optim.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.clip_norm)
         wait: Callable[[], None] = _landed
         if self.device.type == "cuda":
             # Into page-locked memory: a DMA copy ~50x faster than into pageable memory (measured

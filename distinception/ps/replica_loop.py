@@ -69,7 +69,7 @@ class ReplicaLoop:
         self.index = index
         self.cfg = cfg
         self.restarted = restarted
-        device = "cuda" if cfg.ps.replica_gpus > 0 and torch.cuda.is_available() else "cpu"
+        device = "cuda" if cfg.placement.replica_gpus > 0 and torch.cuda.is_available() else "cpu"
         self._open_stream = open_stream
         self.data = BatchPrefetcher(open_stream(position), pin=device == "cuda")
         # Where this replica's data stream really starts when it was started or sought at a
@@ -222,7 +222,7 @@ class ReplicaLoop:
             incarnations,
             examples,
             self.fingerprint,
-            self.cfg.ps.transfer_dtype,
+            self.cfg.transport.transfer_dtype,
         )
         for answer in answers:
             self._tally(answer)

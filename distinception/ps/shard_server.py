@@ -69,11 +69,12 @@ class ShardServer:
             layout,
             values,
             cfg.ps,
+            cfg.optim,
             examples_per_epoch,
             shared=self.files.weights,
         )
         self.core.incarnation = incarnation
-        self.dtype = cfg.ps.transfer_dtype
+        self.dtype = cfg.transport.transfer_dtype
         self.checkpoint_uri = checkpoint_uri
         self.restored_from = -1
         self.restarts = 1 if restarted else 0

@@ -68,7 +68,7 @@ def source_tags() -> dict[str, str]:
 
 def describe_run(cfg: JobConfig, info: dict[str, Any]) -> str:
     """The run's description in the MLflow UI: what was trained, on what, and how."""
-    m, ps, run = cfg.model, cfg.ps, cfg.run
+    m, ps, opt, run = cfg.model, cfg.ps, cfg.optim, cfg.run
     budget = (
         f"{run.max_examples:,} examples"
         if run.max_examples
@@ -82,9 +82,9 @@ def describe_run(cfg: JobConfig, info: dict[str, Any]) -> str:
         f"({int(info['params']):,} parameters), {info['num_classes']} classes, "
         f"{int(info['train_examples']):,} training images from `{data}`.\n\n"
         f"Asynchronous SGD: {ps.num_replicas} replicas, {ps.num_shards} shards, "
-        f"{ps.optimizer} lr {ps.lr:g}, momentum {ps.momentum:g} (correction "
+        f"{opt.optimizer} lr {opt.lr:g}, momentum {opt.momentum:g} (correction "
         f"{ps.momentum_correction}), batch {cfg.data.batch_size}, staleness {ps.staleness}; "
-        f"{ps.polyak} Polyak averaging; budget {budget}, seed {run.seed}."
+        f"{cfg.averager.polyak} Polyak averaging; budget {budget}, seed {run.seed}."
     )
 
 
@@ -244,7 +244,7 @@ class MlflowCallback(Callback):
         if not (self.client and self.run_id):
             return
         ts = int(time.time() * 1000)
-        named = chart_metrics(metrics, polyak=self.cfg.ps.polyak != "off")
+        named = chart_metrics(metrics, polyak=self.cfg.averager.polyak != "off")
         batch = [
             mlflow.entities.Metric(k, v, ts, int(step))
             for k, v in named.items()

@@ -61,7 +61,7 @@ def _sweep_overlays(sweep_dir: str | None, count: int) -> list[tuple[str, dict[s
 def parse_augments(spec: str, members: int, sweep_dir: str | None = None) -> list[tuple[str, dict]]:
     """Named overlays, one per distinct augment: presets, YAML files, or the best of a sweep.
 
-    A YAML file contributes its `augment` section and `ps.lr`; a sweep trial contributes every
+    A YAML file contributes its `augment` section and `optim.lr`; a sweep trial contributes every
     field its sweep sampled.
     """
     out: list[tuple[str, dict[str, Any]]] = []
@@ -73,7 +73,7 @@ def parse_augments(spec: str, members: int, sweep_dir: str | None = None) -> lis
         elif item.endswith((".yaml", ".yml")):
             cfg = load_yaml(item)
             augment = {f"augment.{k}": v for k, v in dataclasses.asdict(cfg.augment).items()}
-            out.append((Path(item).stem, augment | {"ps.lr": cfg.ps.lr}))
+            out.append((Path(item).stem, augment | {"optim.lr": cfg.optim.lr}))
         else:
             raise ConfigError(
                 f"--augments item {item!r}: expected best-of-sweep, a YAML file or one of "

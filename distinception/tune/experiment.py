@@ -23,7 +23,7 @@ from distinception.tune.trials import absolute_paths, fit_to, plan_concurrency
 
 def metric_of(cfg: JobConfig) -> str:
     """The error trials are ranked by: the Polyak weights' unless the job turns Polyak off."""
-    return "raw_top1_error" if cfg.ps.polyak == "off" else "polyak_top1_error"
+    return "raw_top1_error" if cfg.averager.polyak == "off" else "polyak_top1_error"
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Search spaces over the config dataclasses: what a sweep may vary, and how a sample becomes a job.
 
-A space maps dotted config fields (`augment.area_min`, `ps.lr`) to domains. Keys and both ends of
+A space maps dotted config fields (`augment.area_min`, `optim.lr`) to domains. Keys and both ends of
 every range are checked against the dataclasses when the space is built, so a typo or an
 out-of-range bound fails before any trial starts, with the same one-line errors as `--set`.
 
@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from distinception.config import ConfigError, JobConfig, from_dict
+from distinception.config import ConfigError, JobConfig, current_key, from_dict
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ DEFAULT_SPACE: dict[str, Domain] = {
     "augment.photometric": Uniform(0.0, 0.5),
     "augment.lighting": Uniform(0.0, 0.2),
     "augment.interpolation": Choice(("bilinear", "area", "bicubic", "nearest", "random")),
-    "ps.lr": Uniform(0.005, 0.05, log=True),
+    "optim.lr": Uniform(0.005, 0.05, log=True),
 }
 
 
@@ -112,6 +112,8 @@ class SearchSpace:
     def __post_init__(self) -> None:
         if not self.domains:
             raise ConfigError("space={}: expected at least one field to sweep")
+        # A key that moved (`ps.lr`) is swept under its new name (`optim.lr`), with a warning.
+        object.__setattr__(self, "domains", {current_key(k): d for k, d in self.domains.items()})
         base = JobConfig()
         fields = set(base.flat())
         for key, domain in self.domains.items():
@@ -142,7 +144,7 @@ class SearchSpace:
 
     def without(self, keys: Iterable[str]) -> SearchSpace:
         """The space less the fields a user fixed with `--set`."""
-        fixed = set(keys)
+        fixed = {current_key(k, warn=False) for k in keys}
         return SearchSpace(
             {k: d for k, d in self.domains.items() if k not in fixed},
             tie_aspect=self.tie_aspect and "augment.aspect_min" not in fixed,
@@ -204,7 +206,7 @@ def build_space(items: Iterable[str] = (), fixed: Iterable[str] = ()) -> SearchS
         key, sep, text = item.partition("=")
         if not sep:
             raise ConfigError(f"--space {item!r}: expected section.key=DOMAIN")
-        domains[key.strip()] = parse_domain(key.strip(), text.strip())
+        domains[current_key(key.strip())] = parse_domain(key.strip(), text.strip())
     return SearchSpace(domains).without(fixed)
 
 

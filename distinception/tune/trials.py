@@ -48,13 +48,14 @@ def fit_to(cfg: JobConfig, cpus: float) -> JobConfig:
     if need <= cpus + 1e-9:
         return cfg
     scale = (cpus - DRIVER_CPUS) / (need - DRIVER_CPUS)
-    ps = dataclasses.replace(
-        cfg.ps,
-        shard_cpus=_floor(cfg.ps.shard_cpus * scale),
-        replica_cpus=_floor(cfg.ps.replica_cpus * scale),
-        averager_cpus=_floor(cfg.ps.averager_cpus * scale),
+    at = cfg.placement
+    placement = dataclasses.replace(
+        at,
+        shard_cpus=_floor(at.shard_cpus * scale),
+        replica_cpus=_floor(at.replica_cpus * scale),
+        averager_cpus=_floor(at.averager_cpus * scale),
     )
-    return cfg.replace(ps=ps)
+    return cfg.replace(placement=placement)
 
 
 def bundles(cfg: JobConfig) -> list[dict[str, float]]:
@@ -63,22 +64,22 @@ def bundles(cfg: JobConfig) -> list[dict[str, float]]:
     Without custom resources all actors share one bundle: Ray places a captured actor in any
     bundle with room, so with one bundle per actor a small shard could take part of a replica's
     bundle and leave the replica nowhere to go (a trial on one node; trials spread over nodes).
-    With `ps.shard_resources` / `ps.replica_resources` (cluster placement), the shards and the
-    averager share one bundle holding the shard resources and each replica gets its own holding
-    the replica resources, so every actor fits only where it belongs.
+    With `placement.shard_resources` / `placement.replica_resources` (cluster placement), the
+    shards and the averager share one bundle holding the shard resources and each replica gets
+    its own holding the replica resources, so every actor fits only where it belongs.
     """
     from distinception.ps.capacity import replica_bundle
 
-    ps = cfg.ps
-    gpu = {"GPU": ps.replica_gpus} if ps.replica_gpus else {}
-    if not (ps.shard_resources or ps.replica_resources):
+    ps, at = cfg.ps, cfg.placement
+    gpu = {"GPU": at.replica_gpus} if at.replica_gpus else {}
+    if not (at.shard_resources or at.replica_resources):
         actors: dict[str, float] = {"CPU": round(trial_cpus(cfg) - DRIVER_CPUS, 4)}
         if gpu:
-            actors["GPU"] = ps.num_replicas * ps.replica_gpus
+            actors["GPU"] = ps.num_replicas * at.replica_gpus
         return [{"CPU": DRIVER_CPUS}, actors]
     n_ps = ps.num_shards + 1  # the averager is placed like a shard
-    server = {"CPU": round(ps.num_shards * ps.shard_cpus + ps.averager_cpus, 4)}
-    server |= {k: v * n_ps for k, v in ps.shard_resources.items()}
+    server = {"CPU": round(ps.num_shards * at.shard_cpus + at.averager_cpus, 4)}
+    server |= {k: v * n_ps for k, v in at.shard_resources.items()}
     return [{"CPU": DRIVER_CPUS}, server] + [replica_bundle(cfg) for _ in range(ps.num_replicas)]
 
 

@@ -85,7 +85,7 @@ def test_convergence_writes_tables_and_plots(tmp_path):
         budget=640,
         seeds=1,
         points=2,
-        overrides=("ps.lr=0.01",),
+        overrides=("optim.lr=0.01",),
         # The previous update runs the same PS path with two ps values (the updates test
         # covers it); leaving it out here checks that `systems` selects.
         systems=("ps", "ddp", "ddp-split", "local"),
@@ -95,7 +95,7 @@ def test_convergence_writes_tables_and_plots(tmp_path):
     table = (tmp_path / "convergence.md").read_text()
     assert "± " in table and "examples / seconds to target" in table
     assert 0 < conv["target"] <= 0.95
-    assert "--set ps.lr=0.01" in table and "lr 0.01," in table
+    assert "--set optim.lr=0.01" in table and "lr 0.01," in table
     assert f"{DDP_SPLIT} 16 (2 x 8)" in table  # the tiny recipe's batch of 16, split
     for errs in conv["finals"].values():
         assert all(0.0 <= e <= 1.0 for e in errs)
@@ -162,10 +162,8 @@ def test_bench_convergence_picks_each_systems_lr_from_a_tune_grid(tmp_path):
     ]
     assert parent.info.status == "FINISHED"
     children = child_runs(uri, parent.info.run_id)
-    grid = {
-        (c.data.params["system"], float(c.data.params["ps.lr"])): c.data.metrics["final_top1_error"]
-        for c in children
-    }
+    params = [(c.data.params, c.data.metrics) for c in children]
+    grid = {(p["system"], float(p["optim.lr"])): m["final_top1_error"] for p, m in params}
     assert set(grid) == {(s, lr) for s in ("ps", "local") for lr in (0.001, 0.05)}
     table = (tmp_path / "convergence.md").read_text()
     assert "--lrs 0.001,0.05" in table

@@ -107,7 +107,7 @@ def swept(tiny_data, mlflow_server, tmp_path_factory):
         *("--set", "run.max_examples=1200", "--set", "run.eval_interval_s=1.5"),
         *("--set", "augment.photometric=0.1"),  # fixed: not swept
         *("--space", "augment.area_min=uniform:0.3:1.0"),
-        *("--space", "ps.lr=grid:" + ",".join(str(lr) for lr in GRID)),
+        *("--space", "optim.lr=grid:" + ",".join(str(lr) for lr in GRID)),
         *("--samples", "1", "--scheduler", "asha", "--out", str(out)),
         cwd=out.parent,
         env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"),
@@ -131,17 +131,17 @@ def test_two_trial_sweep_ranks_writes_best_yaml_and_nests_runs(swept, tiny_data,
     best = load_yaml(result.best_yaml)
     assert best.augment.area_min == pytest.approx(result.ranked[0]["augment.area_min"])
     assert best.augment.aspect_min == pytest.approx(1 / best.augment.aspect_max)
-    assert best.ps.lr == result.ranked[0]["ps.lr"]  # the best trial's point of the grid
+    assert best.optim.lr == result.ranked[0]["optim.lr"]  # the best trial's point of the grid
     assert best.augment.photometric == 0.1  # fixed with --set, not swept
     assert all("augment.photometric" not in r for r in result.ranked)
     assert best.data.path == tiny_data
     # Printed: the trials it plans, the ranked table (best first), where best.yaml is.
-    assert "sweep tiny: 2 trials over " in out and "ps.lr=grid:0.01,0.02" in out
+    assert "sweep tiny: 2 trials over " in out and "optim.lr=grid:0.01,0.02" in out
     lines = out.splitlines()
     head = next(
         i for i, line in enumerate(lines) if line.split()[:3] == ["rank", "trial", "status"]
     )
-    assert "augment.area_min" in lines[head] and "ps.lr" in lines[head]
+    assert "augment.area_min" in lines[head] and "optim.lr" in lines[head]
     for rank, row in enumerate(result.ranked, 1):
         assert lines[head + rank].split()[:3] == [str(rank), row["trial"], row["status"]]
     assert f"best job: {result.best_yaml}  (train it:" in out
@@ -171,7 +171,7 @@ def test_two_trial_sweep_ranks_writes_best_yaml_and_nests_runs(swept, tiny_data,
         params = {p["key"]: p["value"] for p in child["data"]["params"]}
         row = next(r for r in result.ranked if r["run_id"] == child["info"]["run_id"])
         assert float(params["augment.area_min"]) == pytest.approx(row["augment.area_min"])
-        assert float(params["ps.lr"]) == row["ps.lr"]
+        assert float(params["optim.lr"]) == row["optim.lr"]
         metrics = {m["key"] for m in child["data"]["metrics"]}
         # Grouped in the UI by prefix; val/top1_error is the served (Polyak) weights' error.
         assert {"val/polyak_top1_error", "val/raw_top1_error", "val/top1_error"} <= metrics
@@ -185,7 +185,9 @@ def test_two_trial_sweep_ranks_writes_best_yaml_and_nests_runs(swept, tiny_data,
             )
             assert len(history["metrics"]) >= 1
     # A grid runs each of its values once: the children's learning rates are the grid.
-    lrs = [float(p["value"]) for c in children for p in c["data"]["params"] if p["key"] == "ps.lr"]
+    lrs = [
+        float(p["value"]) for c in children for p in c["data"]["params"] if p["key"] == "optim.lr"
+    ]
     assert sorted(lrs) == GRID, lrs
     finished = [c for c in children if c["info"]["status"] == "FINISHED"]
     assert finished, "the best trial ran to its budget"

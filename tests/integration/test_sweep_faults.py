@@ -54,7 +54,7 @@ def test_killed_trial_is_failed_and_the_sweep_completes(ray_local, tiny_data, ml
     killer = KillOneTrial(seed=3)
     result = sweep(
         cfg,
-        build_space(["augment.area_min=uniform:0.5:1.0"], fixed=["ps.lr"]),
+        build_space(["augment.area_min=uniform:0.5:1.0"], fixed=["optim.lr"]),
         samples=2,
         scheduler="fifo",
         max_concurrent=1,

@@ -153,7 +153,7 @@ def test_replica_killed_without_restarts_left_is_replaced_at_its_data_position(
     """With no restarts left, the killed replica is replaced by a fresh actor that continues
     from the data position the coordinator recorded, not from the start of its share."""
     cfg = tiny_cfg(
-        easy_data, mlflow_uri, run={"max_examples": 5000}, ps={"max_replica_restarts": 0}
+        easy_data, mlflow_uri, run={"max_examples": 5000}, placement={"max_replica_restarts": 0}
     )
     at_kill: dict = {}
 
@@ -290,7 +290,7 @@ def test_bad_shared_memory_pushes_are_refused_through_the_real_actor(
     weights = shm.SharedVector(link["path"], layout.total)
     with weights.reading():  # the update landed in the file same-node replicas read
         assert weights.version == 1
-        torch.testing.assert_close(weights.values, torch.full((layout.total,), -cfg.ps.lr))
+        torch.testing.assert_close(weights.values, torch.full((layout.total,), -cfg.optim.lr))
     # The doorbell (how same-node replicas push) takes the same request by name.
     bell = shm.Doorbell(link["bell"], timeout=60)
     request = {"path": slot.path, "version": 1, "examples": 1}
@@ -314,7 +314,7 @@ def test_object_store_stays_flat_over_many_versions(ray_local, easy_data, mlflow
         easy_data,
         mlflow_uri,
         run={"max_examples": 10000, "eval_interval_s": 1000.0},
-        ps={"transport": "object_store"},
+        transport={"channel": "object_store"},
     )
     result = run_with(cfg, Callback())
     assert all("pulls_shared" not in s["counters"] for s in result.replica_stats.values())
@@ -387,13 +387,9 @@ def test_warm_start_bounded_staleness_and_bf16_transfer(ray_local, easy_data, ml
     cfg = tiny_cfg(
         easy_data,
         mlflow_uri,
-        ps={
-            "warm_start_updates": 40,
-            "staleness": "bound:0",
-            "transfer_dtype": "bfloat16",
-            "optimizer": "adagrad",
-            "lr": 0.02,
-        },
+        ps={"warm_start_updates": 40, "staleness": "bound:0"},
+        transport={"transfer_dtype": "bfloat16"},
+        optim={"optimizer": "adagrad", "lr": 0.02},
         run={"max_examples": 3000},
     )
     result = run_with(cfg, Callback())
@@ -414,7 +410,8 @@ def test_a_straggler_replica_reads_a_fraction_of_what_the_others_read(ray_local,
     cfg = tiny_cfg(
         easy_data,
         "",
-        ps={"num_replicas": 2, "replica_cpus": 0.5},
+        ps={"num_replicas": 2},
+        placement={"replica_cpus": 0.5},
         run={"max_examples": 1600, "eval_interval_s": 1e9, "progress": False},
     )
     result = train(cfg, track=False, straggler=4.0)

@@ -19,7 +19,7 @@ import torch
 from as_typed import distinception
 
 from distinception.cli import main
-from distinception.config import AugmentConfig, PSConfig
+from distinception.config import AugmentConfig, OptimConfig, PSConfig
 from distinception.data.loader import TrainStream
 from distinception.ps.layout import ParamLayout
 from distinception.ps.replica import build_flat_model
@@ -183,7 +183,7 @@ def test_an_empty_shard_among_full_ones_is_read_past(tiny_data, tmp_path):
         (b"\xff\xfe binary", "not UTF-8 text"),
         (b"ps:\n  num_replica: 4\n", "ps.num_replica: unknown key (did you mean 'num_replicas'?)"),
         (b"model:\n  width: 9\n", "model.width=9.0: expected a number in (0, 4]"),
-        (b"ps:\n  lr: 1e999\n", "ps.lr=inf: expected a finite number"),
+        (b"ps:\n  lr: 1e999\n", "optim.lr=inf: expected a finite number"),
         (b"ps:\n  num_shards: 1e400\n", "ps.num_shards="),
         (b"ps: 3\n", "ps=3: expected a mapping"),
         (b"- a\n- b\n", "expected a mapping of sections"),
@@ -201,9 +201,9 @@ def test_bad_config_files_are_one_line(capsys, tmp_path, text, message):
 # -- gradients -------------------------------------------------------------------------------
 
 
-def _shard(layout: ParamLayout, **ps) -> ShardCore:
-    cfg = PSConfig(**({"momentum": 0.0, "weight_decay": 0.0, "lr": 1.0} | ps))
-    return ShardCore(0, 0, layout.total, layout, torch.zeros(layout.total), cfg, 100)
+def _shard(layout: ParamLayout, **optim) -> ShardCore:
+    opt = OptimConfig(**({"momentum": 0.0, "weight_decay": 0.0, "lr": 1.0} | optim))
+    return ShardCore(0, 0, layout.total, layout, torch.zeros(layout.total), PSConfig(), opt, 100)
 
 
 def test_huge_gradients_are_refused_or_clipped_by_the_configured_norm():
@@ -303,6 +303,8 @@ def test_a_job_larger_than_the_local_ray_fails_in_one_line_before_anything_start
     assert len(lines) == 1, proc.stderr
     (last,) = lines
     assert last.startswith("distinception: error: the job's actors ask for 65.25 CPU"), last
-    assert "ps.num_replicas=64 x ps.replica_cpus=1" in last and "lower ps.num_replicas" in last
+    assert (
+        "ps.num_replicas=64 x placement.replica_cpus=1" in last and "lower ps.num_replicas" in last
+    )
     assert "Traceback" not in proc.stderr
     assert not list(tmp_path.glob(".cache/distinception/generated-*"))  # no data generated

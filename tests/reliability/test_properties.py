@@ -17,6 +17,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 
 from distinception.config import (
+    MOVED,
     ConfigError,
     JobConfig,
     apply_overrides,
@@ -52,7 +53,10 @@ values = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
     max_leaves=6,
 )
-keys = st.one_of(st.sampled_from(FIELDS), st.text(max_size=10), st.integers())
+#: Real fields, the old names of moved ones (`ps.lr`), and stray keys.
+keys = st.one_of(
+    st.sampled_from(FIELDS), st.sampled_from(sorted(MOVED)), st.text(max_size=10), st.integers()
+)
 
 
 def _one_line(err: Exception) -> None:
@@ -116,6 +120,24 @@ def test_any_value_for_any_field_gives_a_config_or_one_line(field, raw):
         return
     section, name = field.split(".")
     assert getattr(getattr(cfg, section), name) is not None
+
+
+@SETTINGS
+@given(
+    old=st.sampled_from(sorted(MOVED)),
+    raw=st.one_of(st.text(max_size=20), st.from_regex(r"-?[0-9]{1,400}(\.[0-9]+)?(e-?[0-9]+)?")),
+)
+def test_an_old_key_gives_what_its_new_key_gives(old, raw):
+    """Any value under a moved key's old name: the same config, or the same one-line error."""
+
+    def outcome(key: str) -> object:
+        try:
+            return apply_overrides(get_recipe("tiny"), [f"{key}={raw}"])
+        except ConfigError as err:
+            _one_line(err)
+            return str(err)
+
+    assert outcome(old) == outcome(MOVED[old])
 
 
 @SETTINGS

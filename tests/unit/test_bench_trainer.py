@@ -8,7 +8,7 @@ from distinception.recipes import get_recipe
 
 
 def _trainer(workers: int) -> LocalTrainer:
-    cfg = from_dict({"ps": {"lr_decay": 0.5, "lr_decay_epochs": 1.0}}, get_recipe("tiny"))
+    cfg = from_dict({"optim": {"lr_decay": 0.5, "lr_decay_epochs": 1.0}}, get_recipe("tiny"))
     x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 4, (16,))
     return LocalTrainer(cfg, 4, iter([(x, y)] * 4), examples_per_epoch=32, workers=workers)
 

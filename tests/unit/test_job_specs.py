@@ -35,9 +35,9 @@ def test_every_job_spec_loads_and_runs_a_distinception_command(path):
     cfg = _job_config(args)  # every --set in the spec is a valid value
     if argv[1] == "train":
         assert args.address == "auto"  # joins the job's cluster instead of starting a Ray
-        if cfg.ps.elastic:
-            assert cfg.ps.replica_resources == {"replica": 1.0}
-            assert cfg.ps.shard_resources == {"ps": 1.0}
+        if cfg.placement.elastic:
+            assert cfg.placement.replica_resources == {"replica": 1.0}
+            assert cfg.placement.shard_resources == {"ps": 1.0}
 
 
 def test_the_paper_job_trains_the_faithful_model_at_224_on_gpus():
@@ -45,8 +45,9 @@ def test_the_paper_job_trains_the_faithful_model_at_224_on_gpus():
         shlex.split(load_spec(ROOT / "jobs/train-paper-gpu.yaml").entrypoint)[1:]
     )
     cfg = _job_config(args)
-    assert (cfg.model.variant, cfg.model.input_size, cfg.ps.replica_gpus) == ("faithful", 224, 1.0)
-    assert cfg.ps.elastic and cfg.ps.num_replicas > cfg.ps.min_replicas
+    assert (cfg.model.variant, cfg.model.input_size) == ("faithful", 224)
+    assert cfg.placement.replica_gpus == 1.0
+    assert cfg.placement.elastic and cfg.ps.num_replicas > cfg.placement.min_replicas
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "jobs" / "configs").glob("*.yaml")))

@@ -65,7 +65,7 @@ class ReplicaScheduler:
         ps = self.cfg.ps
         self.warm = ps.warm_start_updates if self.examples == 0 else 0
         self.n_active = 1 if self.warm else ps.num_replicas
-        if ps.elastic:
+        if self.cfg.placement.elastic:
             self.replicas = self._first_elastic_replicas(self.n_active)
         else:
             self.replicas = {i: self._new(i) for i in range(self.n_active)}
@@ -117,16 +117,18 @@ class ReplicaScheduler:
         )
         self.pool.set_target(target)
         replicas: dict[int, Any] = {}
-        need = min(ps.min_replicas, target)
-        deadline = time.monotonic() + ps.elastic_wait_s
+        at = self.cfg.placement
+        need = min(at.min_replicas, target)
+        deadline = time.monotonic() + at.elastic_wait_s
         while len(replicas) < need:
             replicas.update(self.pool.poll(replicas))
             if len(replicas) >= need:
                 break
             if time.monotonic() > deadline:
                 raise ConfigError(
-                    f"ps.min_replicas={ps.min_replicas}: only {len(replicas)} replicas could be "
-                    f"placed within ps.elastic_wait_s={ps.elastic_wait_s:g}; expected a cluster "
+                    f"placement.min_replicas={at.min_replicas}: only {len(replicas)} replicas "
+                    f"could be placed within placement.elastic_wait_s={at.elastic_wait_s:g}; "
+                    "expected a cluster "
                     f"with room for replicas needing {self.pool.bundle}"
                 )
             time.sleep(0.5)

@@ -22,9 +22,9 @@ def test_named_recipes_are_valid_and_round_trip_through_yaml(name, tmp_path):
 def test_overrides_are_typed_from_yaml_scalars():
     cfg = apply_overrides(
         get_recipe("demo"),
-        ["ps.num_replicas=4", "ps.lr=1e-3", "augment.flip=false", "ps.staleness=bound:2"],
+        ["ps.num_replicas=4", "optim.lr=1e-3", "augment.flip=false", "ps.staleness=bound:2"],
     )
-    assert cfg.ps.num_replicas == 4 and cfg.ps.lr == 0.001
+    assert cfg.ps.num_replicas == 4 and cfg.optim.lr == 0.001
     assert cfg.augment.flip is False and cfg.ps.staleness == "bound:2"
 
 
@@ -49,7 +49,7 @@ def test_recipe_preset_by_name_then_field_override():
         (["nonsense.key=1"], "nonsense: unknown key"),
         (["novalue"], "--set 'novalue': expected section.key=value"),
         (["model.aux=maybe"], "model.aux='maybe': expected true or false"),
-        (["ps.lr=.nan"], "ps.lr=nan: expected a finite number"),
+        (["optim.lr=.nan"], "optim.lr=nan: expected a finite number"),
     ],
 )
 def test_bad_values_fail_with_one_line_naming_field_value_and_allowed(overrides, message):
@@ -74,8 +74,8 @@ def test_bad_yaml_file_and_missing_file(tmp_path):
 def test_flat_params_cover_every_field():
     flat = get_recipe("paper").flat()
     assert flat["model.variant"] == "faithful"
-    assert flat["ps.momentum"] == 0.9
-    assert flat["ps.lr_decay"] == 0.96 and flat["ps.lr_decay_epochs"] == 8.0
+    assert flat["optim.momentum"] == 0.9
+    assert flat["optim.lr_decay"] == 0.96 and flat["optim.lr_decay_epochs"] == 8.0
     assert flat["augment.area_min"] == 0.08
     assert len(flat) > 50
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from distinception.config import ConfigError, PSConfig
+from distinception.config import ConfigError, OptimConfig, PSConfig
 from distinception.ps.layout import ParamLayout
 from distinception.ps.policies import (
     DelayCompensation,
@@ -14,10 +14,13 @@ from distinception.ps.policies import (
 from distinception.ps.shard import ShardCore
 
 
-def _shard(**ps) -> ShardCore:
+def _shard(**fields) -> ShardCore:
+    """A 15-value shard; `fields` of `OptimConfig` go there, the rest to `PSConfig`."""
     layout = ParamLayout.from_module(torch.nn.Sequential(torch.nn.Linear(4, 3)))  # 12 + 3
-    cfg = PSConfig(**({"weight_decay": 0.0, "momentum_correction": "none"} | ps))
-    return ShardCore(0, 0, layout.total, layout, torch.ones(layout.total), cfg, 100)
+    optim = {k: fields.pop(k) for k in list(fields) if k in OptimConfig.__dataclass_fields__}
+    ps = PSConfig(**({"momentum_correction": "none"} | fields))
+    opt = OptimConfig(**({"weight_decay": 0.0} | optim))
+    return ShardCore(0, 0, layout.total, layout, torch.ones(layout.total), ps, opt, 100)
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,8 @@ from distinception.ps.averager import AveragerCore
 from distinception.recipes import get_recipe
 
 
-def _cfg(**ps):
-    return from_dict({"ps": ps}, get_recipe("tiny"))
+def _cfg(**averager):
+    return from_dict({"averager": averager}, get_recipe("tiny"))
 
 
 def _batches(n=2, size=32, classes=4):

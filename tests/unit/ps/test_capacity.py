@@ -36,11 +36,11 @@ def test_bundles_are_one_per_actor_and_sum_to_the_demand():
         overrides=[
             "ps.num_replicas=3",
             "ps.num_shards=2",
-            "ps.replica_cpus=1",
-            "ps.shard_cpus=0.25",
-            "ps.averager_cpus=0.5",
-            "ps.replica_resources={replica: 1}",
-            "ps.shard_resources={ps: 1}",
+            "placement.replica_cpus=1",
+            "placement.shard_cpus=0.25",
+            "placement.averager_cpus=0.5",
+            "placement.replica_resources={replica: 1}",
+            "placement.shard_resources={ps: 1}",
         ],
     )
     bundles = actor_bundles(cfg)

@@ -26,7 +26,9 @@ def _train(data: str, steps: int) -> float:
     torch.manual_seed(0)
     replica = ReplicaCore(cfg, num_classes, iter(open_stream(cfg, path)))
     layout = replica.layout
-    shard = ShardCore(0, 0, layout.total, layout, replica.flat.detach(), cfg.ps, train_examples)
+    shard = ShardCore(
+        0, 0, layout.total, layout, replica.flat.detach(), cfg.ps, cfg.optim, train_examples
+    )
     for _ in range(steps):
         replica.compute(replica.next_batch())
         grad, examples, wait = replica.take_gradient()

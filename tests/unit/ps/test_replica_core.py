@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from distinception.config import ConfigError, JobConfig, ModelConfig, PSConfig
+from distinception.config import ConfigError, JobConfig, ModelConfig, TransportConfig
 from distinception.ps.replica import ReplicaCore
 
 MODEL = ModelConfig(variant="bn", width=0.125, input_size=32)
@@ -11,7 +11,7 @@ MODEL = ModelConfig(variant="bn", width=0.125, input_size=32)
 
 def _core(compute_dtype: str = "float32") -> ReplicaCore:
     torch.manual_seed(0)
-    cfg = JobConfig(model=MODEL, ps=PSConfig(compute_dtype=compute_dtype))
+    cfg = JobConfig(model=MODEL, transport=TransportConfig(compute_dtype=compute_dtype))
     core = ReplicaCore(cfg, 4, iter(()))
     core.model.eval()  # no dropout, batch statistics fixed: the same function on every call
     return core
@@ -57,4 +57,4 @@ def test_bfloat16_compute_keeps_fp32_weights_and_gradients_close_to_fp32():
 
 def test_compute_dtype_is_checked():
     with pytest.raises(ConfigError, match=r"compute_dtype.*float16"):
-        PSConfig(compute_dtype="float16")
+        TransportConfig(compute_dtype="float16")

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from distinception.config import PSConfig
+from distinception.config import OptimConfig, PSConfig
 from distinception.ps.layout import ParamLayout
 from distinception.ps.policies import StalenessPolicy
 from distinception.ps.shard import ShardCore, histogram_quantile, lr_factor
@@ -13,10 +13,14 @@ def _layout() -> ParamLayout:
     return ParamLayout.from_module(torch.nn.Sequential(torch.nn.Linear(4, 3)))  # 12 + 3
 
 
-def _shard(**ps) -> ShardCore:
+def _shard(**fields) -> ShardCore:
+    """A shard over `_layout()`; `fields` of `OptimConfig` go there, the rest to `PSConfig`."""
     layout = _layout()
-    cfg = PSConfig(**({"momentum": 0.0, "weight_decay": 0.0} | ps))
-    return ShardCore(0, 0, layout.total, layout, torch.ones(layout.total), cfg, 100)
+    optim = {k: fields.pop(k) for k in list(fields) if k in OptimConfig.__dataclass_fields__}
+    opt = OptimConfig(**({"momentum": 0.0, "weight_decay": 0.0} | optim))
+    return ShardCore(
+        0, 0, layout.total, layout, torch.ones(layout.total), PSConfig(**fields), opt, 100
+    )
 
 
 def test_apply_is_an_sgd_step_and_bumps_the_version():
@@ -91,10 +95,10 @@ def test_policy_parsing():
 
 
 def test_lr_schedule_counts_examples_with_warmup():
-    ps = PSConfig(lr_decay=0.5, lr_decay_epochs=2.0, warmup_examples=10)
-    assert lr_factor(0, ps, 100) == pytest.approx(0.1)
-    assert lr_factor(150, ps, 100) == 1.0
-    assert lr_factor(450, ps, 100) == 0.25
+    optim = OptimConfig(lr_decay=0.5, lr_decay_epochs=2.0, warmup_examples=10)
+    assert lr_factor(0, optim, 100) == pytest.approx(0.1)
+    assert lr_factor(150, optim, 100) == 1.0
+    assert lr_factor(450, optim, 100) == 0.25
     s = _shard(lr=0.1, lr_decay=0.5, lr_decay_epochs=1.0)  # 100 examples per epoch
     for _ in range(3):
         s.apply(torch.zeros(15), s.version, examples=50, fingerprint=s.fingerprint)
@@ -117,8 +121,8 @@ def test_checkpoint_round_trip_restores_optimizer_and_version():
 
 def test_checkpoint_of_another_range_is_refused():
     layout = _layout()
-    a = ShardCore(0, 0, 7, layout, torch.zeros(7), PSConfig(), 10)
-    b = ShardCore(1, 7, 15, layout, torch.zeros(8), PSConfig(), 10)
+    a = ShardCore(0, 0, 7, layout, torch.zeros(7), PSConfig(), OptimConfig(), 10)
+    b = ShardCore(1, 7, 15, layout, torch.zeros(8), PSConfig(), OptimConfig(), 10)
     with pytest.raises(ValueError, match="checkpoint covers"):
         b.load_state_dict(a.state_dict())
 

@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from distinception.config import JobConfig, ModelConfig, PSConfig
+from distinception.config import JobConfig, ModelConfig, OptimConfig, PSConfig
 from distinception.ps.layout import ParamLayout
 from distinception.ps.replica import ReplicaCore
 from distinception.ps.shard import ShardCore
@@ -109,10 +109,10 @@ def _layout() -> ParamLayout:
 
 def test_a_shard_on_shared_memory_updates_and_publishes_like_a_private_one(job_dir):
     layout = _layout()
-    ps = PSConfig(lr=0.1, momentum=0.9, weight_decay=0.01)
+    ps, opt = PSConfig(), OptimConfig(lr=0.1, momentum=0.9, weight_decay=0.01)
     shared = shm.SharedVector(os.path.join(job_dir, "shard-0-a.w"), layout.total, create=True)
-    a = ShardCore(0, 0, layout.total, layout, torch.ones(layout.total), ps, 100, shared=shared)
-    b = ShardCore(0, 0, layout.total, layout, torch.ones(layout.total), ps, 100)
+    a = ShardCore(0, 0, layout.total, layout, torch.ones(layout.total), ps, opt, 100, shared=shared)
+    b = ShardCore(0, 0, layout.total, layout, torch.ones(layout.total), ps, opt, 100)
     reader = shm.SharedVector(shared.path, layout.total)
     slots = [torch.arange(15.0), -torch.arange(15.0) / 3]  # two replica slots, borrowed in turn
     for k in range(4):
@@ -124,7 +124,8 @@ def test_a_shard_on_shared_memory_updates_and_publishes_like_a_private_one(job_d
             assert reader.version == b.version == k + 1
     torch.testing.assert_close(slots[0], torch.arange(15.0))  # borrowed, never written
     # A scaled push (here: over the clip norm) is copied, never scaled in the replica's slot.
-    c = ShardCore(0, 0, layout.total, layout, torch.ones(layout.total), PSConfig(clip_norm=1.0), 1)
+    clip = OptimConfig(clip_norm=1.0)
+    c = ShardCore(0, 0, layout.total, layout, torch.ones(layout.total), ps, clip, 1)
     c.apply(slots[0], 0, examples=1, fingerprint=c.fingerprint, borrow=True)
     torch.testing.assert_close(slots[0], torch.arange(15.0))
     # Restoring a checkpoint publishes the restored version with the restored weights.

@@ -21,11 +21,11 @@ from distinception.tune.trials import bundles, fit_to, plan_concurrency, trial_c
 def test_default_space_is_valid_and_nested_by_section():
     space = SearchSpace(DEFAULT_SPACE)
     tune_space = space.to_tune()
-    assert set(tune_space) == {"augment", "ps"}
+    assert set(tune_space) == {"augment", "optim"}
     assert {"area_min", "aspect_max", "photometric", "lighting", "interpolation"} <= set(
         tune_space["augment"]
     )
-    assert "lr" in tune_space["ps"]
+    assert "lr" in tune_space["optim"]
 
 
 def test_a_sample_becomes_a_job_and_the_aspect_range_stays_symmetric():
@@ -34,14 +34,14 @@ def test_a_sample_becomes_a_job_and_the_aspect_range_stays_symmetric():
         base,
         {
             "augment": {"area_min": 0.3, "aspect_max": 1.25, "interpolation": "area"},
-            "ps": {"lr": 0.01},
+            "optim": {"lr": 0.01},
         },
     )
     assert cfg.augment.area_min == 0.3
     assert cfg.augment.aspect_max == 1.25
     assert cfg.augment.aspect_min == pytest.approx(0.8)
     assert cfg.augment.interpolation == "area"
-    assert cfg.ps.lr == 0.01
+    assert cfg.optim.lr == 0.01
     assert cfg.model == base.model and cfg.run == base.run
 
 
@@ -51,20 +51,22 @@ def test_unknown_fields_and_bad_ranges_fail_in_one_line():
     with pytest.raises(ConfigError, match=r"augment.area_min=0.0: expected a number in \(0, 1\]"):
         SearchSpace({"augment.area_min": Uniform(0.0, 1.0)})
     with pytest.raises(ConfigError, match="expected low <= high"):
-        SearchSpace({"ps.lr": Uniform(0.1, 0.01)})
+        SearchSpace({"optim.lr": Uniform(0.1, 0.01)})
     with pytest.raises(ConfigError, match="interpolation"):
         SearchSpace({"augment.interpolation": Choice(("bilinear", "lanczos"))})
     with pytest.raises(ConfigError, match="low > 0"):
-        SearchSpace({"ps.lr": Uniform(0.0, 0.1, log=True)})
+        SearchSpace({"optim.lr": Uniform(0.0, 0.1, log=True)})
 
 
 def test_parse_domain_and_build_space_with_fixed_fields():
-    assert parse_domain("ps.lr", "loguniform:1e-3:0.1") == Uniform(1e-3, 0.1, log=True)
+    assert parse_domain("optim.lr", "loguniform:1e-3:0.1") == Uniform(1e-3, 0.1, log=True)
     assert parse_domain("augment.flip", "choice:true,false") == Choice((True, False))
     with pytest.raises(ConfigError, match="expected uniform:LOW:HIGH"):
-        parse_domain("ps.lr", "normal:0:1")
-    space = build_space(["augment.flip=choice:true,false"], fixed=["ps.lr", "augment.aspect_min"])
-    assert "ps.lr" not in space.domains and "augment.flip" in space.domains
+        parse_domain("optim.lr", "normal:0:1")
+    space = build_space(
+        ["augment.flip=choice:true,false"], fixed=["optim.lr", "augment.aspect_min"]
+    )
+    assert "optim.lr" not in space.domains and "augment.flip" in space.domains
     # aspect_min was fixed by the user: it is not tied to aspect_max any more.
     cfg = space.apply(JobConfig(), {"augment.aspect_max": 1.5})
     assert cfg.augment.aspect_min == JobConfig().augment.aspect_min
@@ -87,7 +89,7 @@ def test_trials_fit_the_cluster_without_oversubscribing_it():
 def test_cluster_placement_gives_each_role_its_own_bundle():
     cfg = apply_overrides(
         get_recipe("demo"),
-        ["ps.replica_resources={replica: 1}", "ps.shard_resources={ps: 1}"],
+        ["placement.replica_resources={replica: 1}", "placement.shard_resources={ps: 1}"],
     )
     _driver, server, *replicas = bundles(cfg)
     assert server["ps"] == cfg.ps.num_shards + 1 and "replica" not in server
@@ -100,15 +102,15 @@ def test_cluster_placement_gives_each_role_its_own_bundle():
 def test_grid_tries_every_value_where_choice_draws_at_random():
     from ray.tune.search.variant_generator import generate_variants
 
-    assert parse_domain("ps.lr", "grid:0.003,0.01,0.03") == Grid((0.003, 0.01, 0.03))
-    space = build_space(["ps.lr=grid:0.003,0.01,0.03"])
+    assert parse_domain("optim.lr", "grid:0.003,0.01,0.03") == Grid((0.003, 0.01, 0.03))
+    space = build_space(["optim.lr=grid:0.003,0.01,0.03"])
     assert space.trials(1) == 3 and space.trials(2) == 6
-    assert "ps.lr=grid:0.003,0.01,0.03" in space.describe()
+    assert "optim.lr=grid:0.003,0.01,0.03" in space.describe()
     # Tune's own variant generator expands the space exactly as a sweep's trials get it.
-    lrs = [spec["ps"]["lr"] for _, spec in generate_variants(space.to_tune())]
+    lrs = [spec["optim"]["lr"] for _, spec in generate_variants(space.to_tune())]
     assert lrs == [0.003, 0.01, 0.03]
-    assert build_space(["ps.lr=choice:0.003,0.01,0.03"]).trials(3) == 3
+    assert build_space(["optim.lr=choice:0.003,0.01,0.03"]).trials(3) == 3
     with pytest.raises(ConfigError, match="grid:A,B"):
-        parse_domain("ps.lr", "grid:")
-    with pytest.raises(ConfigError, match=r"ps.lr=grid:0,0.01"):
-        build_space(["ps.lr=grid:0,0.01"])  # every value must make a valid job
+        parse_domain("optim.lr", "grid:")
+    with pytest.raises(ConfigError, match=r"optim.lr=grid:0,0.01"):
+        build_space(["optim.lr=grid:0,0.01"])  # every value must make a valid job
