@@ -50,22 +50,28 @@ def test_throughput_compares_four_systems_with_and_without_a_straggler(tmp_path)
 
 
 @pytest.mark.parametrize("transport", ["auto", "object_store"])
-def test_round_trip_benchmark_goes_through_the_replicas_transport(transport):
+def test_round_trip_benchmark_goes_through_the_replicas_transport(transport, monkeypatch):
     from distinception.bench.common import local_ray
     from distinception.bench.roundtrip import bench_p1
     from distinception.ps.transport import shm
 
-    def jobs() -> set[str]:
-        return {n for n in os.listdir(shm.root()) if n.startswith(shm.PREFIX)}
+    # The job directories this benchmark makes (other test processes may make their own).
+    made: list[str] = []
+    job_dir = shm.job_dir
 
-    before = jobs()
+    def recorded(token: str | None = None) -> str:
+        made.append(job_dir(token))
+        return made[-1]
+
+    monkeypatch.setattr(shm, "job_dir", recorded)
     with local_ray():
         p1 = bench_p1(repeats=1, num_shards=2, transport=transport)
     assert p1["shared_shards"] == (2 if transport == "auto" else 0)
     assert p1["bytes"] == 4 * 13_378_280  # the faithful GoogLeNet with its aux heads
     for key in ("memcpy_s", "ours_s", "docs_s", "pull_s", "push_s"):
         assert 0 < p1[key] < 60, (key, p1[key])
-    assert jobs() <= before  # its shared memory is gone
+    assert len(made) == (1 if transport == "auto" else 0)  # one job directory, shared memory only
+    assert not [d for d in made if os.path.exists(d)]  # its shared memory is gone
 
 
 def test_convergence_writes_tables_and_plots(tmp_path):
