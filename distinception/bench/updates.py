@@ -27,7 +27,7 @@ from distinception.bench.common import (
     markdown_table,
 )
 from distinception.bench.convergence import interval95
-from distinception.config import ConfigError, apply_overrides, from_dict
+from distinception.config import ConfigError, apply_overrides, from_dict, nest
 from distinception.data.generated import resolve_data
 from distinception.recipes import get_recipe
 
@@ -50,15 +50,6 @@ UPDATES: dict[str, dict[str, Any]] = {
     "warm-start": {"ps.momentum_correction": "none", "ps.max_lag": 1, "ps.warm_start_updates": 60},
     "adagrad": {"ps.momentum_correction": "none", "ps.max_lag": 1, "optim.optimizer": "adagrad"},
 }
-
-
-def _nested(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Dotted keys as the nested mapping `from_dict` reads."""
-    out: dict[str, dict[str, Any]] = {}
-    for key, value in values.items():
-        section, _, name = key.partition(".")
-        out.setdefault(section, {})[name] = value
-    return out
 
 
 def _parse(names: tuple[str, ...]) -> tuple[str, ...]:
@@ -97,7 +88,7 @@ def run_updates(
                 for seed in range(seeds):
                     cfg = from_dict(
                         {
-                            **_nested(UPDATES[name]),
+                            **nest(UPDATES[name]),
                             "run": {
                                 "seed": seed,
                                 "max_seconds": 0.0,

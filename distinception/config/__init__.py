@@ -17,6 +17,7 @@ from distinception.config.loader import (
     from_dict,
     load_section,
     load_yaml,
+    nest,
 )
 from distinception.config.ps import (
     COMPUTE_DTYPES,
@@ -72,5 +73,6 @@ __all__ = [
     "from_dict",
     "load_section",
     "load_yaml",
+    "nest",
     "parse_staleness",
 ]

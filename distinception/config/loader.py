@@ -116,6 +116,15 @@ def _build_section(section: str, cls: type, values: Any, base: Any) -> Any:
     return load_section(section, cls, values, base)
 
 
+def nest(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Dotted keys (`optim.lr`) as the nested mapping `from_dict` reads."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in flat.items():
+        section, _, name = key.partition(".")
+        out.setdefault(section, {})[name] = value
+    return out
+
+
 def from_dict(values: Mapping[str, Any], base: JobConfig | None = None) -> JobConfig:
     """Overlay a nested mapping (a YAML document) on `base`; unknown keys and bad values fail."""
     base = base or JobConfig()

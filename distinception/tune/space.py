@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from distinception.config import ConfigError, JobConfig, current_key, from_dict
+from distinception.config import ConfigError, JobConfig, current_key, from_dict, nest
 
 
 @dataclass(frozen=True)
@@ -85,14 +85,6 @@ DEFAULT_SPACE: dict[str, Domain] = {
 }
 
 
-def _nest(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for key, value in flat.items():
-        section, _, name = key.partition(".")
-        out.setdefault(section, {})[name] = value
-    return out
-
-
 def _tie_aspect(nested: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     augment = nested.get("augment", {})
     if "aspect_max" in augment and "aspect_min" not in augment:
@@ -136,7 +128,7 @@ class SearchSpace:
 
     def to_tune(self) -> dict[str, dict[str, Any]]:
         """Tune's `param_space`: nested by config section, so a sample is a `from_dict` overlay."""
-        return _nest({k: d.to_tune() for k, d in self.domains.items()})
+        return nest({k: d.to_tune() for k, d in self.domains.items()})
 
     def apply(self, base: JobConfig, sample: Mapping[str, Any]) -> JobConfig:
         """The job a trial runs: `base` with the sampled fields (flat or nested) laid over it."""
@@ -164,7 +156,7 @@ def apply_sample(
     base: JobConfig, sample: Mapping[str, Any], *, tie_aspect: bool = True
 ) -> JobConfig:
     """`base` with sampled fields (dotted keys, or nested by section) laid over it."""
-    nested = _nest(dict(_flatten_sample(sample)))
+    nested = nest(dict(_flatten_sample(sample)))
     return from_dict(_tie_aspect(nested) if tie_aspect else nested, base)
 
 
