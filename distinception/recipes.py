@@ -68,7 +68,8 @@ def demo() -> JobConfig:
             lr=0.02, momentum=0.9, weight_decay=1e-4, lr_decay=0.96, lr_decay_epochs=1.0
         ),
         ps=PSConfig(num_shards=2, num_replicas=2),
-        averager=AveragerConfig(polyak="ema", ema_decay=0.97),
+        # An EMA over ~200 updates (5% of the run's 3,900).
+        averager=AveragerConfig(polyak="ema", ema_decay=0.995),
         placement=PlacementConfig(replica_cpus=0.75, shard_cpus=0.125, averager_cpus=0.25),
         # The budget is examples, so every machine ends at the same point of the curve: 25
         # epochs (125k examples) take about 5 minutes on two cores (BENCHMARKS.md, P4).
@@ -103,8 +104,8 @@ def digits() -> JobConfig:
             lighting=0.0,
             interpolation="bilinear",
         ),
-        # A run is ~30 s: an EMA over ~10 of the averager's samples (5 s) follows the weights;
-        # the demo's 0.97 (~17 s) would still hold weights from a third of the run back.
+        # A run is 250 updates whose error still falls steeply at the end: an EMA over ~10
+        # updates follows the weights; the demo's ~200 would hold most of the run back.
         optim=dataclasses.replace(base.optim, lr=0.05),
         averager=dataclasses.replace(base.averager, ema_decay=0.9),
         run=RunConfig(epochs=10.0, eval_interval_s=10.0),
@@ -126,7 +127,7 @@ def tiny() -> JobConfig:
             eval_batch_size=64,
         ),
         optim=dataclasses.replace(base.optim, lr=0.02),
-        averager=dataclasses.replace(base.averager, ema_decay=0.8, interval_s=0.25),
+        averager=dataclasses.replace(base.averager, ema_decay=0.95, interval_s=0.25),
         placement=dataclasses.replace(
             base.placement, replica_cpus=0.5, shard_cpus=0.1, averager_cpus=0.1
         ),

@@ -131,7 +131,8 @@ def parse_staleness(spec: str) -> tuple[str, int]:
 class AveragerConfig:
     """Polyak averaging of the shards' weights, sampled every `interval_s` by the averager:
     `uniform` (a running mean from update `polyak_start` on), `ema` (decay `ema_decay` per
-    sample) or `off`."""
+    update: a sample k updates after the last one is weighed by `1 - ema_decay ** k`) or
+    `off`."""
 
     polyak: str = "uniform"
     polyak_start: int = 0

@@ -2,7 +2,11 @@
 
 The averager samples the published weights on its own clock and folds them into
 `torch.optim.swa_utils.AveragedModel`: a uniform (Polyak) average from `polyak_start` updates on,
-or an exponential moving average. BatchNorm statistics of an average of weights are not the
+or an exponential moving average. The EMA's decay counts updates, not samples: a sample taken k
+updates after the previous one weighs the average by `ema_decay ** k`, so its horizon is the same
+number of updates on a fast machine and a slow one, with 2 replicas or 8, whatever the sampling
+interval (with a decay per sample it was a span of seconds, and lagged a short run by a sixth of
+its length). BatchNorm statistics of an average of weights are not the
 average of statistics, so for the BN variant they are recomputed (`update_bn`) on training images
 before every evaluation, for the raw weights too (replicas' running stats never leave them).
 
@@ -20,7 +24,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
+from torch.optim.swa_utils import AveragedModel, update_bn
 
 from distinception.config import JobConfig
 from distinception.data.loader import bn_batches, val_batches
@@ -34,19 +38,65 @@ def has_batchnorm(model: torch.nn.Module) -> bool:
     return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
+class Snapshot:
+    """The averager's weights at one version, detached from the averaging that goes on."""
+
+    def __init__(
+        self, version: int, samples: int, raw: torch.nn.Module, polyak: torch.nn.Module
+    ) -> None:
+        self.version = version
+        self.samples = samples
+        self.raw = raw
+        self.polyak = polyak
+
+    def evaluate(
+        self,
+        val_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+        bn_batches: Callable[[], Iterable[torch.Tensor]] | None,
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = {"version": self.version, "polyak_samples": self.samples}
+        for tag, scored in (("raw", self.raw), ("polyak", self.polyak)):
+            if bn_batches is not None and has_batchnorm(scored):
+                update_bn(bn_batches(), scored)
+            res = evaluate_model(scored, val_batches())
+            out[f"{tag}_top1_error"] = res["top1_error"]
+            out[f"{tag}_top5_error"] = res["top5_error"]
+            out["val_images"] = res["images"]
+        return out
+
+    def inference_model(
+        self, bn_batches: Callable[[], Iterable[torch.Tensor]] | None
+    ) -> torch.nn.Module:
+        module = self.polyak
+        if bn_batches is not None and has_batchnorm(module):
+            update_bn(bn_batches(), module)
+        # Parameters of a copy of the raw model are views of a flat buffer; give them their own
+        # storage so the saved model is ordinary.
+        with torch.no_grad():
+            for p in module.parameters():
+                p.data = p.data.clone()
+        return module.eval()
+
+
 class AveragerCore:
     def __init__(self, cfg: JobConfig, num_classes: int) -> None:
         self.cfg = cfg
         self.model, self.flat, _, self.layout = build_flat_model(cfg, num_classes)
         self.model.eval()
         if cfg.averager.polyak == "ema":
-            self.averaged = AveragedModel(
-                self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.averager.ema_decay)
-            )
+            self.averaged = AveragedModel(self.model, multi_avg_fn=self._ema_step)
         else:
             self.averaged = AveragedModel(self.model)
         self.version = -1
         self.samples = 0
+        self._weight = 1.0  # the new sample's share in the next EMA step
+
+    def _ema_step(
+        self, averaged: list[torch.Tensor], current: list[torch.Tensor], _num_averaged: Any
+    ) -> None:
+        with torch.no_grad():
+            for avg, cur in zip(averaged, current, strict=True):
+                avg.lerp_(cur, self._weight)
 
     def observe(self, version: int, values: torch.Tensor) -> bool:
         """Take weights of a new (mean shard) `version`; fold them in once past the start."""
@@ -54,6 +104,9 @@ class AveragerCore:
             return False
         with torch.no_grad():
             self.flat.copy_(values)
+        # A shard restored from its checkpoint may publish an older version: count one update.
+        updates = max(version - self.version, 1) if self.version >= 0 else 1
+        self._weight = 1.0 - self.cfg.averager.ema_decay**updates
         self.version = version
         if self.cfg.averager.polyak != "off" and version >= self.cfg.averager.polyak_start:
             self.averaged.update_parameters(self.model)
@@ -66,36 +119,30 @@ class AveragerCore:
             return self.model
         return self.averaged.module
 
+    def snapshot(self) -> Snapshot:
+        """Copies of the raw and averaged weights as they are now, to score while sampling goes
+        on: an evaluation takes seconds, and a sampler held back for them would fold a long
+        stretch of updates in as one step of its last weights."""
+        return Snapshot(
+            self.version,
+            self.samples,
+            copy.deepcopy(self.model),
+            copy.deepcopy(self.averaged_module()),
+        )
+
     def evaluate(
         self,
         val_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
         bn_batches: Callable[[], Iterable[torch.Tensor]] | None,
     ) -> dict[str, Any]:
         """Top-1/top-5 error of raw and averaged weights on the validation split."""
-        out: dict[str, Any] = {"version": self.version, "polyak_samples": self.samples}
-        for tag, module in (("raw", self.model), ("polyak", self.averaged_module())):
-            scored = copy.deepcopy(module)
-            if bn_batches is not None and has_batchnorm(scored):
-                update_bn(bn_batches(), scored)
-            res = evaluate_model(scored, val_batches())
-            out[f"{tag}_top1_error"] = res["top1_error"]
-            out[f"{tag}_top5_error"] = res["top5_error"]
-            out["val_images"] = res["images"]
-        return out
+        return self.snapshot().evaluate(val_batches, bn_batches)
 
     def inference_model(
         self, bn_batches: Callable[[], Iterable[torch.Tensor]] | None
     ) -> torch.nn.Module:
         """A standalone copy of the averaged model, BN statistics recomputed, in eval mode."""
-        module = copy.deepcopy(self.averaged_module())
-        if bn_batches is not None and has_batchnorm(module):
-            update_bn(bn_batches(), module)
-        # Parameters of the copy are views of a flat buffer; give them their own storage so the
-        # saved model is ordinary.
-        with torch.no_grad():
-            for p in module.parameters():
-                p.data = p.data.clone()
-        return module.eval()
+        return self.snapshot().inference_model(bn_batches)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -187,12 +234,15 @@ class AveragerLoop:
         return bn_batches(self.cfg, self.data_path)
 
     def evaluate(self) -> dict[str, Any]:
+        # Scored outside the lock, so the sampler keeps its pace through the evaluation.
         with self.lock:
-            return self.core.evaluate(self._val, self._bn) | {"sampler_errors": self.errors}
+            snapshot = self.core.snapshot()
+        return snapshot.evaluate(self._val, self._bn) | {"sampler_errors": self.errors}
 
     def inference_state(self) -> dict[str, torch.Tensor]:
         with self.lock:
-            model = self.core.inference_model(self._bn)
+            snapshot = self.core.snapshot()
+        model = snapshot.inference_model(self._bn)
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def save(self) -> int:

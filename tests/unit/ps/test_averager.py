@@ -1,7 +1,9 @@
+import time
+
 import torch
 
 from distinception.config import from_dict
-from distinception.ps.averager import AveragerCore
+from distinception.ps.averager import AveragerCore, AveragerLoop
 from distinception.recipes import get_recipe
 
 
@@ -28,13 +30,37 @@ def test_uniform_polyak_is_the_mean_of_observed_weights():
     assert core.samples == 3
 
 
-def test_ema_follows_the_decay():
+def _averaged(core):
+    return torch.cat([p.detach().flatten() for p in core.averaged.module.parameters()])
+
+
+def test_ema_decays_once_per_update_between_samples():
     core = AveragerCore(_cfg(polyak="ema", ema_decay=0.5), 4)
     n = core.flat.numel()
     core.observe(1, torch.zeros(n))
-    core.observe(2, torch.full((n,), 4.0))
-    avg = torch.cat([p.detach().flatten() for p in core.averaged.module.parameters()])
-    torch.testing.assert_close(avg, torch.full((n,), 2.0))
+    core.observe(2, torch.full((n,), 4.0))  # one update later: 0.5 * 0 + 0.5 * 4
+    torch.testing.assert_close(_averaged(core), torch.full((n,), 2.0))
+    core.observe(4, torch.full((n,), 10.0))  # two updates later: 0.25 * 2 + 0.75 * 10
+    torch.testing.assert_close(_averaged(core), torch.full((n,), 8.0))
+    core.observe(3, torch.full((n,), 0.0))  # a restored shard went back: one update
+    torch.testing.assert_close(_averaged(core), torch.full((n,), 4.0))
+
+
+def test_ema_horizon_does_not_depend_on_how_often_it_samples():
+    """Sampling every update or every fourth of the same trajectory (weights that grow by 1
+    per update) gives averages that differ only by what the sparser one did not see."""
+    dense = AveragerCore(_cfg(polyak="ema", ema_decay=0.9), 4)
+    sparse = AveragerCore(_cfg(polyak="ema", ema_decay=0.9), 4)
+    n = dense.flat.numel()
+    for v in range(0, 201):
+        dense.observe(v, torch.full((n,), float(v)))
+        if v % 4 == 0:
+            sparse.observe(v, torch.full((n,), float(v)))
+    # The dense EMA of a ramp lags it by decay / (1 - decay) = 9 updates; the sparse one by
+    # about as much (the steps between its samples are folded in at their end).
+    assert abs(200 - _averaged(dense)[0].item() - 9.0) < 0.01
+    assert abs(_averaged(sparse)[0].item() - _averaged(dense)[0].item()) < 2.0
+    # With a decay per sample, the sparse one would have lagged 4 times as far (36 updates).
 
 
 def test_evaluation_recomputes_bn_statistics_and_reports_both_weights():
@@ -65,3 +91,53 @@ def test_state_round_trip():
     assert (b.version, b.samples) == (3, 1)
     for p, q in zip(a.averaged.parameters(), b.averaged.parameters(), strict=True):
         torch.testing.assert_close(p, q)
+
+
+class _CountingShards:
+    """One in-memory shard whose weights are all `v` at version `v`, one version per pull."""
+
+    errors = (RuntimeError,)
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.pulls = 0
+        self.versions = [0]
+        self.incarnations = ["a"]
+        self.stale = False
+
+    def issue(self, after=None):
+        return None
+
+    def finish(self, ticket, load, attempts=60):
+        self.pulls += 1
+        self.versions = [self.pulls]
+        load(0, self.total, torch.full((self.total,), float(self.pulls)))
+
+
+def test_sampling_goes_on_while_an_evaluation_is_scored():
+    """An evaluation scores copies outside the lock: the sampler takes its samples meanwhile
+    instead of folding the whole evaluation's updates in as one step."""
+    cfg = _cfg(polyak="ema", ema_decay=0.5, interval_s=0.01)
+    shards = _CountingShards(AveragerCore(cfg, 4).layout.total)
+    loop = AveragerLoop(cfg, "", 4, lambda count: shards, "", resume=False)
+    during: list[int] = []
+
+    def slow_val():
+        start = shards.pulls
+        deadline = time.monotonic() + 10
+        while shards.pulls < start + 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        during.append(shards.pulls - start)
+        return _batches()
+
+    loop._val = slow_val
+    loop._bn = lambda: (v[:, 0] for v, _ in _batches())
+    loop.start()
+    try:
+        while loop.core.samples < 2:
+            time.sleep(0.01)
+        res = loop.evaluate()
+    finally:
+        loop.stop()
+    assert len(during) == 2 and min(during) >= 5  # raw and Polyak each scored while sampling
+    assert res["version"] < loop.core.version  # the scores are of the snapshot's version
