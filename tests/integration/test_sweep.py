@@ -104,7 +104,7 @@ def swept(tiny_data, mlflow_server, tmp_path_factory):
         *("sweep", "--recipe", "tiny", "--set", f"data.path={tiny_data}"),
         *("--set", f"tracking.tracking_uri={mlflow_server}"),
         *("--set", "tracking.experiment=sweep-test", "--set", "tracking.log_model=false"),
-        *("--set", "run.max_examples=1200", "--set", "run.eval_interval_s=1.5"),
+        *("--set", "run.max_examples=1200", "--set", "run.eval_interval_s=0.5"),
         *("--set", "augment.photometric=0.1"),  # fixed: not swept
         *("--space", "augment.area_min=uniform:0.3:1.0"),
         *("--space", "optim.lr=grid:" + ",".join(str(lr) for lr in GRID)),
