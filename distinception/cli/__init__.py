@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
@@ -136,7 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra:
         args.extra = [*args.extra, *extra]
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            _renamed_keys_as_notices()
+            return int(args.func(args) or 0)
     except _user_errors() as err:
         print(f"distinception: error: {err}", file=sys.stderr)
         return 2
@@ -152,6 +155,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _renamed_keys_as_notices() -> None:
+    """Show each renamed config key a user typed as one line on stderr. Python hides a
+    DeprecationWarning raised outside `__main__`, so from a command it would never be seen."""
+
+    def one_line(message: Warning | str, *_: object, **__: object) -> None:
+        print(f"distinception: warning: {message}", file=sys.stderr)
+
+    warnings.filterwarnings("default", message=".* is deprecated: it is now ")
+    warnings.showwarning = one_line
 
 
 def _crash_log(argv: list[str]) -> str:

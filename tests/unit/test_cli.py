@@ -84,6 +84,17 @@ def test_print_config_shows_the_resolved_recipe(capsys):
     assert "num_replicas: 3" in out and "variant: faithful" in out
 
 
+def test_a_renamed_key_typed_on_the_command_line_works_and_says_its_new_name():
+    proc = distinception("train", "--recipe", "tiny", "--set", "ps.lr=0.03", "--print-config")
+    assert proc.stderr == (
+        "distinception: warning: ps.lr is deprecated: it is now optim.lr; the old key still works\n"
+    )
+    optim = proc.stdout.split("optim:\n")[1]
+    assert optim.splitlines()[1] == "  lr: 0.03"  # after `optimizer: sgd`
+    proc = distinception("train", "--recipe", "tiny", "--set", "optim.lr=0.03", "--print-config")
+    assert proc.stderr == ""
+
+
 def test_parser_defaults_to_demo():
     assert build_parser().parse_args(["train"]).recipe == "demo"
 
