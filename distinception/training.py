@@ -47,15 +47,16 @@ def _pct(x: float) -> str:
 
 def format_report(cfg: JobConfig, result: TrainResult) -> str:
     f = result.final
+    polyak = f"Polyak-averaged weights ({f.get('polyak_samples', 0)} samples)"
+    head = f"validation ({f.get('val_images', 0)} images, center crop)"
+    w = max(37, len(polyak) + 2)  # the rows' figures in one column
     lines = [
         f"distinception train: {cfg.name} — {result.examples:,} examples "
         f"({result.epochs:.2f} epochs) in {result.seconds:.0f} s, "
         f"{result.examples_per_s:.0f} img/s, {result.updates:,} updates per shard",
-        f"  validation ({f.get('val_images', 0)} images, center crop)   top-1 err   top-5 err",
-        f"    raw weights                          {_pct(f['raw_top1_error'])}      "
-        f"{_pct(f['raw_top5_error'])}",
-        f"    Polyak-averaged weights ({f.get('polyak_samples', 0)} samples)   "
-        f"{_pct(f['polyak_top1_error'])}      {_pct(f['polyak_top5_error'])}",
+        f"  {head:<{w + 2}}top-1 err   top-5 err",
+        f"    {'raw weights':<{w}}{_pct(f['raw_top1_error'])}      {_pct(f['raw_top5_error'])}",
+        f"    {polyak:<{w}}{_pct(f['polyak_top1_error'])}      {_pct(f['polyak_top5_error'])}",
     ]
     if result.refused:
         lines.append(
