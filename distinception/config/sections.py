@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,6 +127,11 @@ AUGMENT_PRESETS: dict[str, AugmentConfig] = {
 }
 
 
+#: A URI scheme of two or more characters (one letter is a Windows drive): sqlite, http,
+#: postgresql+psycopg2, databricks, ...
+_URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+")
+
+
 @dataclass(frozen=True)
 class TrackingConfig:
     """MLflow: an empty `tracking_uri` means the local sqlite store under `./mlruns`."""
@@ -138,6 +144,17 @@ class TrackingConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.experiment.strip()), "experiment", self.experiment, "a non-empty name")
+        # MLflow 3 refuses to write to a plain directory (its file store), and would say so only
+        # once the job has started.
+        scheme = self.tracking_uri.split(":", 1)[0] if ":" in self.tracking_uri else ""
+        _check(
+            self.tracking_uri in ("", "databricks", "databricks-uc")
+            or (_URI_SCHEME.fullmatch(scheme) is not None and scheme != "file"),
+            "tracking_uri",
+            self.tracking_uri,
+            "empty (sqlite under ./mlruns) or a URI such as sqlite:///PATH/mlflow.db or "
+            "http://HOST:PORT (MLflow no longer writes to a plain directory)",
+        )
 
 
 @dataclass(frozen=True)

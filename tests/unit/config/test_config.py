@@ -50,6 +50,9 @@ def test_recipe_preset_by_name_then_field_override():
         (["novalue"], "--set 'novalue': expected section.key=value"),
         (["model.aux=maybe"], "model.aux='maybe': expected true or false"),
         (["optim.lr=.nan"], "optim.lr=nan: expected a finite number"),
+        (["tracking.tracking_uri=/tmp/mlruns"], "tracking.tracking_uri='/tmp/mlruns': expected"),
+        (["tracking.tracking_uri=file:///tmp/m"], "MLflow no longer writes to a plain directory"),
+        (["tracking.tracking_uri=C:/runs"], "tracking.tracking_uri='C:/runs': expected empty"),
     ],
 )
 def test_bad_values_fail_with_one_line_naming_field_value_and_allowed(overrides, message):
