@@ -5,10 +5,10 @@ The averager samples the published weights on its own clock and folds them into
 or an exponential moving average. The EMA's decay counts updates, not samples: a sample taken k
 updates after the previous one weighs the average by `ema_decay ** k`, so its horizon is the same
 number of updates on a fast machine and a slow one, with 2 replicas or 8, whatever the sampling
-interval (with a decay per sample it was a span of seconds, and lagged a short run by a sixth of
-its length). BatchNorm statistics of an average of weights are not the
-average of statistics, so for the BN variant they are recomputed (`update_bn`) on training images
-before every evaluation, for the raw weights too (replicas' running stats never leave them).
+interval (a decay per sample would make it a span of seconds). BatchNorm statistics of an
+average of weights are not the average of statistics, so for the BN variant they are recomputed
+(`update_bn`) on training images before every evaluation, for the raw weights too (replicas'
+running stats never leave them).
 
 `AveragerCore` is the averaging; `AveragerLoop` samples the shards through a `ShardChannel` on a
 thread of its own, plain Python that the Ray shell (`actors.AveragerActor`) wraps.
