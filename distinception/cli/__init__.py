@@ -164,7 +164,9 @@ def _renamed_keys_as_notices() -> None:
     def one_line(message: Warning | str, *_: object, **__: object) -> None:
         print(f"distinception: warning: {message}", file=sys.stderr)
 
-    warnings.filterwarnings("default", message=".* is deprecated: it is now ")
+    from distinception.config import RenamedKeyWarning
+
+    warnings.filterwarnings("default", category=RenamedKeyWarning)
     warnings.showwarning = one_line
 
 

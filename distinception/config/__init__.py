@@ -10,7 +10,7 @@ Its parts: `checks` (the error and the checks), `sections` (the job's sections a
 into them). Import from the package.
 """
 
-from distinception.config.aliases import MOVED, current_key
+from distinception.config.aliases import MOVED, RenamedKeyWarning, current_key
 from distinception.config.checks import ConfigError
 from distinception.config.loader import (
     apply_overrides,
@@ -65,6 +65,7 @@ __all__ = [
     "OptimConfig",
     "PSConfig",
     "PlacementConfig",
+    "RenamedKeyWarning",
     "RunConfig",
     "TrackingConfig",
     "TransportConfig",

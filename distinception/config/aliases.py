@@ -33,10 +33,14 @@ MOVED: dict[str, str] = {
 }
 
 
+class RenamedKeyWarning(DeprecationWarning):
+    """An old key was read as its new one; the command line shows these as one line each."""
+
+
 def _warn(old: str, new: str) -> None:
     warnings.warn(
         f"{old} is deprecated: it is now {new}; the old key still works",
-        DeprecationWarning,
+        RenamedKeyWarning,
         stacklevel=3,
     )
 
