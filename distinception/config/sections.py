@@ -127,9 +127,9 @@ AUGMENT_PRESETS: dict[str, AugmentConfig] = {
 }
 
 
-#: A URI scheme of two or more characters (one letter is a Windows drive): sqlite, http,
+#: A URI's scheme of two or more characters (one letter is a Windows drive): sqlite, http,
 #: postgresql+psycopg2, databricks, ...
-_URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+")
+_URI_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):")
 
 
 @dataclass(frozen=True)
@@ -146,10 +146,10 @@ class TrackingConfig:
         _check(bool(self.experiment.strip()), "experiment", self.experiment, "a non-empty name")
         # MLflow 3 refuses to write to a plain directory (its file store), and would say so only
         # once the job has started.
-        scheme = self.tracking_uri.split(":", 1)[0] if ":" in self.tracking_uri else ""
+        scheme = _URI_SCHEME.match(self.tracking_uri)
         _check(
             self.tracking_uri in ("", "databricks", "databricks-uc")
-            or (_URI_SCHEME.fullmatch(scheme) is not None and scheme != "file"),
+            or (scheme is not None and scheme[1].lower() != "file"),
             "tracking_uri",
             self.tracking_uri,
             "empty (sqlite under ./mlruns) or a URI such as sqlite:///PATH/mlflow.db or "
