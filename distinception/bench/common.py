@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from distinception.config import ConfigError, JobConfig, from_dict
+from distinception.config import AveragerConfig, ConfigError, JobConfig, from_dict
 from distinception.ps import ReplicaCore, build_optimizer, lr_factor
 
 
@@ -126,7 +126,7 @@ def top1_error(cfg: JobConfig, data: str, num_classes: int, flat: torch.Tensor) 
     from distinception.data.loader import bn_batches, val_batches
     from distinception.ps import AveragerCore
 
-    core = AveragerCore(from_dict({"averager": {"polyak": "off"}}, cfg), num_classes)
+    core = AveragerCore(cfg.model, AveragerConfig(polyak="off"), num_classes)
     core.observe(0, flat)
     res = core.evaluate(lambda: val_batches(cfg, data), lambda: bn_batches(cfg, data))
     return float(res["raw_top1_error"])

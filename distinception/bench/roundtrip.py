@@ -69,7 +69,7 @@ def bench_p1(
         },
         JobConfig(),
     )
-    _, flat, _, layout = build_flat_model(cfg, 1000, seed=0)
+    _, flat, _, layout = build_flat_model(cfg.model, 1000, seed=0)
     # A plain memcpy: numpy's copy is one thread, as a replica's copies are (its torch is held
     # to one thread; this driver's torch keeps its default).
     src, dst = flat.numpy(), np.empty_like(flat.numpy())
@@ -172,7 +172,7 @@ def bench_p2(steps: int, rounds: int = 3) -> dict[str, Any]:
         get_recipe("demo"),
     )
     data, num_classes, train_examples = resolve_data(cfg)
-    _, flat, _, layout = build_flat_model(cfg, num_classes, seed=0)
+    _, flat, _, layout = build_flat_model(cfg.model, num_classes, seed=0)
     ranges = layout.shard_ranges(cfg.ps.num_shards)
     init = [ray.put(flat[a:b].numpy().copy()) for a, b in ranges]
     shm_dir = shm.job_dir() if shm.available() else ""  # the default transport, as in `train`

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch.optim.swa_utils import AveragedModel, update_bn
 
-from distinception.config import JobConfig
+from distinception.config import AveragerConfig, JobConfig, ModelConfig
 from distinception.data.loader import bn_batches, val_batches
 from distinception.metrics import evaluate_model
 from distinception.ps import checkpoint as ckpt
@@ -79,11 +79,14 @@ class Snapshot:
 
 
 class AveragerCore:
-    def __init__(self, cfg: JobConfig, num_classes: int) -> None:
-        self.cfg = cfg
-        self.model, self.flat, _, self.layout = build_flat_model(cfg, num_classes)
+    """The Polyak average of the weights the shards publish, on its own section of the job
+    (`averager`) and the model it averages."""
+
+    def __init__(self, model: ModelConfig, averager: AveragerConfig, num_classes: int) -> None:
+        self.cfg = averager
+        self.model, self.flat, _, self.layout = build_flat_model(model, num_classes)
         self.model.eval()
-        if cfg.averager.polyak == "ema":
+        if averager.polyak == "ema":
             self.averaged = AveragedModel(self.model, multi_avg_fn=self._ema_step)
         else:
             self.averaged = AveragedModel(self.model)
@@ -106,9 +109,9 @@ class AveragerCore:
             self.flat.copy_(values)
         # A shard restored from its checkpoint may publish an older version: count one update.
         updates = max(version - self.version, 1) if self.version >= 0 else 1
-        self._weight = 1.0 - self.cfg.averager.ema_decay**updates
+        self._weight = 1.0 - self.cfg.ema_decay**updates
         self.version = version
-        if self.cfg.averager.polyak != "off" and version >= self.cfg.averager.polyak_start:
+        if self.cfg.polyak != "off" and version >= self.cfg.polyak_start:
             self.averaged.update_parameters(self.model)
             self.samples += 1
         return True
@@ -176,7 +179,7 @@ class AveragerLoop:
     ) -> None:
         self.cfg = cfg
         self.data_path = data_path
-        self.core = AveragerCore(cfg, num_classes)
+        self.core = AveragerCore(cfg.model, cfg.averager, num_classes)
         self.total = self.core.layout.total
         self.counters: Counter[str] = Counter()
         self.links = connect(self._count)

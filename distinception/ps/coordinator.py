@@ -116,7 +116,7 @@ class Coordinator:
     # -- setup ---------------------------------------------------------------------------------
     def _start_shards(self, resume: bool) -> None:
         cfg = self.cfg
-        _, _, _, layout = build_flat_model(cfg, self.num_classes, seed=cfg.run.model_seed)
+        _, _, _, layout = build_flat_model(cfg.model, self.num_classes, seed=cfg.run.model_seed)
         self.layout = layout
         self.ranges = layout.shard_ranges(cfg.ps.num_shards)
         # Each shard builds the same initial weights from `run.model_seed` itself: nothing in the

@@ -16,19 +16,19 @@ from typing import Any
 
 import torch
 
-from distinception.config import JobConfig
+from distinception.config import JobConfig, ModelConfig
 from distinception.model.googlenet import build_model
 from distinception.model.loss import googlenet_loss
 from distinception.ps.layout import ParamLayout, bind_gradients, flatten_module
 
 
 def build_flat_model(
-    cfg: JobConfig, num_classes: int, seed: int | None = None
+    model_cfg: ModelConfig, num_classes: int, seed: int | None = None
 ) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, ParamLayout]:
     """The model every part of the system agrees on, with its flat parameter and grad buffers."""
     if seed is not None:
         torch.manual_seed(seed)
-    model = build_model(cfg.model, num_classes)
+    model = build_model(model_cfg, num_classes)
     flat, grad, layout = flatten_module(model)
     return model, flat, grad, layout
 
@@ -128,7 +128,7 @@ class ReplicaCore:
     ) -> None:
         self.cfg = cfg
         self.device = torch.device(device)
-        model, _, _, _ = build_flat_model(cfg, num_classes)
+        model, _, _, _ = build_flat_model(cfg.model, num_classes)
         self.model = model.to(self.device)
         self.flat, self.grad, self.layout = flatten_module(self.model)
         self.model.train()

@@ -55,7 +55,7 @@ class ShardServer:
         that may have gone out of scope). `restarted`: this is a new life of a shard that
         failed, which resumes from its checkpoint whether or not the job was resumed."""
         if values is None:
-            _, flat, _, _ = build_flat_model(cfg, num_classes, seed=cfg.run.model_seed)
+            _, flat, _, _ = build_flat_model(cfg.model, num_classes, seed=cfg.run.model_seed)
             values = flat[start:stop].clone()
         incarnation = uuid.uuid4().hex[:12]
         self.mutex = threading.Lock()

@@ -325,7 +325,7 @@ def test_object_store_stays_flat_over_many_versions(ray_local, easy_data, mlflow
     # updates x vector bytes. It holds a bounded handful, and does not grow over the run.
     from distinception.ps.replica import build_flat_model
 
-    vector_bytes = build_flat_model(cfg, 4)[3].nbytes
+    vector_bytes = build_flat_model(cfg.model, 4)[3].nbytes
     published = result.updates * vector_bytes
     assert max(used) < 0.15 * published, (max(used), published)
     half = len(used) // 2

@@ -226,14 +226,14 @@ def test_huge_gradients_are_refused_or_clipped_by_the_configured_norm():
 
 def test_a_push_from_a_replica_with_another_layout_is_refused():
     cfg = get_recipe("tiny")
-    _, flat, _, layout = build_flat_model(cfg, 4, seed=0)
+    _, flat, _, layout = build_flat_model(cfg.model, 4, seed=0)
     shard = _shard(layout)
     shard.flat.copy_(flat)
     for other in (
         cfg.replace(model=cfg.model.__class__(**(cfg.model.__dict__ | {"width": 0.25}))),
         cfg.replace(model=cfg.model.__class__(**(cfg.model.__dict__ | {"aux": False}))),
     ):
-        _, _, grad, theirs = build_flat_model(other, 4, seed=0)
+        _, _, grad, theirs = build_flat_model(other.model, 4, seed=0)
         assert theirs.fingerprint != layout.fingerprint
         r = shard.apply(grad, 0, examples=1, fingerprint=theirs.fingerprint)
         assert not r.accepted and r.reason == "layout"

@@ -11,6 +11,11 @@ def _cfg(**averager):
     return from_dict({"averager": averager}, get_recipe("tiny"))
 
 
+def _core(**averager):
+    cfg = _cfg(**averager)
+    return AveragerCore(cfg.model, cfg.averager, 4)
+
+
 def _batches(n=2, size=32, classes=4):
     g = torch.Generator().manual_seed(0)
     views = torch.randn(n * 8, 1, 3, size, size, generator=g)
@@ -19,7 +24,7 @@ def _batches(n=2, size=32, classes=4):
 
 
 def test_uniform_polyak_is_the_mean_of_observed_weights():
-    core = AveragerCore(_cfg(polyak="uniform", polyak_start=1), 4)
+    core = _core(polyak="uniform", polyak_start=1)
     n = core.flat.numel()
     core.observe(0, torch.full((n,), 100.0))  # before the start: not averaged
     for v, value in enumerate([1.0, 2.0, 6.0], start=1):
@@ -35,7 +40,7 @@ def _averaged(core):
 
 
 def test_ema_decays_once_per_update_between_samples():
-    core = AveragerCore(_cfg(polyak="ema", ema_decay=0.5), 4)
+    core = _core(polyak="ema", ema_decay=0.5)
     n = core.flat.numel()
     core.observe(1, torch.zeros(n))
     core.observe(2, torch.full((n,), 4.0))  # one update later: 0.5 * 0 + 0.5 * 4
@@ -49,8 +54,8 @@ def test_ema_decays_once_per_update_between_samples():
 def test_ema_horizon_does_not_depend_on_how_often_it_samples():
     """Sampling every update or every fourth of the same trajectory (weights that grow by 1
     per update) gives averages that differ only by what the sparser one did not see."""
-    dense = AveragerCore(_cfg(polyak="ema", ema_decay=0.9), 4)
-    sparse = AveragerCore(_cfg(polyak="ema", ema_decay=0.9), 4)
+    dense = _core(polyak="ema", ema_decay=0.9)
+    sparse = _core(polyak="ema", ema_decay=0.9)
     n = dense.flat.numel()
     for v in range(0, 201):
         dense.observe(v, torch.full((n,), float(v)))
@@ -64,7 +69,7 @@ def test_ema_horizon_does_not_depend_on_how_often_it_samples():
 
 
 def test_evaluation_recomputes_bn_statistics_and_reports_both_weights():
-    core = AveragerCore(_cfg(polyak="uniform"), 4)
+    core = _core(polyak="uniform")
     core.observe(1, core.flat.clone())
     bn_seen = []
 
@@ -84,9 +89,9 @@ def test_evaluation_recomputes_bn_statistics_and_reports_both_weights():
 
 
 def test_state_round_trip():
-    a = AveragerCore(_cfg(), 4)
+    a = _core()
     a.observe(3, torch.randn(a.flat.numel()))
-    b = AveragerCore(_cfg(), 4)
+    b = _core()
     b.load_state_dict(a.state_dict())
     assert (b.version, b.samples) == (3, 1)
     for p, q in zip(a.averaged.parameters(), b.averaged.parameters(), strict=True):
@@ -118,7 +123,7 @@ def test_sampling_goes_on_while_an_evaluation_is_scored():
     """An evaluation scores copies outside the lock: the sampler takes its samples meanwhile
     instead of folding the whole evaluation's updates in as one step."""
     cfg = _cfg(polyak="ema", ema_decay=0.5, interval_s=0.01)
-    shards = _CountingShards(AveragerCore(cfg, 4).layout.total)
+    shards = _CountingShards(AveragerCore(cfg.model, cfg.averager, 4).layout.total)
     loop = AveragerLoop(cfg, "", 4, lambda count: shards, "", resume=False)
     during: list[int] = []
 

@@ -130,7 +130,7 @@ def make_loop(lag: int = 0, slowdown: float = 1.0, **fake: Any) -> tuple[Replica
 
     from distinception.ps.replica import build_flat_model
 
-    total = build_flat_model(cfg, 4)[3].total
+    total = build_flat_model(cfg.model, 4)[3].total
     loop = ReplicaLoop(0, cfg, 4, FakeStream, connect, slowdown=slowdown)
     return loop, made[0]
 
