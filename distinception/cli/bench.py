@@ -27,7 +27,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.bench_command == "gpu":
         from distinception.bench.gpu import format_gpu, run_gpu
 
-        print(format_gpu(run_gpu(batch=args.batch, steps=args.steps, device=args.device)))
+        if args.size < 32:
+            raise ConfigError(f"--size={args.size}: expected an integer >= 32")
+        r = run_gpu(batch=args.batch, steps=args.steps, size=args.size, device=args.device)
+        print(format_gpu(r))
         return 0
     if args.bench_command == "updates":
         from distinception.bench.updates import run_updates
@@ -223,5 +226,6 @@ def add_parsers(sub: Any) -> None:
     p = bench.add_parser("gpu", help="one replica vs a local torch loop on one GPU (no Ray)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--size", type=int, default=224, help="input size in pixels")
     p.add_argument("--device", default="cuda", help="cpu only checks that it runs")
     p.set_defaults(func=cmd_bench)
