@@ -4,6 +4,7 @@ Parquet data set, and a throwaway sqlite MLflow store."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,21 @@ def ray_local(tmp_path_factory):
         ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def _mlflow_schema(tmp_path_factory) -> Path:
+    """An empty MLflow store with its tables made, once per session: creating them (MLflow's
+    migrations) costs seconds, and every test that records a run would pay it again."""
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path_factory.mktemp("mlflow-schema") / "mlflow.db"
+    MlflowClient("sqlite:///" + str(db)).search_experiments()
+    return db
+
+
 @pytest.fixture
-def mlflow_uri(tmp_path: Path) -> str:
-    return "sqlite:///" + str(tmp_path / "mlruns" / "mlflow.db")
+def mlflow_uri(tmp_path: Path, _mlflow_schema: Path) -> str:
+    """A store of this test's own: a copy of the empty one, so nothing recorded is shared."""
+    db = tmp_path / "mlruns" / "mlflow.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_mlflow_schema, db)
+    return "sqlite:///" + str(db)

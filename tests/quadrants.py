@@ -39,10 +39,11 @@ def write_quadrant_set(out: str, *, per_class: int, val_per_class: int, size: in
 
 def quadrant_job(data: str, uri: str, **sections: dict) -> JobConfig:
     """The tiny recipe on the quadrant set at `data`, tracked at `uri`; `sections` override
-    fields per config section, e.g. `run={"max_examples": 6000}`."""
+    fields per config section, e.g. `run={"max_examples": 6000}`. The model is not logged
+    unless asked (`tracking={"log_model": True}`): exporting it costs seconds of each job."""
     values: dict = {
         "data": {"path": data},
-        "tracking": {"tracking_uri": uri},
+        "tracking": {"tracking_uri": uri, "log_model": False},
         "augment": {"flip": False},
     }
     for key, value in sections.items():

@@ -22,14 +22,16 @@ TINY = {
     name: shlex.split(args)
     for name, args in {
         "train.yaml": "--recipe tiny --set run.max_examples=1500",
-        "sweep.yaml": "--recipe tiny --samples 2 --max-concurrent 1 --set run.max_examples=1200",
+        "sweep.yaml": "--recipe tiny --samples 2 --max-concurrent 1 --set run.max_examples=1200 "
+        "--set tracking.log_model=false",
         "ensemble.yaml": "--recipe tiny --members 2 --max-concurrent 1 --set run.max_examples=1200",
         # A CPU head has no GPU and no bucket: the GPU ask, the 224-px faithful model and the
         # bucket are replaced; its elastic pool, custom resources and `--address auto` stay.
         "train-paper-gpu.yaml": "--recipe tiny --config {tiny_config} "
         "--set placement.replica_gpus=0 --set placement.replica_cpus=0.5 --set ps.num_replicas=2 "
         "--set transport.compute_dtype=float32 "
-        "--set run.checkpoint_dir={checkpoints} --set run.max_examples=1500",
+        "--set run.checkpoint_dir={checkpoints} --set run.max_examples=1500 "
+        "--set tracking.log_model=false",
     }.items()
 }
 

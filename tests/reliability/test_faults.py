@@ -361,6 +361,8 @@ def test_driver_process_sigkilled_then_resumed_into_one_run(
             "--set",
             f"tracking.tracking_uri={mlflow_uri}",
             "--set",
+            "tracking.log_model=false",
+            "--set",
             "run.max_examples=12000",
             "--set",
             f"run.checkpoint_interval_s={interval}",

@@ -1,0 +1,45 @@
+"""`distinception bench staleness` and `bench updates` as a user types them, at the tiniest
+sizes: the staleness the replicas see under each policy and each update rule."""
+
+from __future__ import annotations
+
+import pytest
+from as_typed import distinception
+from bench_tables import png, table_rows
+
+pytestmark = pytest.mark.integration
+
+
+def test_bench_staleness_as_a_user_types_it(tmp_path):
+    """`--replicas 1` runs 1 and 2 replicas, each under every policy given."""
+    args = ("--replicas", "1", "--quick", "--policies", "none,bound:0", "--budget", "640")
+    distinception("bench", "staleness", *args, "--out", str(tmp_path))
+    text = (tmp_path / "staleness.md").read_text()
+    assert f"Command: `distinception bench staleness {' '.join(args)}`" in text
+    cells = {(r[0], r[1]): r for r in table_rows(text, "1 |") + table_rows(text, "2 |")}
+    assert set(cells) == {(n, p) for n in ("1", "2") for p in ("none", "bound:0")}
+    # One replica is never stale; two are, unless a bound of 0 refuses their stale pushes.
+    assert cells["1", "none"][2] == "0.00" and cells["1", "bound:0"][4] == "0"
+    assert float(cells["2", "none"][2]) > 0
+    assert cells["2", "bound:0"][5] == "0" and float(cells["2", "bound:0"][6].rstrip("%")) > 0
+    png(str(tmp_path / "staleness.png"))
+
+
+def test_bench_updates_as_a_user_types_it(tmp_path):
+    """The quickest form of `distinception bench updates`: two update rules, one seed."""
+    distinception(
+        *("bench", "updates", "--quick", "--replicas", "2", "--updates", "previous,default"),
+        *("--seeds", "1", "--out", str(tmp_path)),
+    )
+    table = (tmp_path / "updates.md").read_text()
+    rows = {
+        line.split("|")[2].strip(): line for line in table.splitlines() if line.startswith("| 2 ")
+    }
+    assert set(rows) == {"previous", "default"}
+    cells = {name: [c.strip() for c in row.split("|")[1:-1]] for name, row in rows.items()}
+    # The previous update keeps the full momentum; the default lowers it from the staleness
+    # two replicas with one step of lag measure (about 1.5 versions: 0.9 - 0.6 = 0.3).
+    assert cells["previous"][6] == "0.90"
+    assert 0.0 <= float(cells["default"][6]) < 0.6
+    assert float(cells["default"][5]) > 0.5
+    png(str(tmp_path / "updates.png"))
