@@ -20,38 +20,29 @@ pytestmark = pytest.mark.integration
 
 
 class Chaos(Callback):
-    """Wraps the MLflow hooks and injects one fault once the run has seen `after` examples."""
+    """Injects one fault once the run has seen `after` examples; listed after the MLflow
+    callback, so the fault lands once the metrics that triggered it are recorded."""
 
-    def __init__(self, inner: Callback, action, after: int) -> None:
-        self.inner, self.action, self.after = inner, action, after
+    def __init__(self, action, after: int) -> None:
+        self.action, self.after = action, after
         self.coordinator: Coordinator | None = None
         self.fired_at: int | None = None
         self.last_progress: dict = {}
         self.updates_per_s = 0.0
 
-    def on_start(self, cfg, info):
-        return self.inner.on_start(cfg, info)
-
     def on_metrics(self, metrics, step):
-        self.inner.on_metrics(metrics, step)
         self.updates_per_s = metrics.get("updates_per_s", self.updates_per_s)
         if self.fired_at is None and step >= self.after and self.coordinator is not None:
             self.fired_at = step
             self.action(self.coordinator)
 
     def on_checkpoint(self, directory, progress):
-        self.inner.on_checkpoint(directory, progress)
         self.last_progress = dict(progress)
 
-    def on_end(self, result, model):
-        self.inner.on_end(result, model)
 
-    def on_failure(self, error):
-        self.inner.on_failure(error)
-
-
-def run_with(cfg, hooks, **kwargs):
-    coordinator = Coordinator(cfg, [hooks], **kwargs)
+def run_with(cfg, hooks: Callback, **kwargs):
+    """Run `cfg` recorded in MLflow, with `hooks` after the MLflow callback."""
+    coordinator = Coordinator(cfg, [MlflowCallback(cfg), hooks], **kwargs)
     if isinstance(hooks, Chaos):
         hooks.coordinator = coordinator
     return coordinator.run()
@@ -75,7 +66,7 @@ def test_replica_killed_without_restarts_left_is_replaced_at_its_data_position(
         at_kill.update(coordinator.positions.get(0) or {})
         ray.kill(coordinator.replicas[0], no_restart=False)
 
-    hooks = Chaos(MlflowCallback(cfg), kill, after=1000)
+    hooks = Chaos(kill, after=1000)
     result = run_with(cfg, hooks)
     assert hooks.fired_at is not None and _at(at_kill) > (0, 0)
     assert result.faults["replica_failures"] >= 1
@@ -109,8 +100,10 @@ def test_shard_killed_mid_run_reloads_its_checkpoint(ray_local, easy_data, mlflo
             if info["restarts"]:
                 seen["restored_from"] = info["restored_from"]
 
-    hooks = Chaos(MlflowCallback(cfg), kill, after=2500)
-    coordinator = Coordinator(cfg, [hooks], checkpoint_dir=str(tmp_path / "ckpt"))
+    hooks = Chaos(kill, after=2500)
+    coordinator = Coordinator(
+        cfg, [MlflowCallback(cfg), hooks], checkpoint_dir=str(tmp_path / "ckpt")
+    )
     hooks.coordinator = coordinator
     result = coordinator.run()
     assert hooks.fired_at is not None
@@ -141,23 +134,10 @@ def test_shard_killed_mid_run_reloads_its_checkpoint(ray_local, easy_data, mlflo
 class StopAfterCheckpoint(Callback):
     """Simulates the driver being killed right after a checkpoint past 1,500 examples."""
 
-    def __init__(self, inner: Callback) -> None:
-        self.inner = inner
-
-    def on_start(self, cfg, info):
-        return self.inner.on_start(cfg, info)
-
-    def on_metrics(self, metrics, step):
-        self.inner.on_metrics(metrics, step)
-
     def on_checkpoint(self, directory, progress):
-        self.inner.on_checkpoint(directory, progress)
         self.last_progress = dict(progress)
         if progress["examples"] >= 1500:
             raise KeyboardInterrupt
-
-    def on_failure(self, error):
-        self.inner.on_failure(error)
 
 
 def test_driver_killed_then_resumed_into_the_same_run(ray_local, easy_data, mlflow_uri, tmp_path):
@@ -168,7 +148,7 @@ def test_driver_killed_then_resumed_into_the_same_run(ray_local, easy_data, mlfl
         run={"max_examples": 5000, "checkpoint_dir": ckpt, "checkpoint_interval_s": 2.0},
     )
     with pytest.raises(KeyboardInterrupt):
-        run_with(cfg, StopAfterCheckpoint(MlflowCallback(cfg)), checkpoint_dir=ckpt)
+        run_with(cfg, StopAfterCheckpoint(), checkpoint_dir=ckpt)
     client = MlflowClient(mlflow_uri)
     runs = client.search_runs([client.get_experiment_by_name("distinception").experiment_id])
     first = runs[0]

@@ -54,15 +54,15 @@ class Fault:
 
 
 class FaultInjector(Callback):
-    """Wraps real hooks; kills real actors at seeded random points of the run.
+    """Kills real actors at seeded random points of the run; listed after the MLflow callback,
+    so each fault lands once the metrics that triggered it are recorded.
 
     The plan is drawn from `seed` only, so a failing run is repeated exactly by its seed.
     Each kill is `ray.kill(no_restart=False)`: the process dies as in a crash and Ray restarts
     it under its `max_restarts`.
     """
 
-    def __init__(self, inner: Callback, seed: int, budget: int, targets: list[str], cfg) -> None:
-        self.inner = inner
+    def __init__(self, seed: int, budget: int, targets: list[str], cfg) -> None:
         rng = random.Random(seed)
         points = sorted(rng.randint(budget // 6, budget * 3 // 4) for _ in targets)
         self.plan = [
@@ -84,11 +84,7 @@ class FaultInjector(Callback):
         self.last_checkpoint_t = time.monotonic()
         self.updates_per_s = 0.0
 
-    def on_start(self, cfg, info):
-        return self.inner.on_start(cfg, info)
-
     def on_metrics(self, metrics, step):
-        self.inner.on_metrics(metrics, step)
         self.updates_per_s = metrics.get("updates_per_s", self.updates_per_s)
         for fault in self.plan:
             if fault.fired_at is None and step >= fault.after and self.coordinator is not None:
@@ -97,15 +93,8 @@ class FaultInjector(Callback):
                 break  # one fault per stats tick: the next waits for the system to settle
 
     def on_checkpoint(self, directory, progress):
-        self.inner.on_checkpoint(directory, progress)
         self.last_progress = dict(progress)
         self.last_checkpoint_t = time.monotonic()
-
-    def on_end(self, result, model):
-        self.inner.on_end(result, model)
-
-    def on_failure(self, error):
-        self.inner.on_failure(error)
 
     def _kill_replica(self, fault: Fault) -> None:
         ray.kill(self.coordinator.replicas[fault.index], no_restart=False)
@@ -194,10 +183,8 @@ def test_seeded_replica_shard_and_averager_kills_in_one_run(
         run={"max_examples": budget, "checkpoint_interval_s": 1.0, "eval_interval_s": 4.0},
     )
     directory = tmp_path / "ckpt"
-    hooks = FaultInjector(
-        MlflowCallback(cfg), fault_seed, budget, ["replica", "shard", "averager"], cfg
-    )
-    coordinator = Coordinator(cfg, [hooks], checkpoint_dir=str(directory))
+    hooks = FaultInjector(fault_seed, budget, ["replica", "shard", "averager"], cfg)
+    coordinator = Coordinator(cfg, [MlflowCallback(cfg), hooks], checkpoint_dir=str(directory))
     hooks.coordinator = coordinator
     result = coordinator.run()
 
