@@ -34,3 +34,16 @@ def test_plain_ps_layers_import_without_ray():
         "assert 'ray' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_the_actor_shell_imports_without_the_data_path():
+    """Every actor's process imports `ps.actors`; only replicas and the averager read images.
+    A shard's process that imported torchvision with it would pay 1.6 s of CPU at start-up for
+    nothing; the data path is imported where images are read."""
+    code = (
+        "import sys, distinception.ps.actors; "
+        "bad = [m for m in sys.modules if m.split('.')[0] == 'torchvision' "
+        "or m.startswith('distinception.data')]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
