@@ -27,6 +27,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, update_bn
 
 from distinception.config import AveragerConfig, JobConfig, ModelConfig
+from distinception.data.loader import bn_batches, val_batches
 from distinception.metrics import evaluate_model
 from distinception.ps import checkpoint as ckpt
 from distinception.ps.replica import build_flat_model
@@ -229,17 +230,10 @@ class AveragerLoop:
             self.errors += 1
         return {"version": self.core.version, "samples": self.core.samples}
 
-    # The data path (torchvision's decoders and transforms) is imported where images are read:
-    # a shard's process imports this module with the rest of `ps/` and never reads one, and
-    # torchvision costs it 1.6 s of CPU at start-up.
     def _val(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-        from distinception.data.loader import val_batches
-
         return val_batches(self.cfg, self.data_path)
 
     def _bn(self) -> Iterable[torch.Tensor]:
-        from distinception.data.loader import bn_batches
-
         return bn_batches(self.cfg, self.data_path)
 
     def evaluate(self) -> dict[str, Any]:

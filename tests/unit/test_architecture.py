@@ -38,13 +38,3 @@ def test_plain_ps_layers_import_without_ray():
         "distinception.ps.transport.wire",
         "m == 'ray'",
     )
-
-
-def test_the_actor_shell_imports_without_the_data_path():
-    """Every actor's process imports `ps.actors`; only replicas and the averager read images.
-    A shard's process that imported torchvision with it would pay 1.6 s of CPU at start-up for
-    nothing; the data path is imported where images are read."""
-    _loaded_after(
-        "distinception.ps.actors",
-        "m.split('.')[0] == 'torchvision' or m.startswith('distinception.data')",
-    )
