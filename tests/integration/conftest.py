@@ -1,5 +1,5 @@
 """Fixtures of the cluster-facing integration tests (helpers live in ray_heads.py)."""
 
-from ray_heads import start_head
+from ray_heads import jobs_head, start_head
 
-__all__ = ["start_head"]
+__all__ = ["jobs_head", "start_head"]

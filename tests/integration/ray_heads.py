@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from as_typed import distinception
 
 RAY = str(Path(sys.executable).with_name("ray"))
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -79,12 +81,15 @@ def _wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float 
     pytest.fail(f"port {port} not open after {timeout} s: {log.read_text()[-2000:]}")
 
 
-@pytest.fixture(scope="module")
-def start_head() -> Iterator:
-    """start_head(args, port=..., wait_port=...) -> Head; its heads stop with the module."""
-    started: list[Head] = []
+class Heads:
+    """Starts heads with `ray start --head ... --block` and stops every one it started."""
 
-    def start(args: list[str], *, port: int, wait_port: int, extra_env: dict | None = None) -> Head:
+    def __init__(self) -> None:
+        self.started: list[Head] = []
+
+    def start(
+        self, args: list[str], *, port: int, wait_port: int, extra_env: dict | None = None
+    ) -> Head:
         temp_dir = tempfile.mkdtemp(prefix="dray-", dir="/tmp")
         env = dict(
             os.environ,
@@ -114,21 +119,77 @@ def start_head() -> Iterator:
                 start_new_session=True,
             )
         head = Head(proc, temp_dir, env, f"127.0.0.1:{port}")
-        started.append(head)
+        self.started.append(head)
         _wait_for_port(wait_port, proc, log)
         return head
 
-    yield start
-    for head in started:
-        head.proc.send_signal(signal.SIGTERM)
-        try:
-            head.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            head.proc.kill()
-        time.sleep(2)
-        kill_pids(pids_using(head.temp_dir), signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while pids_using(head.temp_dir) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        kill_pids(pids_using(head.temp_dir), signal.SIGKILL)
-        shutil.rmtree(head.temp_dir, ignore_errors=True)
+    def stop_all(self) -> None:
+        for head in self.started:
+            head.proc.send_signal(signal.SIGTERM)
+            try:
+                head.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                head.proc.kill()
+            time.sleep(2)
+            kill_pids(pids_using(head.temp_dir), signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while pids_using(head.temp_dir) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            kill_pids(pids_using(head.temp_dir), signal.SIGKILL)
+            shutil.rmtree(head.temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def start_head() -> Iterator:
+    """start_head(args, port=..., wait_port=...) -> Head; its heads stop with the module."""
+    heads = Heads()
+    yield heads.start
+    heads.stop_all()
+
+
+@pytest.fixture(scope="session")
+def jobs_head() -> Iterator[Head]:
+    """One head with the Jobs API and token auth for every job-spec test of this test process:
+    starting one costs seconds of both cores, and its jobs leave nothing behind on it."""
+    heads = Heads()
+    dashboard = free_port()
+    head = heads.start(
+        [
+            # Logical CPUs: a sweep or ensemble driver holds one (its spec's `resources`) and
+            # its trials need the rest. The custom resources are the ones the GPU spec's
+            # replicas and shards ask for (cluster/*.yaml gives them to GPU workers and the head).
+            "--num-cpus=4",
+            '--resources={"replica": 2, "ps": 4}',
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            f"--ray-client-server-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
+        ],
+        port=free_port(),
+        wait_port=dashboard,
+    )
+    head.dashboard_url = f"http://127.0.0.1:{dashboard}"
+    try:
+        yield head
+    finally:
+        heads.stop_all()
+
+
+def submit_followed(
+    head: Head, spec: str, *args: str, mlflow_uri: str, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """`distinception submit jobs/SPEC --follow -- ARGS` as a user types it against `head`, with
+    the pinned requirements left out (the head runs in the project's own virtualenv). Asserts
+    the job SUCCEEDED; its own output comes back in stdout."""
+    proc = distinception(
+        *("submit", f"jobs/{spec}", "--address", head.dashboard_url, "--no-requirements"),
+        *("--follow", "--", *args),
+        code=None,
+        cwd=ROOT,
+        env=dict(head.env, MLFLOW_TRACKING_URI=mlflow_uri),
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    job_id = proc.stdout.split("submitted ")[1].split()[0]
+    assert f"job {job_id}: SUCCEEDED" in proc.stdout, proc.stdout[-3000:]
+    return proc

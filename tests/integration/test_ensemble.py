@@ -1,36 +1,39 @@
-"""A 3-member ensemble trained as Tune trials, then scored as Table 3 (models x crops)."""
+"""A 3-member ensemble trained as Tune trials by its job spec on a real head, then scored as
+Table 3 (models x crops)."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from types import SimpleNamespace
 
 import pytest
-from as_typed import distinception
 from mlflow.tracking import MlflowClient
+from ray_heads import submit_followed
 
 from distinception.evaluation import evaluate_target
 
 pytestmark = pytest.mark.integration
 
 
-def test_three_member_ensemble_then_table3_grid(easy_data, mlflow_uri, tmp_path):
+def test_three_member_ensemble_then_table3_grid(jobs_head, easy_data, mlflow_uri, tmp_path):
     # The quadrant classes change under a mirror, so no member flips; one samples crops.
     crops = tmp_path / "crops.yaml"
     crops.write_text("augment: {area_min: 0.7, flip: false, interpolation: bilinear}\n")
     out = tmp_path / "ens"
-    # As a user types it; what it did is read back from its output directory and MLflow.
-    proc = distinception(
-        *("ensemble", "--recipe", "tiny", "--set", f"data.path={easy_data}"),
+    # The shipped job spec, submitted to a real head as a user submits it, at a tiny budget; its
+    # members are trials on the head's cluster. What it did is read back from its output
+    # directory and MLflow.
+    proc = submit_followed(
+        jobs_head,
+        "ensemble.yaml",
+        *("--recipe", "tiny", "--set", f"data.path={easy_data}"),
         *("--set", f"tracking.tracking_uri={mlflow_uri}", "--set", "run.max_examples=1500"),
         *("--set", "run.eval_interval_s=3", "--set", "run.init_seed=7"),
         *("--members", "3", "--augments", f"none,{crops}", "--max-concurrent", "1"),
         *("--out", str(out)),
-        cwd=tmp_path,
-        env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"),
+        mlflow_uri=mlflow_uri,
     )
     result = SimpleNamespace(**json.loads((out / "ensemble.json").read_text()))
     assert [m["member"] for m in result.members] == [0, 1, 2]

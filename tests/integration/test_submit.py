@@ -10,84 +10,47 @@ from pathlib import Path
 import pytest
 from as_typed import EXE, distinception
 from mlflow.tracking import MlflowClient
-from ray_heads import free_port
+from ray_heads import submit_followed
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = sorted(p.name for p in (ROOT / "jobs").glob("*.yaml"))
-#: What each shipped spec gets appended after `--` to run at a tiny budget on this head (data
-#: path and MLflow store come from the test). A spec missing here fails `test_every_spec_...`.
-TINY = {
-    name: shlex.split(args)
-    for name, args in {
-        "train.yaml": "--recipe tiny --set run.max_examples=1500",
-        "sweep.yaml": "--recipe tiny --samples 2 --max-concurrent 1 --set run.max_examples=1200 "
-        "--set tracking.log_model=false",
-        "ensemble.yaml": "--recipe tiny --members 2 --max-concurrent 1 --set run.max_examples=1200",
-        # A CPU head has no GPU and no bucket: the GPU ask, the 224-px faithful model and the
-        # bucket are replaced; its elastic pool, custom resources and `--address auto` stay.
-        "train-paper-gpu.yaml": "--recipe tiny --config {tiny_config} "
-        "--set placement.replica_gpus=0 --set placement.replica_cpus=0.5 --set ps.num_replicas=2 "
-        "--set transport.compute_dtype=float32 "
-        "--set run.checkpoint_dir={checkpoints} --set run.max_examples=1500 "
-        "--set tracking.log_model=false",
-    }.items()
+#: The test file that submits each shipped spec to a real head, at a tiny budget and with its
+#: own assertions. A spec missing here fails `test_every_shipped_spec_is_submitted_by_a_test`.
+SUBMITTED_BY = {
+    "train.yaml": "test_submit.py",
+    "train-paper-gpu.yaml": "test_submit.py",
+    "ensemble.yaml": "test_ensemble.py",
+    "sweep.yaml": "test_sweep.py",
 }
+#: A CPU head has no GPU and no bucket: the GPU spec's GPU ask, 224-px faithful model and bucket
+#: are replaced; its elastic pool, custom resources and `--address auto` stay.
+PAPER_GPU_ON_CPU = shlex.split(
+    "--recipe tiny --config {tiny_config} "
+    "--set placement.replica_gpus=0 --set placement.replica_cpus=0.5 --set ps.num_replicas=2 "
+    "--set transport.compute_dtype=float32 "
+    "--set run.checkpoint_dir={checkpoints} --set run.max_examples=1500 "
+    "--set tracking.log_model=false"
+)
 
 
 def cli(*args: str, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
     return distinception(*args, code=None, cwd=ROOT, env=env, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def head(start_head):
-    dashboard = free_port()
-    head = start_head(
-        [
-            # Logical CPUs: a sweep or ensemble driver holds one (its spec's `resources`) and
-            # its trials need the rest. The custom resources are the ones the GPU spec's
-            # replicas and shards ask for (cluster/*.yaml gives them to GPU workers and the head).
-            "--num-cpus=4",
-            '--resources={"replica": 2, "ps": 4}',
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dashboard}",
-            f"--ray-client-server-port={free_port()}",
-            f"--dashboard-agent-listen-port={free_port()}",
-        ],
-        port=free_port(),
-        wait_port=dashboard,
-    )
-    head.dashboard_url = f"http://127.0.0.1:{dashboard}"
-    return head
-
-
 def test_submit_follows_the_train_job_to_success_and_its_run_is_in_mlflow(
-    head, tiny_data, mlflow_uri
+    jobs_head, tiny_data, mlflow_uri
 ):
-    env = dict(head.env, MLFLOW_TRACKING_URI=mlflow_uri)
-    # The shipped spec, with the pinned requirements left out (this head runs in the project's
-    # own virtualenv) and a tiny budget appended to its command.
-    proc = cli(
-        "submit",
-        "jobs/train.yaml",
-        "--address",
-        head.dashboard_url,
-        "--no-requirements",
-        "--follow",
-        "--",
-        "--recipe",
-        "tiny",
-        "--set",
-        f"data.path={tiny_data}",
-        "--set",
-        "run.max_examples=1500",
-        "--set",
-        "tracking.log_model=false",
-        env=env,
-        timeout=600,
+    env = dict(jobs_head.env, MLFLOW_TRACKING_URI=mlflow_uri)
+    # The shipped spec with a tiny budget appended to its command.
+    proc = submit_followed(
+        jobs_head,
+        "train.yaml",
+        *("--recipe", "tiny", "--set", f"data.path={tiny_data}"),
+        *("--set", "run.max_examples=1500", "--set", "tracking.log_model=false"),
+        mlflow_uri=mlflow_uri,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     job_id = out.split("submitted ")[1].split()[0]
     assert job_id.startswith("train-demo-")
@@ -98,18 +61,18 @@ def test_submit_follows_the_train_job_to_success_and_its_run_is_in_mlflow(
     assert run.info.status == "FINISHED"
     assert run.data.params["run.max_examples"] == "1500"
 
-    listed = cli("jobs", "list", "--address", head.dashboard_url, env=env)
+    listed = cli("jobs", "list", "--address", jobs_head.dashboard_url, env=env)
     assert listed.returncode == 0 and job_id in listed.stdout and "SUCCEEDED" in listed.stdout
-    status = cli("jobs", "status", job_id, "--address", head.dashboard_url, env=env)
+    status = cli("jobs", "status", job_id, "--address", jobs_head.dashboard_url, env=env)
     assert status.stdout.startswith(f"{job_id}: SUCCEEDED")
-    logs = cli("jobs", "logs", job_id, "--address", head.dashboard_url, env=env)
+    logs = cli("jobs", "logs", job_id, "--address", jobs_head.dashboard_url, env=env)
     assert f"MLflow run {run_id}" in logs.stdout
-    stop = cli("jobs", "stop", job_id, "--address", head.dashboard_url, env=env)
+    stop = cli("jobs", "stop", job_id, "--address", jobs_head.dashboard_url, env=env)
     assert stop.returncode == 0 and "already finished" in stop.stdout
 
     # A job at a budget it would take hours to reach, submitted without --follow: stopped while
     # it runs, and a `jobs logs --follow` started on it returns once it has ended.
-    address = ("--address", head.dashboard_url)
+    address = ("--address", jobs_head.dashboard_url)
     proc = cli(
         *("submit", "jobs/train.yaml", *address, "--no-requirements", "--"),
         *("--recipe", "tiny", "--set", f"data.path={tiny_data}"),
@@ -151,15 +114,15 @@ def _wait_for_status(job_id: str, wanted: str, address: tuple, env: dict, timeou
 
 
 def test_a_job_too_big_for_a_cluster_without_an_autoscaler_fails_at_once_in_one_line(
-    head, tiny_data, tmp_path
+    jobs_head, tiny_data, tmp_path
 ):
     """This head was started without `--autoscaling-config`: its 4 CPUs are all it will have."""
     proc = distinception(
-        *("train", "--address", head.gcs_address, "--recipe", "tiny"),
+        *("train", "--address", jobs_head.gcs_address, "--recipe", "tiny"),
         *("--set", f"data.path={tiny_data}", "--set", "ps.num_replicas=8"),
         *("--set", f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db"),
         code=2,
-        env=head.env,
+        env=jobs_head.env,
         cwd=tmp_path,
         timeout=120,
     )
@@ -172,61 +135,46 @@ def test_a_job_too_big_for_a_cluster_without_an_autoscaler_fails_at_once_in_one_
     assert "Traceback" not in proc.stderr and " INFO " not in proc.stderr  # no Ray notices
 
 
-def test_missing_or_wrong_token_is_one_clear_line(head, tmp_path):
-    no_token = {k: v for k, v in head.env.items() if not k.startswith("RAY_AUTH_TOKEN")}
+def test_missing_or_wrong_token_is_one_clear_line(jobs_head, tmp_path):
+    no_token = {k: v for k, v in jobs_head.env.items() if not k.startswith("RAY_AUTH_TOKEN")}
     no_token["HOME"] = str(tmp_path)  # no ~/.ray/auth_token either
-    proc = cli("jobs", "list", "--address", head.dashboard_url, env=no_token)
+    proc = cli("jobs", "list", "--address", jobs_head.dashboard_url, env=no_token)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "no Ray auth token found" in proc.stderr
     assert "RAY_AUTH_TOKEN" in proc.stderr and "~/.ray/auth_token" in proc.stderr
 
     wrong = dict(no_token, RAY_AUTH_TOKEN="0" * 64)
-    proc = cli("jobs", "list", "--address", head.dashboard_url, env=wrong)
+    proc = cli("jobs", "list", "--address", jobs_head.dashboard_url, env=wrong)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "refused the token" in proc.stderr, proc.stderr
 
 
-def test_every_shipped_spec_has_a_tiny_budget_here():
-    assert sorted(TINY) == SPECS
+def test_every_shipped_spec_is_submitted_by_a_test():
+    assert sorted(SUBMITTED_BY) == SPECS
+    for spec, test_file in SUBMITTED_BY.items():
+        text = Path(__file__).with_name(test_file).read_text()
+        assert "submit_followed(" in text and f'"{spec}"' in text, (spec, test_file)
 
 
-@pytest.mark.parametrize("spec", [s for s in SPECS if s != "train.yaml"])
-def test_every_other_job_spec_runs_to_success_on_a_real_head(
-    spec, head, tiny_data, mlflow_uri, tmp_path
+def test_the_paper_gpu_spec_runs_to_success_on_a_cpu_head(
+    jobs_head, tiny_data, mlflow_uri, tmp_path
 ):
     """Inside a job RAY_ADDRESS names the cluster: a spec whose command starts its own Ray, or
-    asks for what the cluster lacks, fails or hangs here (train.yaml: the test above)."""
+    asks for what the cluster lacks, fails or hangs here."""
     from distinception.recipes import get_recipe
 
     tiny_config = tmp_path / "tiny.yaml"
     tiny_config.write_text(get_recipe("tiny").to_yaml())
-    extra = [a.format(tiny_config=tiny_config, checkpoints=tmp_path / "ckpt") for a in TINY[spec]]
-    env = dict(head.env, MLFLOW_TRACKING_URI=mlflow_uri)
-    proc = cli(
-        "submit",
-        f"jobs/{spec}",
-        "--address",
-        head.dashboard_url,
-        "--no-requirements",
-        "--follow",
-        "--",
+    extra = [
+        a.format(tiny_config=tiny_config, checkpoints=tmp_path / "ckpt") for a in PAPER_GPU_ON_CPU
+    ]
+    submit_followed(
+        jobs_head,
+        "train-paper-gpu.yaml",
         *extra,
-        "--set",
-        f"data.path={tiny_data}",
-        env=env,
-        timeout=600,
+        *("--set", f"data.path={tiny_data}"),
+        mlflow_uri=mlflow_uri,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    job_id = proc.stdout.split("submitted ")[1].split()[0]
-    assert f"job {job_id}: SUCCEEDED" in proc.stdout
-    runs = MlflowClient(mlflow_uri).search_runs(
-        [e.experiment_id for e in MlflowClient(mlflow_uri).search_experiments()]
-    )
-    statuses = sorted(r.info.status for r in runs)
-    # sweep / ensemble: a parent run and one child per trial or member; train: one run. ASHA
-    # may stop a sweep's trial at a rung (KILLED); nothing fails or stays RUNNING.
-    expected = {"sweep.yaml": 3, "ensemble.yaml": 3}.get(spec, 1)
-    assert len(statuses) == expected, (statuses, proc.stdout[-3000:])
-    assert set(statuses) <= {"FINISHED", "KILLED"} and statuses.count("FINISHED") >= min(
-        expected, 2
-    ), (statuses, proc.stdout[-3000:])
+    client = MlflowClient(mlflow_uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.info.status for r in runs] == ["FINISHED"]

@@ -1,5 +1,6 @@
-"""A real sweep on a real local Ray, recorded in a real `mlflow server`: checked over REST, then
-compared in the MLflow UI in a real browser as a user compares trials."""
+"""A real sweep, submitted as its job spec to a real Ray head and recorded in a real `mlflow
+server`: checked over REST, then compared in the MLflow UI in a real browser as a user compares
+trials."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from as_typed import distinception
 from browser import chromium, click, compared_metrics, table_row, wait_for
+from ray_heads import submit_followed
 
 from distinception.config import load_yaml
 
@@ -95,13 +96,15 @@ GRID = [0.01, 0.02]
 
 
 @pytest.fixture(scope="module")
-def swept(tiny_data, mlflow_server, tmp_path_factory):
-    """`distinception sweep` as a user types it: the crop area sampled, the learning rate over a
-    grid (two trials), recorded in the server. What it did is read back from its output
-    directory: (printed output, result)."""
+def swept(jobs_head, tiny_data, mlflow_server, tmp_path_factory):
+    """The shipped sweep spec, submitted to a real head as a user submits it: the crop area
+    sampled, the learning rate over a grid (two trials), recorded in the server. What it did is
+    read back from its output directory: (printed output, result)."""
     out = tmp_path_factory.mktemp("sweep") / "sw"
-    proc = distinception(
-        *("sweep", "--recipe", "tiny", "--set", f"data.path={tiny_data}"),
+    proc = submit_followed(
+        jobs_head,
+        "sweep.yaml",
+        *("--recipe", "tiny", "--set", f"data.path={tiny_data}"),
         *("--set", f"tracking.tracking_uri={mlflow_server}"),
         *("--set", "tracking.experiment=sweep-test", "--set", "tracking.log_model=false"),
         *("--set", "run.max_examples=1200", "--set", "run.eval_interval_s=0.5"),
@@ -109,8 +112,7 @@ def swept(tiny_data, mlflow_server, tmp_path_factory):
         *("--space", "augment.area_min=uniform:0.3:1.0"),
         *("--space", "optim.lr=grid:" + ",".join(str(lr) for lr in GRID)),
         *("--samples", "1", "--scheduler", "asha", "--out", str(out)),
-        cwd=out.parent,
-        env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"),
+        mlflow_uri=mlflow_server,
     )
     parent = proc.stdout.split("MLflow parent run ")[1].split()[0]
     result = SimpleNamespace(
