@@ -58,6 +58,9 @@ class ReplicaScheduler:
         self.warm = 0
         self.n_active = 0
         self.stopping = False
+        #: Slots whose current failure is counted: a replica's death can surface as failed calls,
+        #: as a call of its restarted life, or both, and is counted once.
+        self.down: set[int] = set()
 
     # -- starting ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -170,8 +173,15 @@ class ReplicaScheduler:
             self._record(i, stats)
             if stats["restarted"]:
                 # Ray restarted it and this call, queued after the failure, ran before any
-                # seek: its batches came from its stream's start. Seek it back now.
+                # seek: its batches came from its stream's start. Seek it back now. A replica
+                # that died between calls fails none: this call is the first sign of it.
+                if i not in self.down:
+                    self.down.add(i)
+                    self.faults["replica_failures"] += 1
+                    log.warning("replica %d was restarted between calls; seeking it back", i)
                 self._resume(i)
+            else:
+                self.down.discard(i)
             # Aim each call at CALL_SECONDS of work.
             per_step = stats["wall_s"] / max(1, stats["steps"])
             steps = max(1, min(256, int(CALL_SECONDS / max(per_step, 1e-4))))
@@ -202,7 +212,9 @@ class ReplicaScheduler:
     # -- faults --------------------------------------------------------------------------------
     def _failed(self, i: int, err: BaseException) -> None:
         """A replica died mid-call: Ray restarts it; seek it to its data position and go on."""
-        self.faults["replica_failures"] += 1
+        if i not in self.down:  # its other queued call fails too: the same death
+            self.down.add(i)
+            self.faults["replica_failures"] += 1
         if self.pool is not None:
             log.warning("replica %d lost (%s); its slot is free", i, type(err).__name__)
             self._lost(i)
@@ -219,6 +231,7 @@ class ReplicaScheduler:
     def _lost(self, i: int) -> None:
         """Elastic: a replica died (usually with its node); free its slot, refill it later."""
         self.faults["replicas_lost"] += 1
+        self.down.discard(i)  # the slot's next replica is a new one
         for ref in [r for r, slot in self.pending.items() if slot == i]:
             del self.pending[ref]
         actor = self.replicas.pop(i, None)

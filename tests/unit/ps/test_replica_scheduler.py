@@ -73,3 +73,68 @@ def test_the_clock_waits_for_every_started_replica_to_be_built(monkeypatch):
     replicas.start()
     replicas.wait_built()
     assert waited == [(["built-0", "built-1", "built-2"], 3)]
+
+
+class Seek:
+    def __init__(self, sought: list[int], slot: int) -> None:
+        self.sought, self.slot = sought, slot
+
+    def remote(self, position: dict) -> tuple[str, int]:
+        self.sought.append(self.slot)
+        return ("sought", self.slot)
+
+
+def _stats(slot: int, restarted: bool) -> dict:
+    return {
+        "index": slot,
+        "steps": 2,
+        "examples": 32,
+        "wall_s": 0.1,
+        "position": {"epoch": 0, "offset": 32},
+        "restarted": restarted,
+        "resumed_from": None,
+    }
+
+
+def _collect(monkeypatch, outcomes: list[object]) -> tuple[Counter, list[int]]:
+    """Collect replica 0's calls, finishing in turn with `outcomes` (stats, or an error
+    raised by `ray.get`); the faults counted and the replicas sought back."""
+    from ray.exceptions import RayActorError
+
+    replicas, _ = scheduler(warm=0)
+    replicas.start()
+    sought: list[int] = []
+    for actor in replicas.replicas.values():
+        actor.seek = Seek(sought, actor.slot)
+    results: dict = {}
+
+    def fake_get(ref, timeout=None):
+        if isinstance(ref, tuple) and ref[0] == "sought":
+            return {"epoch": 0, "offset": 32}
+        out = results[id(ref)]
+        if isinstance(out, BaseException):
+            raise out
+        return out
+
+    monkeypatch.setattr("distinception.ps.control.replicas.ray.get", fake_get)
+    for outcome in outcomes:
+        ref = next(r for r, slot in replicas.pending.items() if slot == 0)
+        results[id(ref)] = RayActorError() if outcome == "died" else _stats(0, outcome)
+        replicas.collect([ref])
+    return replicas.faults, sought
+
+
+def test_a_replica_restarted_between_calls_is_counted_once_and_sought_back(monkeypatch):
+    """No call failed: the first call of its restarted life is the only sign of the death."""
+    faults, sought = _collect(monkeypatch, [False, True, True, False])
+    assert faults["replica_failures"] == 1 and sought == [0, 0]
+
+
+def test_one_death_seen_as_two_failed_calls_then_a_restarted_call_is_one_failure(monkeypatch):
+    faults, sought = _collect(monkeypatch, ["died", "died", True, False])
+    assert faults["replica_failures"] == 1 and 0 in sought
+
+
+def test_each_death_of_a_replica_is_counted(monkeypatch):
+    faults, _ = _collect(monkeypatch, [True, False, "died", "died", False, True, False])
+    assert faults["replica_failures"] == 3
