@@ -100,7 +100,7 @@ class LocalTrainer:
         if cfg.run.seed is not None:
             torch.manual_seed(cfg.run.seed)
         self.cfg = cfg
-        self.core = ReplicaCore(cfg, num_classes, iter(batches))
+        self.core = ReplicaCore.for_job(cfg, num_classes, iter(batches))
         params = dict(self.core.model.named_parameters())
         decay = [params[e.name] for e in self.core.layout.entries if e.decay]
         plain = [params[e.name] for e in self.core.layout.entries if not e.decay]

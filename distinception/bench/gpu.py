@@ -75,7 +75,7 @@ def _local_seconds(
 
 
 def _replica_seconds(cfg: JobConfig, x, y, steps: int, warmup: int, dev: torch.device) -> float:
-    core = ReplicaCore(cfg, 1000, iter(()), device=dev.type)
+    core = ReplicaCore.for_job(cfg, 1000, iter(()), device=dev.type)
     host = core.flat.detach().cpu()  # pageable, as a pull out of the object store is
 
     landed: list = []

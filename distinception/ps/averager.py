@@ -83,7 +83,7 @@ class AveragerCore:
     (`averager`) and the model it averages."""
 
     def __init__(self, model: ModelConfig, averager: AveragerConfig, num_classes: int) -> None:
-        self.cfg = averager
+        self.averager = averager
         self.model, self.flat, _, self.layout = build_flat_model(model, num_classes)
         self.model.eval()
         if averager.polyak == "ema":
@@ -109,9 +109,9 @@ class AveragerCore:
             self.flat.copy_(values)
         # A shard restored from its checkpoint may publish an older version: count one update.
         updates = max(version - self.version, 1) if self.version >= 0 else 1
-        self._weight = 1.0 - self.cfg.ema_decay**updates
+        self._weight = 1.0 - self.averager.ema_decay**updates
         self.version = version
-        if self.cfg.polyak != "off" and version >= self.cfg.polyak_start:
+        if self.averager.polyak != "off" and version >= self.averager.polyak_start:
             self.averaged.update_parameters(self.model)
             self.samples += 1
         return True

@@ -119,23 +119,51 @@ class BatchPrefetcher:
 
 
 class ReplicaCore:
+    """One replica's model over a flat weight vector and a flat gradient, and its steps.
+
+    It reads only the model section and two numbers: the gradient clip norm (clipped here,
+    before the push, as a single process clips before its step) and the compute precision.
+    `for_job` takes them from a job's config."""
+
     def __init__(
         self,
+        model: ModelConfig,
+        num_classes: int,
+        batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+        device: str = "cpu",
+        *,
+        clip_norm: float = 0.0,
+        compute_dtype: str = "float32",
+    ) -> None:
+        self.device = torch.device(device)
+        self.model, _, _, _ = build_flat_model(model, num_classes)
+        self.model = self.model.to(self.device)
+        self.flat, self.grad, self.layout = flatten_module(self.model)
+        self.model.train()
+        self.aux_weight = model.aux_weight
+        self.clip_norm = clip_norm
+        self.autocast = compute_dtype == "bfloat16"
+        self.batches = batches
+        self.accumulated = 0
+        self.examples = 0
+
+    @classmethod
+    def for_job(
+        cls,
         cfg: JobConfig,
         num_classes: int,
         batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
         device: str = "cpu",
-    ) -> None:
-        self.cfg = cfg
-        self.device = torch.device(device)
-        model, _, _, _ = build_flat_model(cfg.model, num_classes)
-        self.model = model.to(self.device)
-        self.flat, self.grad, self.layout = flatten_module(self.model)
-        self.model.train()
-        self.autocast = cfg.transport.compute_dtype == "bfloat16"
-        self.batches = batches
-        self.accumulated = 0
-        self.examples = 0
+    ) -> ReplicaCore:
+        """The replica of job `cfg`: its model, its optimizer's clip norm, its precision."""
+        return cls(
+            cfg.model,
+            num_classes,
+            batches,
+            device,
+            clip_norm=cfg.optim.clip_norm,
+            compute_dtype=cfg.transport.compute_dtype,
+        )
 
     def load_slice(self, start: int, stop: int, values: torch.Tensor) -> None:
         """Copy pulled weights (fp32 or bf16) into the flat vector the model's parameters view.
@@ -171,7 +199,7 @@ class ReplicaCore:
             torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast),
         ):
             outputs = self.model(x)
-            loss = googlenet_loss(outputs, y, aux_weight=self.cfg.model.aux_weight)
+            loss = googlenet_loss(outputs, y, aux_weight=self.aux_weight)
         if after_forward is not None:
             after_forward()
         loss.backward()
@@ -199,8 +227,8 @@ class ReplicaCore:
         n = max(1, self.accumulated)
         if n > 1:
             self.grad.div_(n)
-        if self.cfg.optim.clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.clip_norm)
+        if self.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
         wait: Callable[[], None] = _landed
         if self.device.type == "cuda":
             # Into page-locked memory: a DMA copy ~50x faster than into pageable memory (measured

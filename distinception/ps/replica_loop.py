@@ -76,7 +76,7 @@ class ReplicaLoop:
         # recorded position after a failure (None for a replica that started with the run):
         # reported, so a recovery can be checked from outside.
         self.resumed_from = dict(self.data.position) if position is not None else None
-        self.core = ReplicaCore(cfg, num_classes, self.data, device=device)
+        self.core = ReplicaCore.for_job(cfg, num_classes, self.data, device=device)
         self.fingerprint = self.core.layout.fingerprint
         self.lock = threading.Lock()
         self.counters: Counter[str] = Counter()

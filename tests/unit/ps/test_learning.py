@@ -24,7 +24,7 @@ def _train(data: str, steps: int) -> float:
     cfg = quadrant_job(data, "", run={"seed": 0})
     path, num_classes, train_examples = resolve_data(cfg)
     torch.manual_seed(0)
-    replica = ReplicaCore(cfg, num_classes, iter(open_stream(cfg, path)))
+    replica = ReplicaCore.for_job(cfg, num_classes, iter(open_stream(cfg, path)))
     layout = replica.layout
     shard = ShardCore(
         0, 0, layout.total, layout, replica.flat.detach(), cfg.ps, cfg.optim, train_examples

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from distinception.config import ConfigError, JobConfig, ModelConfig, TransportConfig
+from distinception.config import ConfigError, ModelConfig, TransportConfig
 from distinception.ps.replica import ReplicaCore
 
 MODEL = ModelConfig(variant="bn", width=0.125, input_size=32)
@@ -11,8 +11,7 @@ MODEL = ModelConfig(variant="bn", width=0.125, input_size=32)
 
 def _core(compute_dtype: str = "float32") -> ReplicaCore:
     torch.manual_seed(0)
-    cfg = JobConfig(model=MODEL, transport=TransportConfig(compute_dtype=compute_dtype))
-    core = ReplicaCore(cfg, 4, iter(()))
+    core = ReplicaCore(MODEL, 4, iter(()), compute_dtype=compute_dtype)
     core.model.eval()  # no dropout, batch statistics fixed: the same function on every call
     return core
 

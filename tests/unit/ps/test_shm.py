@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from distinception.config import JobConfig, ModelConfig, OptimConfig, PSConfig
+from distinception.config import ModelConfig, OptimConfig, PSConfig
 from distinception.ps.layout import ParamLayout
 from distinception.ps.replica import ReplicaCore
 from distinception.ps.shard import ShardCore
@@ -139,8 +139,7 @@ def test_a_shard_on_shared_memory_updates_and_publishes_like_a_private_one(job_d
 
 def test_a_replica_hands_out_its_gradient_slot_and_accumulates_in_the_next():
     torch.manual_seed(0)
-    cfg = JobConfig(model=ModelConfig(variant="bn", width=0.125, input_size=32), ps=PSConfig())
-    core = ReplicaCore(cfg, 4, iter(()))
+    core = ReplicaCore(ModelConfig(variant="bn", width=0.125, input_size=32), 4, iter(()))
     core.model.eval()
     g = torch.Generator().manual_seed(1)
     batch = torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 4, (8,), generator=g)
