@@ -124,18 +124,21 @@ class Heads:
         return head
 
     def stop_all(self) -> None:
+        """SIGTERM to every head and to everything it started (fake worker nodes included), all
+        at once; SIGKILL to whatever is left after 10 s."""
         for head in self.started:
             head.proc.send_signal(signal.SIGTERM)
-            try:
-                head.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                head.proc.kill()
-            time.sleep(2)
             kill_pids(pids_using(head.temp_dir), signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            while pids_using(head.temp_dir) and time.monotonic() < deadline:
-                time.sleep(0.5)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(
+            head.proc.poll() is None or pids_using(head.temp_dir) for head in self.started
+        ):
+            time.sleep(0.5)
+        for head in self.started:
+            if head.proc.poll() is None:
+                head.proc.kill()
             kill_pids(pids_using(head.temp_dir), signal.SIGKILL)
+            head.proc.wait(timeout=30)
             shutil.rmtree(head.temp_dir, ignore_errors=True)
 
 

@@ -10,6 +10,8 @@ import pytest
 from as_typed import distinception
 from mlflow.tracking import MlflowClient
 
+from distinception.evaluation import evaluate_target
+
 pytestmark = pytest.mark.integration
 
 
@@ -47,19 +49,23 @@ def test_train_command_reports_and_records_a_run(tiny_data, mlflow_uri, tmp_path
     assert (tmp_path / "ckpt" / "progress.json").is_file()
     assert (tmp_path / "ckpt" / "shard-0.pt").is_file()
 
-    # Scored later by each name a user has for it: the run id, the run's model URI and the
-    # registered version. All three are the same model, so they score the same.
-    errors = []
-    for target in (run_id, f"runs:/{run_id}/model", "models:/tiny-model/1"):
-        ev = distinception(
-            *("evaluate", target, "--crops", "center,ten", "--limit", "16", "--json"),
-            *("--tracking-uri", mlflow_uri),
-            env=env,
+    # Scored later by each name a user has for it: the run id (as typed), the run's model URI
+    # and the registered version (through the same function the command calls). All three are
+    # the same model, so they score the same.
+    ev = distinception(
+        *("evaluate", run_id, "--crops", "center,ten", "--limit", "16", "--json"),
+        *("--tracking-uri", mlflow_uri),
+        env=env,
+    )
+    reports = [json.loads(ev.stdout)]
+    for target in (f"runs:/{run_id}/model", "models:/tiny-model/1"):
+        reports.append(
+            evaluate_target(target, ["center", "ten"], uri=mlflow_uri, limit=16, log=False)
         )
-        report = json.loads(ev.stdout)
+    for report in reports:
         assert report["kind"] == "model" and report["images"] == 16, report
         assert [r["crops"] for r in report["rows"]] == [1, 10]
-        errors.append([r["top1_error"] for r in report["rows"]])
+    errors = [[r["top1_error"] for r in report["rows"]] for report in reports]
     assert errors[0] == errors[1] == errors[2], errors
 
 

@@ -198,7 +198,7 @@ def test_object_store_stays_flat_over_many_versions(ray_local, easy_data, mlflow
     cfg = tiny_cfg(
         easy_data,
         mlflow_uri,
-        run={"max_examples": 10000, "eval_interval_s": 1000.0},
+        run={"max_examples": 6000, "eval_interval_s": 1000.0},
         transport={"channel": "object_store"},
     )
     result = Coordinator(cfg, [Callback()]).run()
