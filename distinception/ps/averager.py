@@ -27,7 +27,6 @@ import torch
 from torch.optim.swa_utils import AveragedModel, update_bn
 
 from distinception.config import AveragerConfig, JobConfig, ModelConfig
-from distinception.data.loader import bn_batches, val_batches
 from distinception.metrics import evaluate_model
 from distinception.ps import checkpoint as ckpt
 from distinception.ps.replica import build_flat_model
@@ -177,6 +176,11 @@ class AveragerLoop:
         resume: bool,
         restarted: bool = False,
     ) -> None:
+        # The data path (torchvision) is imported here, when the averager is built, and not with
+        # this module: a shard's process imports the module and never reads an image, and an
+        # import at the first evaluation would land inside the run's clock.
+        import distinception.data.loader  # noqa: F401
+
         self.cfg = cfg
         self.data_path = data_path
         self.core = AveragerCore(cfg.model, cfg.averager, num_classes)
@@ -231,9 +235,13 @@ class AveragerLoop:
         return {"version": self.core.version, "samples": self.core.samples}
 
     def _val(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        from distinception.data.loader import val_batches
+
         return val_batches(self.cfg, self.data_path)
 
     def _bn(self) -> Iterable[torch.Tensor]:
+        from distinception.data.loader import bn_batches
+
         return bn_batches(self.cfg, self.data_path)
 
     def evaluate(self) -> dict[str, Any]:

@@ -21,15 +21,17 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from distinception.config import JobConfig
-from distinception.data.loader import TrainStream
 from distinception.ps.replica import BatchPrefetcher, ReplicaCore, straggle
 from distinception.ps.transport import RPC_TIMEOUT_S, GradientSlot, ShardChannel
+
+if TYPE_CHECKING:
+    from distinception.data.loader import TrainStream
 
 #: Gradient slots in shared memory per replica: pushes in flight are bounded (see `_send`), so
 #: three rarely wait.
@@ -39,7 +41,11 @@ SLOTS = 3
 def train_stream(
     cfg: JobConfig, data_path: str, index: int, num_consumers: int
 ) -> Callable[[dict | None], TrainStream]:
-    """Opens replica `index`'s share of the training data at a recorded position (or the start)."""
+    """Opens replica `index`'s share of the training data at a recorded position (or the start).
+
+    The data path (torchvision) is imported here, when a replica is built, and not with this
+    module: a shard's process imports the module and never reads an image."""
+    from distinception.data.loader import TrainStream
 
     def open_at(position: dict | None) -> TrainStream:
         return TrainStream.for_job(cfg, data_path, index, num_consumers, position)
