@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 def test_throughput_compares_four_systems_with_and_without_a_straggler(tmp_path):
     from distinception.bench.throughput import DDP, DOCS, LOCAL, PS
 
-    args = ("--replicas", "2", "--quick", "--recipe", "tiny", "--seconds", "3", "--steps", "8")
+    args = ("--replicas", "2", "--quick", "--recipe", "tiny", "--seconds", "1", "--steps", "8")
     proc = distinception("bench", "throughput", *args, "--out", str(tmp_path))
     text = (tmp_path / "throughput.md").read_text()
     assert text.strip() in proc.stdout  # the table printed is the table written
