@@ -17,6 +17,7 @@ thread of its own, plain Python that the Ray shell (`actors.AveragerActor`) wrap
 from __future__ import annotations
 
 import copy
+import functools
 import threading
 import time
 from collections import Counter
@@ -179,10 +180,15 @@ class AveragerLoop:
         # The data path (torchvision) is imported here, when the averager is built, and not with
         # this module: a shard's process imports the module and never reads an image, and an
         # import at the first evaluation would land inside the run's clock.
-        import distinception.data.loader  # noqa: F401
+        from distinception.data.loader import bn_batches, val_batches
 
         self.cfg = cfg
-        self.data_path = data_path
+        self._val: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] = functools.partial(
+            val_batches, cfg, data_path
+        )
+        self._bn: Callable[[], Iterable[torch.Tensor]] = functools.partial(
+            bn_batches, cfg, data_path
+        )
         self.core = AveragerCore(cfg.model, cfg.averager, num_classes)
         self.total = self.core.layout.total
         self.counters: Counter[str] = Counter()
@@ -233,16 +239,6 @@ class AveragerLoop:
         except self.links.errors:
             self.errors += 1
         return {"version": self.core.version, "samples": self.core.samples}
-
-    def _val(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-        from distinception.data.loader import val_batches
-
-        return val_batches(self.cfg, self.data_path)
-
-    def _bn(self) -> Iterable[torch.Tensor]:
-        from distinception.data.loader import bn_batches
-
-        return bn_batches(self.cfg, self.data_path)
 
     def evaluate(self) -> dict[str, Any]:
         # Scored outside the lock, so the sampler keeps its pace through the evaluation.

@@ -9,10 +9,9 @@ import sys
 
 CODE = """
 import sys
-import torch
 import distinception.ps.actors
 from distinception.config import from_dict
-from distinception.ps.averager import AveragerCore, AveragerLoop
+from distinception.ps.averager import AveragerLoop
 from distinception.ps.replica_loop import train_stream
 from distinception.recipes import get_recipe
 
