@@ -113,8 +113,9 @@ class ReplicaActor(ReplicaLoop):
         )
 
     def ready(self) -> dict[str, Any]:
-        """Answers once the actor is placed and built; says on which node."""
-        return {"index": self.index, "node_id": _node_id()}
+        """Answers once the actor is placed and built; says on which node, and whether this is
+        a restarted life whose restart no call has reported yet."""
+        return {"index": self.index, "node_id": _node_id(), "restarted": self.restarted}
 
 
 class AveragerActor(AveragerLoop):

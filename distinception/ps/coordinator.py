@@ -295,6 +295,7 @@ class Coordinator:
 
     # -- the end -------------------------------------------------------------------------------
     def _finish(self, seconds: float, checkpointer: Checkpointer) -> TrainResult:
+        self.scheduler.find_unseen_restarts()
         ray.get(self.averager.stop.remote(), timeout=RPC_TIMEOUT_S)
         final = ray.get(self.averager.evaluate.remote(), timeout=10 * RPC_TIMEOUT_S)
         infos = ray.get([s.stats.remote() for s in self.shards], timeout=RPC_TIMEOUT_S)
@@ -323,8 +324,11 @@ class Coordinator:
             checkpoint_dir=self.checkpoint_dir or "",
             data_path=self.data_path,
         )
+        # The fault counts again: a death found only at the end is in no stats tick.
+        faults = self.faults + Counter(skipped_images=self.scheduler.skipped_images())
         self.callbacks.on_metrics(
-            {f"final_{k}": float(v) for k, v in final.items() if k.endswith("_error")},
+            {f"final_{k}": float(v) for k, v in final.items() if k.endswith("_error")}
+            | {f"fault_{k}": float(faults[k]) for k in FAULTS},
             self.examples,
         )
         self.callbacks.on_end(result, model)

@@ -80,6 +80,39 @@ def test_replica_killed_without_restarts_left_is_replaced_at_its_data_position(
     assert MlflowClient(mlflow_uri).get_run(result.run_id).info.status == "FINISHED"
 
 
+def test_a_replica_killed_after_the_last_call_of_the_job_is_counted_and_sought_back(
+    ray_local, easy_data, mlflow_uri
+):
+    """Every call is in when replica 1 dies: no call fails and its restarted life answers
+    none, so only the job's end can find the death. It is counted, and sought back to the data
+    position it last reported, as a death seen mid-run is."""
+    cfg = tiny_cfg(easy_data, mlflow_uri, run={"max_examples": 1500})
+
+    def restarted(actor) -> bool:
+        try:
+            return ray.get(actor.__ray_call__.remote(lambda self: self.restarted), timeout=60)
+        except ray.exceptions.RayActorError:
+            return False  # still coming back
+
+    class KilledAtTheEnd(Coordinator):
+        def _finish(self, seconds, checkpointer):
+            self.at_kill = dict(self.positions[1])
+            ray.kill(self.replicas[1], no_restart=False)
+            deadline = time.monotonic() + 120
+            while not restarted(self.replicas[1]) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            return super()._finish(seconds, checkpointer)
+
+    coordinator = KilledAtTheEnd(cfg, [MlflowCallback(cfg)])
+    result = coordinator.run()
+    assert result.faults["replica_failures"] == 1, result.faults
+    resumed = result.replica_stats[1]["resumed_from"]
+    assert resumed is not None and _at(resumed) == _at(coordinator.at_kill) > (0, 0), resumed
+    assert (
+        MlflowClient(mlflow_uri).get_run(result.run_id).data.metrics["faults/replica_failures"] == 1
+    )
+
+
 def test_shard_killed_mid_run_reloads_its_checkpoint(ray_local, easy_data, mlflow_uri, tmp_path):
     cfg = tiny_cfg(easy_data, mlflow_uri, run={"max_examples": 6000, "checkpoint_interval_s": 1.0})
     seen: dict = {}

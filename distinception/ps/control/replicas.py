@@ -202,6 +202,30 @@ class ReplicaScheduler:
         if self.pool is not None:
             self.pool.close()
 
+    def find_unseen_restarts(self, timeout: float = RPC_TIMEOUT_S) -> None:
+        """Count, and seek back, the replicas that died after their last call of the job.
+
+        A replica's death is seen by the call it fails or by the first call its restarted
+        life answers. One killed once its last call was in (the job had reached its budget)
+        fails no call and answers none, and would be missing from the job's fault counts.
+        So at the end each replica that no call saw down is asked whether it is a restarted
+        life. In an elastic job a lost replica's slot is the pool's concern, not a restart."""
+        if self.pool is not None:
+            return
+        asked = {self.replicas[i].ready.remote(): i for i in self.replicas if i not in self.down}
+        answered, _ = ray.wait(list(asked), num_returns=len(asked), timeout=timeout)
+        for ref in answered:
+            i = asked[ref]
+            try:
+                restarted = bool(ray.get(ref).get("restarted"))
+            except RayActorError:
+                restarted = True  # it died and Ray had no restart left for it
+            if restarted:
+                self.down.add(i)
+                self.faults["replica_failures"] += 1
+                log.warning("replica %d was restarted after its last call; seeking it back", i)
+                self._resume(i, replace=False)
+
     def close(self) -> None:
         """Stop every replica, and those still starting."""
         if self.pool is not None:
@@ -240,14 +264,17 @@ class ReplicaScheduler:
         assert self.pool is not None
         self.pool.lost(i)
 
-    def _resume(self, i: int) -> None:
-        """Seek replica `i` to its recorded data position; replace it when out of restarts."""
+    def _resume(self, i: int, replace: bool = True) -> None:
+        """Seek replica `i` to its recorded data position; replace it when out of restarts
+        (unless `replace` is False: the job is over and the replica would train no more)."""
         try:
             resumed = ray.get(
                 self.replicas[i].seek.remote(self.positions.get(i) or {"epoch": 0, "offset": 0}),
                 timeout=RPC_TIMEOUT_S,
             )
         except (RayActorError, GetTimeoutError):
+            if not replace:
+                return
             # Out of restarts: replace it with a fresh actor at the same data position.
             self.faults["replica_replaced"] += 1
             self.replicas[i] = self._new(i)

@@ -138,3 +138,51 @@ def test_one_death_seen_as_two_failed_calls_then_a_restarted_call_is_one_failure
 def test_each_death_of_a_replica_is_counted(monkeypatch):
     faults, _ = _collect(monkeypatch, [True, False, "died", "died", False, True, False])
     assert faults["replica_failures"] == 3
+
+
+def _end_of_job(monkeypatch, answers: dict[int, object], down: set[int] = frozenset()):
+    """A job whose calls are all in, ending: replica i answers `ready` with `answers[i]`
+    (restarted or not, or "dead"); the faults counted, the replicas sought and the spawns."""
+    from ray.exceptions import RayActorError
+
+    replicas, spawned = scheduler(warm=0)
+    replicas.start()
+    replicas.stop()
+    replicas.pending.clear()
+    replicas.down |= set(down)
+    sought: list[int] = []
+    for actor in replicas.replicas.values():
+        actor.seek = Seek(sought, actor.slot)
+
+    def fake_wait(refs, num_returns, timeout):
+        return list(refs), []
+
+    def fake_get(ref, timeout=None):
+        slot = int(ref.split("-")[1]) if isinstance(ref, str) else ref[1]
+        if answers[slot] == "dead":
+            raise RayActorError()
+        if isinstance(ref, tuple):
+            return {"epoch": 0, "offset": 32}
+        return {"index": slot, "restarted": answers[slot]}
+
+    monkeypatch.setattr("distinception.ps.control.replicas.ray.wait", fake_wait)
+    monkeypatch.setattr("distinception.ps.control.replicas.ray.get", fake_get)
+    replicas.find_unseen_restarts()
+    return replicas, sought, spawned
+
+
+def test_a_replica_killed_after_its_last_call_is_counted_at_the_end(monkeypatch):
+    """No call fails and none is answered by its restarted life: only asking finds it."""
+    replicas, sought, _ = _end_of_job(monkeypatch, {0: False, 1: True, 2: False})
+    assert replicas.faults["replica_failures"] == 1 and sought == [1]
+
+
+def test_a_death_a_call_already_saw_is_not_counted_again_at_the_end(monkeypatch):
+    replicas, sought, _ = _end_of_job(monkeypatch, {0: False, 1: True, 2: False}, down={1})
+    assert replicas.faults["replica_failures"] == 0 and sought == []
+
+
+def test_a_replica_dead_for_good_at_the_end_is_counted_and_not_replaced(monkeypatch):
+    replicas, _, spawned = _end_of_job(monkeypatch, {0: False, 1: False, 2: "dead"})
+    assert replicas.faults["replica_failures"] == 1
+    assert replicas.faults["replica_replaced"] == 0 and spawned == [0, 1, 2]
