@@ -51,14 +51,17 @@ def test_convergence_writes_tables_and_plots(tmp_path):
 
 def test_bench_convergence_picks_each_systems_lr_from_a_tune_grid(tmp_path, mlflow_uri):
     """`--lrs` as a user types it: a Tune grid of systems x learning rates, one MLflow child run
-    each under a parent, then each system compared at the lr where it ended lowest."""
+    each under a parent, then each system compared at the lr where it ended lowest. The
+    parameter server runs one shard and one replica: the grid is under test here, and the
+    test above runs the full layout."""
     from mlflow.tracking import MlflowClient
 
     from distinception.tracking import child_runs
 
     uri = mlflow_uri
     distinception(
-        *("bench", "convergence", "--quick", "--systems", "ps,local"),
+        *("bench", "convergence", "--quick", "--systems", "ps,local", "--replicas", "1"),
+        *("--set", "ps.num_shards=1"),
         *("--lrs", "0.001,0.05", "--seeds", "1", "--budget", "640", "--out", str(tmp_path)),
         env=dict(os.environ, MLFLOW_TRACKING_URI=uri),
     )

@@ -24,11 +24,14 @@ def test_three_member_ensemble_then_table3_grid(jobs_head, easy_data, mlflow_uri
     out = tmp_path / "ens"
     # The shipped job spec, submitted to a real head as a user submits it, at a tiny budget; its
     # members are trials on the head's cluster. What it did is read back from its output
-    # directory and MLflow.
+    # directory and MLflow. Each member is one shard and one replica: the ensemble is what is
+    # under test here (the sweep test's trials run 2 shards and 2 replicas each), and every
+    # actor process costs seconds of start-up.
     proc = submit_followed(
         jobs_head,
         "ensemble.yaml",
         *("--recipe", "tiny", "--set", f"data.path={easy_data}"),
+        *("--set", "ps.num_shards=1", "--set", "ps.num_replicas=1"),
         *("--set", f"tracking.tracking_uri={mlflow_uri}", "--set", "run.max_examples=1500"),
         *("--set", "run.eval_interval_s=3", "--set", "run.init_seed=7"),
         *("--members", "3", "--augments", f"none,{crops}", "--max-concurrent", "1"),
