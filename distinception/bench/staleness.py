@@ -18,7 +18,7 @@ from distinception.bench.common import (
     machine,
     markdown_table,
 )
-from distinception.config import from_dict
+from distinception.config import apply_overrides, from_dict
 from distinception.ps import histogram_quantile
 from distinception.recipes import get_recipe
 
@@ -30,8 +30,10 @@ def run_staleness(
     out_dir: str = "bench/results",
     recipe: str | None = None,
     budget: int | None = None,
+    overrides: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """One training run per (replicas, policy); writes staleness.md and staleness.png."""
+    """One training run per (replicas, policy); writes staleness.md and staleness.png.
+    `overrides` (`--set KEY=VALUE`) change the recipe of every run."""
     # The command that makes this table (`--replicas N` runs 1, N and 2N replicas).
     cmd = f"distinception bench staleness --replicas {max(1, max(replicas) // 2)}"
     cmd += " --quick" if quick else ""
@@ -39,7 +41,9 @@ def run_staleness(
         cmd += f" --policies {','.join(policies)}"
     cmd += f" --budget {budget}" if budget else ""
     cmd += f" --recipe {recipe}" if recipe else ""
+    cmd += "".join(f" --set {o}" for o in overrides)
     recipe = recipe or ("tiny" if quick else "demo")
+    base = apply_overrides(get_recipe(recipe), overrides)
     budget = budget or (3000 if quick else 30000)
     info = machine()
     results: dict[tuple[int, str], Any] = {}
@@ -58,7 +62,7 @@ def run_staleness(
                             "progress": False,
                         },
                     },
-                    fit_cpus(get_recipe(recipe), n),
+                    fit_cpus(base, n),
                 )
                 results[(n, policy)] = api.train(cfg, track=False)
     wall = time.perf_counter() - t0
@@ -94,9 +98,11 @@ def run_staleness(
         "fraction of applied gradients",
         f"{recipe} model, {budget:,} examples per run",
     )
+    shards = base.ps.num_shards
     lines = [
         *header(cmd, info),
-        f"Recipe `{recipe}`, {budget:,} examples per run; whole run {wall:.0f} s.",
+        f"Recipe `{recipe}` ({shards} shard{'s' if shards != 1 else ''}), "
+        f"{budget:,} examples per run; whole run {wall:.0f} s.",
         "",
         *markdown_table(
             [

@@ -90,7 +90,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 f"--policies={args.policies!r} --budget={args.budget}: expected at least one "
                 "policy and a number of examples >= 1"
             )
-        extra = {"policies": policies, "budget": args.budget, "recipe": args.recipe}
+        extra = {
+            "policies": policies,
+            "budget": args.budget,
+            "recipe": args.recipe,
+            "overrides": tuple(args.set or []),
+        }
     if args.bench_command == "convergence":
         if args.budget is not None and args.budget < 1:
             raise ConfigError(f"--budget={args.budget}: expected a number of examples >= 1")
@@ -158,6 +163,12 @@ def add_parsers(sub: Any) -> None:
                 help="training examples per run (default 30,000; 3,000 with --quick)",
             )
             p.add_argument("--recipe", default=None, help="default demo; tiny with --quick")
+            p.add_argument(
+                "--set",
+                action="append",
+                metavar="KEY=VALUE",
+                help="override the recipe for every run, e.g. ps.num_shards=1 (repeatable)",
+            )
         if name == "convergence":
             p.add_argument(
                 "--budget",

@@ -81,5 +81,8 @@ def test_gpu_script_runs_without_ray_on_cpu():
 def test_bench_command_rejects_bad_replicas():
     proc = distinception("bench", "throughput", "--replicas", "0", code=2)
     assert proc.stderr.strip() == ("distinception: error: --replicas=0: expected an integer >= 1")
+    proc = distinception("bench", "staleness", "--quick", "--set", "ps.nope=1", code=2)
+    assert proc.stderr.strip().startswith("distinception: error: ps.nope: unknown key; expected")
+    assert len(proc.stderr.strip().splitlines()) == 1
     proc = distinception("bench", "gpu", "--device", "cpu", "--size", "8", code=2)
     assert proc.stderr.strip() == "distinception: error: --size=8: expected an integer >= 32"

@@ -11,11 +11,14 @@ pytestmark = pytest.mark.integration
 
 
 def test_bench_staleness_as_a_user_types_it(tmp_path):
-    """`--replicas 1` runs 1 and 2 replicas, each under every policy given."""
+    """`--replicas 1` runs 1 and 2 replicas, each under every policy given; on one shard (what
+    is measured is per shard, and every actor process costs seconds of start-up)."""
     args = ("--replicas", "1", "--quick", "--policies", "none,bound:0", "--budget", "640")
+    args += ("--set", "ps.num_shards=1")
     distinception("bench", "staleness", *args, "--out", str(tmp_path))
     text = (tmp_path / "staleness.md").read_text()
     assert f"Command: `distinception bench staleness {' '.join(args)}`" in text
+    assert "Recipe `tiny` (1 shard), 640 examples per run" in text
     cells = {(r[0], r[1]): r for r in table_rows(text, "1 |") + table_rows(text, "2 |")}
     assert set(cells) == {(n, p) for n in ("1", "2") for p in ("none", "bound:0")}
     # One replica is never stale; two are, unless a bound of 0 refuses their stale pushes.
