@@ -8,15 +8,14 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from as_typed import distinception
 from mlflow.tracking import MlflowClient
+from ray_heads import ROOT
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 
 #: Measured (`distinception bench updates --recipe digits`, BENCHMARKS.md "Async parity"), 2
 #: replicas, lr 0.05, momentum 0.9, 10 epochs, seeds 0-2 on this 2-core machine: the default

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from as_typed import distinception
 from mlflow.tracking import MlflowClient
-from ray_heads import free_port, kill_pids, pids_using
+from ray_heads import ROOT, free_port, kill_pids, pids_using
 
 from distinception.config import apply_overrides
 from distinception.ps.callbacks import Callback
@@ -30,8 +30,6 @@ from distinception.ps.coordinator import Coordinator
 from distinception.recipes import get_recipe
 
 pytestmark = pytest.mark.integration
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 class KillOneReplica(Callback):

@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 from as_typed import EXE, distinception
 from mlflow.tracking import MlflowClient
-from ray_heads import submit_followed
+from ray_heads import ROOT, submit_followed
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 SPECS = sorted(p.name for p in (ROOT / "jobs").glob("*.yaml"))
 #: The test file that submits each shipped spec to a real head, at a tiny budget and with its
 #: own assertions. A spec missing here fails `test_every_shipped_spec_is_submitted_by_a_test`.
