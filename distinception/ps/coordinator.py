@@ -47,6 +47,7 @@ from distinception.ps.control.stats import (
     FAULTS,
     ProgressBar,
     StatsCollector,
+    fault_metrics,
     object_store_bytes,
 )
 from distinception.ps.elastic import ReplicaPool
@@ -325,10 +326,9 @@ class Coordinator:
             data_path=self.data_path,
         )
         # The fault counts again: a death found only at the end is in no stats tick.
-        faults = self.faults + Counter(skipped_images=self.scheduler.skipped_images())
         self.callbacks.on_metrics(
             {f"final_{k}": float(v) for k, v in final.items() if k.endswith("_error")}
-            | {f"fault_{k}": float(faults[k]) for k in FAULTS},
+            | fault_metrics(self.faults, self.scheduler),
             self.examples,
         )
         self.callbacks.on_end(result, model)

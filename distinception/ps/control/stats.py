@@ -36,6 +36,13 @@ FAULTS = (
 )
 
 
+def fault_metrics(faults: Counter[str], replicas: ReplicaScheduler) -> dict[str, float]:
+    """The job's fault counts as metrics, with the images its replicas skipped (which they
+    count themselves)."""
+    faults = faults + Counter(skipped_images=replicas.skipped_images())
+    return {f"fault_{k}": float(faults[k]) for k in FAULTS}
+
+
 def object_store_bytes() -> int:
     """Bytes in use in the object store of this node (-1 when Ray cannot say)."""
     try:
@@ -86,8 +93,7 @@ class StatsCollector:
         )
         self.last_examples, self.last_at = examples, now
         metrics["epoch"] = examples / self.train_examples
-        faults = self.faults + Counter(skipped_images=replicas.skipped_images())
-        metrics |= {f"fault_{k}": float(faults[k]) for k in FAULTS}
+        metrics |= fault_metrics(self.faults, replicas)
         metrics |= replicas.pool_metrics()
         return metrics
 
