@@ -8,6 +8,7 @@ worker the new weights). Model, data, loss and optimizer are ours, so only the p
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -65,11 +66,13 @@ class DocsWorker:
         num_classes: int,
         index: int,
         workers: int,
-        straggler: float = 1.0,
     ) -> None:
         torch.set_num_threads(1)
         self.trainer = LocalTrainer(cfg, num_classes, open_stream(cfg, data, index, workers))
-        self.slow = straggler if index == 0 else 1.0
+        self.slow = 1.0
+
+    def set_straggler(self, factor: float) -> None:
+        self.slow = factor
 
     def compute_gradients(self, weights: dict[str, torch.Tensor]) -> list[np.ndarray]:
         core = self.trainer.core
@@ -94,11 +97,14 @@ def run_docs_pattern(
     worker_cpus: float = 0.75,
     ps_cpus: float = 0.25,
     examples_per_epoch: int = 5000,
-    straggler: float = 1.0,
-) -> dict[str, Any]:
-    """Train until `seconds` pass or `examples` are used; rates exclude the first round.
+    stragglers: Sequence[float] = (1.0,),
+) -> list[dict[str, Any]]:
+    """Train until `seconds` pass or `examples` are used, once per factor in `stragglers`
+    (worker 0 slowed by it), one phase after another on the same actors; each phase's rates
+    exclude its first round (every worker's first gradient of the phase).
 
-    Returns images/s, updates/s and the final weights as a flat vector (for scoring)."""
+    Returns, per phase, images/s and updates/s and the weights at its end as a flat vector
+    (for scoring)."""
     ps = (
         ray.remote(DocsParameterServer)
         .options(num_cpus=ps_cpus)
@@ -107,42 +113,56 @@ def run_docs_pattern(
     actors = [
         ray.remote(DocsWorker)
         .options(num_cpus=worker_cpus)
-        .remote(cfg, data, num_classes, i, workers, straggler)
+        .remote(cfg, data, num_classes, i, workers)
         for i in range(workers)
     ]
     try:
         weights = ps.get_weights.remote()
-        pending = {w.compute_gradients.remote(weights): w for w in actors}
-        applied, t0 = 0, None
-        batch = cfg.data.batch_size
-        while True:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=RPC_TIMEOUT_S)
-            if not ready:
-                raise TimeoutError("docs pattern: no gradient within the RPC timeout")
-            worker = pending.pop(ready[0])
-            weights = ps.apply_gradients.remote(ready[0])
-            applied += 1
-            if applied == workers:  # every worker has started: the clock starts now
-                ray.get(weights, timeout=RPC_TIMEOUT_S)
-                t0, counted = time.perf_counter(), applied
-            done = t0 is not None and (
-                (seconds and time.perf_counter() - t0 >= seconds)
-                or (examples and applied * batch >= examples)
-            )
-            if done:
-                break
-            pending[worker.compute_gradients.remote(weights)] = worker
-        ray.get(weights, timeout=RPC_TIMEOUT_S)
-        wall = time.perf_counter() - t0
-        flat = ray.get(ps.flat.remote(), timeout=RPC_TIMEOUT_S)
-        n = applied - counted
-        return {
-            "images_per_s": n * batch / wall,
-            "updates_per_s": n / wall,
-            "examples": applied * batch,
-            "seconds": wall,
-            "flat": flat,
-        }
+        phases = []
+        for factor in stragglers:
+            # An actor runs one call at a time, in order: gradients still in flight from the
+            # last phase finish first, and their results are dropped.
+            ray.get(actors[0].set_straggler.remote(factor), timeout=RPC_TIMEOUT_S)
+            phase, weights = _phase(ps, actors, weights, seconds, examples, cfg.data.batch_size)
+            phases.append(phase)
+        return phases
     finally:
         for a in [ps, *actors]:
             ray.kill(a)
+
+
+def _phase(
+    ps: Any, actors: list[Any], weights: Any, seconds: float, examples: int, batch: int
+) -> tuple[dict[str, Any], Any]:
+    """One timed phase of the docs' loop: `ray.wait` for any worker's gradient, apply it, send
+    that worker the new weights. Returns the phase's rates and the newest weights."""
+    pending = {w.compute_gradients.remote(weights): w for w in actors}
+    applied, t0 = 0, None
+    while True:
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=RPC_TIMEOUT_S)
+        if not ready:
+            raise TimeoutError("docs pattern: no gradient within the RPC timeout")
+        worker = pending.pop(ready[0])
+        weights = ps.apply_gradients.remote(ready[0])
+        applied += 1
+        if applied == len(actors):  # every worker has started: the clock starts now
+            ray.get(weights, timeout=RPC_TIMEOUT_S)
+            t0, counted = time.perf_counter(), applied
+        done = t0 is not None and (
+            (seconds and time.perf_counter() - t0 >= seconds)
+            or (examples and applied * batch >= examples)
+        )
+        if done:
+            break
+        pending[worker.compute_gradients.remote(weights)] = worker
+    ray.get(weights, timeout=RPC_TIMEOUT_S)
+    wall = time.perf_counter() - t0
+    flat = ray.get(ps.flat.remote(), timeout=RPC_TIMEOUT_S)
+    n = applied - counted
+    return {
+        "images_per_s": n * batch / wall,
+        "updates_per_s": n / wall,
+        "examples": applied * batch,
+        "seconds": wall,
+        "flat": flat,
+    }, weights

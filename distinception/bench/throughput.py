@@ -5,7 +5,8 @@
 (c) Ray Train `TorchTrainer`, DDP over gloo, N workers;
 (d) a local single-process loop (one thread, like one replica).
 Same model, batch, data, optimizer and CPU share per worker; then the same with replica/worker 0
-slowed 2x (`--straggler`). Rates are taken after start-up and warm-up.
+slowed 2x (`--straggler`). Rates are taken after start-up and warm-up. (b) and (c) time the
+two scenarios one after the other on the same workers; (a) runs a job for each.
 """
 
 from __future__ import annotations
@@ -81,19 +82,19 @@ def run_local(cfg: JobConfig, data: str, num_classes: int, steps: int) -> dict[s
 
 
 def measure(
-    cfg: JobConfig,
-    seconds: float,
-    steps: int,
-    local: dict[str, Any] | None,
-    straggler: float = 1.0,
-) -> dict[str, dict[str, Any]]:
-    from distinception.bench.ddp import run_ddp
+    cfg: JobConfig, seconds: float, steps: int, straggler: float
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Every system at full speed, then with worker 0 slowed by `straggler`. The parameter
+    server runs a job for each (a job is what a user runs); the docs pattern and DDP time both
+    phases on the same workers, one after the other; the local loop has no worker to slow."""
+    from distinception.bench.ddp import run_ddp_phases
     from distinception.bench.docs_pattern import run_docs_pattern
 
     data, num_classes, train_examples = resolve_data(cfg)
     n, cpus = cfg.ps.num_replicas, cfg.placement.replica_cpus
-    out = {PS: run_ps(cfg, seconds, straggler)}
-    out[DOCS] = run_docs_pattern(
+    phases = (1.0, straggler)
+    ps = [run_ps(cfg, seconds, factor) for factor in phases]
+    docs = run_docs_pattern(
         cfg,
         data,
         num_classes,
@@ -101,20 +102,21 @@ def measure(
         seconds=seconds,
         worker_cpus=cpus,
         examples_per_epoch=train_examples,
-        straggler=straggler,
+        stragglers=phases,
     )
-    out[DDP] = run_ddp(
+    ddp = run_ddp_phases(
         cfg,
         data,
         num_classes,
         n,
         max(4, steps // n),
+        phases,
         worker_cpus=cpus,
         examples_per_epoch=train_examples,
-        straggler=straggler,
     )
-    out[LOCAL] = local or run_local(cfg, data, num_classes, steps)
-    return out
+    local = run_local(cfg, data, num_classes, steps)
+    plain, slow = ({PS: ps[i], DOCS: docs[i], DDP: ddp[i], LOCAL: local} for i in (0, 1))
+    return plain, slow
 
 
 def run_throughput(
@@ -140,8 +142,7 @@ def run_throughput(
     info = machine()
     t0 = time.perf_counter()
     with local_ray():
-        plain = measure(base, seconds, steps, None)
-        slow = measure(base, seconds, steps, plain[LOCAL], straggler)
+        plain, slow = measure(base, seconds, steps, straggler)
     wall = time.perf_counter() - t0
     scenarios = {"all at full speed": plain, f"worker 0 slowed {straggler:g}x": slow}
 
