@@ -25,7 +25,7 @@ def test_three_member_ensemble_then_table3_grid(jobs_head, easy_data, mlflow_uri
     # The shipped job spec, submitted to a real head as a user submits it, at a tiny budget; its
     # members are trials on the head's cluster. What it did is read back from its output
     # directory and MLflow. Each member is one shard and one replica: the ensemble is what is
-    # under test here (the sweep test's trials run 2 shards and 2 replicas each), and every
+    # under test here (the killed-trial sweep test's trials run 2 shards and 2 replicas), and every
     # actor process costs seconds of start-up.
     proc = submit_followed(
         jobs_head,

@@ -42,11 +42,13 @@ def test_submit_follows_the_train_job_to_success_and_its_run_is_in_mlflow(
     jobs_head, tiny_data, mlflow_uri
 ):
     env = dict(jobs_head.env, MLFLOW_TRACKING_URI=mlflow_uri)
-    # The shipped spec with a tiny budget appended to its command.
+    # The shipped spec with a tiny budget appended to its command; one shard and one replica,
+    # as the job's layout is not what is tested here (every actor process costs seconds).
+    small = ("--set", "ps.num_shards=1", "--set", "ps.num_replicas=1")
     proc = submit_followed(
         jobs_head,
         "train.yaml",
-        *("--recipe", "tiny", "--set", f"data.path={tiny_data}"),
+        *("--recipe", "tiny", "--set", f"data.path={tiny_data}", *small),
         *("--set", "run.max_examples=1500", "--set", "tracking.log_model=false"),
         mlflow_uri=mlflow_uri,
     )
@@ -74,7 +76,7 @@ def test_submit_follows_the_train_job_to_success_and_its_run_is_in_mlflow(
     address = ("--address", jobs_head.dashboard_url)
     proc = cli(
         *("submit", "jobs/train.yaml", *address, "--no-requirements", "--"),
-        *("--recipe", "tiny", "--set", f"data.path={tiny_data}"),
+        *("--recipe", "tiny", "--set", f"data.path={tiny_data}", *small),
         *("--set", "run.max_examples=100000000", "--set", "tracking.log_model=false"),
         env=env,
     )

@@ -99,12 +99,15 @@ GRID = [0.01, 0.02]
 def swept(jobs_head, tiny_data, mlflow_server, tmp_path_factory):
     """The shipped sweep spec, submitted to a real head as a user submits it: the crop area
     sampled, the learning rate over a grid (two trials), recorded in the server. What it did is
-    read back from its output directory: (printed output, result)."""
+    read back from its output directory: (printed output, result). Each trial's parameter server
+    is one shard and one replica: the sweep is under test here, and every actor process costs
+    seconds of start-up (the killed-trial test runs trials of the full layout)."""
     out = tmp_path_factory.mktemp("sweep") / "sw"
     proc = submit_followed(
         jobs_head,
         "sweep.yaml",
         *("--recipe", "tiny", "--set", f"data.path={tiny_data}"),
+        *("--set", "ps.num_shards=1", "--set", "ps.num_replicas=1"),
         *("--set", f"tracking.tracking_uri={mlflow_server}"),
         *("--set", "tracking.experiment=sweep-test", "--set", "tracking.log_model=false"),
         *("--set", "run.max_examples=1200", "--set", "run.eval_interval_s=0.5"),
