@@ -175,9 +175,7 @@ class ReplicaScheduler:
                 # Ray restarted it and this call, queued after the failure, ran before any
                 # seek: its batches came from its stream's start. Seek it back now. A replica
                 # that died between calls fails none: this call is the first sign of it.
-                if i not in self.down:
-                    self.down.add(i)
-                    self.faults["replica_failures"] += 1
+                if self._count_death(i):
                     log.warning("replica %d was restarted between calls; seeking it back", i)
                 self._resume(i)
             else:
@@ -221,8 +219,7 @@ class ReplicaScheduler:
             except RayActorError:
                 restarted = True  # it died and Ray had no restart left for it
             if restarted:
-                self.down.add(i)
-                self.faults["replica_failures"] += 1
+                self._count_death(i)
                 log.warning("replica %d was restarted after its last call; seeking it back", i)
                 self._resume(i, replace=False)
 
@@ -234,11 +231,18 @@ class ReplicaScheduler:
             ray.kill(actor, no_restart=True)
 
     # -- faults --------------------------------------------------------------------------------
+    def _count_death(self, i: int) -> bool:
+        """Mark replica `i` down and count its death, once: its other queued call fails too,
+        or reports the restart, and that is the same death. True if this one was new."""
+        if i in self.down:
+            return False
+        self.down.add(i)
+        self.faults["replica_failures"] += 1
+        return True
+
     def _failed(self, i: int, err: BaseException) -> None:
         """A replica died mid-call: Ray restarts it; seek it to its data position and go on."""
-        if i not in self.down:  # its other queued call fails too: the same death
-            self.down.add(i)
-            self.faults["replica_failures"] += 1
+        self._count_death(i)
         if self.pool is not None:
             log.warning("replica %d lost (%s); its slot is free", i, type(err).__name__)
             self._lost(i)
