@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -29,10 +30,30 @@ RAY = str(Path(sys.executable).with_name("ray"))
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# Ports handed out by `free_port`: below the kernel's ephemeral range (32768 and up), which it
+# draws from for outgoing connections and for `bind(0)` (as Ray does for its own components),
+# and above the ports Ray gives its workers (10002-19999).
+_PORTS = range(20000, 32768)
+_given: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port that nothing holds now and that no other process is likely to take before the
+    server binds it: a port from `bind(0)` was once handed to another process's connection in
+    the seconds before `ray start` bound it, and the head failed to start."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.choice(_PORTS)
+        if port in _given:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _given.add(port)
+        return port
+    raise RuntimeError(f"no free port in {_PORTS.start}-{_PORTS.stop - 1} after 200 tries")
 
 
 def pids_using(path: str) -> list[int]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,24 +16,18 @@ from types import SimpleNamespace
 
 import pytest
 from browser import chromium, click, compared_metrics, table_row, wait_for
-from ray_heads import submit_followed
+from ray_heads import free_port, submit_followed
 
 from distinception.config import load_yaml
 
 pytestmark = pytest.mark.integration
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """`mlflow server` on 127.0.0.1 with a sqlite backend and artifacts in a temporary dir."""
     tmp_path = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "mlflow-server.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [
