@@ -41,8 +41,8 @@ from distinception.config import AUGMENT_PRESETS, DataConfig, ModelConfig
 from distinception.data.generated import generate_dataset
 from distinception.data.loader import TrainStream, decode, eval_batches
 from distinception.data.shards import iter_batches, open_manifest
-from distinception.model.googlenet import ConvUnit, InceptionSpec, build_model
-from distinception.model.loss import googlenet_loss
+from distinception.model.googlenet import ConvUnit, InceptionSpec, build_googlenet
+from distinception.model.loss import classifier_loss
 
 
 def _rate(step: Callable[[], int], seconds: float, warmup: int = 2) -> float:
@@ -94,13 +94,13 @@ def eval_rate(path: str, size: int, scheme: str, seconds: float) -> float:
 
 def replica_rate(cfg: ModelConfig, batch: int, seconds: float, classes: int = 10) -> float:
     torch.manual_seed(0)
-    model = build_model(cfg, classes).train()
+    model = build_googlenet(cfg, classes).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(batch, 3, cfg.input_size, cfg.input_size)
     y = torch.randint(0, classes, (batch,))
 
     def step() -> int:
-        loss = googlenet_loss(model(x), y)
+        loss = classifier_loss(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -111,7 +111,7 @@ def replica_rate(cfg: ModelConfig, batch: int, seconds: float, classes: int = 10
 
 def eval_model_rate(cfg: ModelConfig, views: int, seconds: float, classes: int = 10) -> float:
     """Images/s the evaluator scores when each image is `views` crops (forward only)."""
-    model = build_model(cfg, classes).eval()
+    model = build_googlenet(cfg, classes).eval()
     x = torch.randn(views, 3, cfg.input_size, cfg.input_size)
 
     def step() -> int:

@@ -33,6 +33,7 @@ from distinception.bench.common import (
 )
 from distinception.config import ConfigError, JobConfig, apply_overrides, from_dict
 from distinception.data.generated import resolve_data
+from distinception.model.archs import describe_model
 from distinception.recipes import get_recipe
 
 POLYAK, RAW, DDP, LOCAL = "async PS, Polyak", "async PS, raw", "sync DDP", "local"
@@ -367,7 +368,7 @@ def run_convergence(
     )
     lines = [
         *header(cmd, info),
-        f"Model `{base.name}` ({base.model.variant} GoogLeNet, width {base.model.width}, "
+        f"Model `{base.name}` ({describe_model(base.model)}, "
         f"{base.model.input_size} px, {num_classes} classes, data `{data}`), batch "
         f"{base.data.batch_size}, lr {base.optim.lr}, momentum {base.optim.momentum}; {replicas} "
         f"replicas/workers; budget {budget:,} examples per run; {seeds} seeds; whole run "

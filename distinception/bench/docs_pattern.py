@@ -17,7 +17,7 @@ import torch
 
 from distinception.bench.common import LocalTrainer, open_stream
 from distinception.config import JobConfig
-from distinception.model.googlenet import build_model
+from distinception.model.archs import build_model
 from distinception.ps import RPC_TIMEOUT_S, build_optimizer, lr_factor, straggle
 
 

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 
 from distinception.config import JobConfig, ModelConfig, TransportConfig
-from distinception.model.googlenet import build_model
-from distinception.model.loss import googlenet_loss
+from distinception.model.archs import build_model
+from distinception.model.loss import classifier_loss
 from distinception.ps import ReplicaCore
 
 FORWARD_MACS = 1.583e9
@@ -66,7 +66,7 @@ def _local_seconds(
 
     def step() -> None:
         with torch.autocast(dev.type, dtype=torch.bfloat16):
-            loss = googlenet_loss(model(x), y, aux_weight=cfg.aux_weight)
+            loss = classifier_loss(model(x), y, aux_weight=cfg.aux_weight)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=False)

@@ -34,7 +34,7 @@ from distinception.bench.docs_pattern import DocsParameterServer
 from distinception.bench.throughput import run_local
 from distinception.config import JobConfig, ModelConfig, from_dict
 from distinception.data.generated import resolve_data
-from distinception.model.googlenet import build_model
+from distinception.model.archs import build_model
 from distinception.ps import RPC_TIMEOUT_S, build_flat_model, shm
 from distinception.ps.actors import ReplicaSpec, ShardSpec, remote_replica, remote_shard
 from distinception.ps.transport.objstore import ShardLinks

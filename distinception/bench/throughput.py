@@ -30,6 +30,7 @@ from distinception.bench.common import (
 )
 from distinception.config import JobConfig, from_dict
 from distinception.data.generated import resolve_data
+from distinception.model.archs import describe_model
 from distinception.recipes import get_recipe
 
 PS, DOCS, DDP, LOCAL = "parameter server", "Ray docs pattern", "Ray Train DDP", "local loop"
@@ -172,7 +173,7 @@ def run_throughput(
     )
     lines = [
         *header(cmd, info),
-        f"Model `{base.name}` ({base.model.variant} GoogLeNet, width {base.model.width}, "
+        f"Model `{base.name}` ({describe_model(base.model)}, "
         f"{base.model.input_size} px), batch {base.data.batch_size}, {base.ps.num_shards} shards, "
         f"{replicas} replicas/workers at {base.placement.replica_cpus} CPU and 1 torch thread "
         "each; "

@@ -29,6 +29,7 @@ from distinception.bench.common import (
 from distinception.bench.convergence import interval95
 from distinception.config import ConfigError, apply_overrides, from_dict, nest
 from distinception.data.generated import resolve_data
+from distinception.model.archs import describe_model
 from distinception.recipes import get_recipe
 
 #: Named update rules: config values (dotted keys) over the recipe's. "default" is the recipe as
@@ -147,7 +148,7 @@ def run_updates(
     )
     lines = [
         *header(cmd, info),
-        f"Recipe `{recipe}` ({base.model.variant} GoogLeNet, width {base.model.width}, "
+        f"Recipe `{recipe}` ({describe_model(base.model)}, "
         f"{base.model.input_size} px, {num_classes} classes, data `{data}`), batch "
         f"{base.data.batch_size}, lr {base.optim.lr}, momentum {base.optim.momentum}, budget "
         f"{base.run.epochs or base.run.max_examples} "

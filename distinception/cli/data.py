@@ -9,15 +9,12 @@ from typing import Any
 
 def cmd_model_summary(args: argparse.Namespace) -> int:
     from distinception.config import ModelConfig
-    from distinception.model.accounting import format_summary, summarize
+    from distinception.model.accounting import format_summary, summarize_model
 
-    ModelConfig(variant=args.variant, width=args.width, input_size=args.input_size)
-    summary = summarize(
-        variant=args.variant,
-        input_size=args.input_size,
-        width=args.width,
-        num_classes=args.num_classes,
+    cfg = ModelConfig(
+        arch=args.arch, variant=args.variant, width=args.width, input_size=args.input_size
     )
+    summary = summarize_model(cfg, num_classes=args.num_classes)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0
 
@@ -72,7 +69,12 @@ def add_parsers(sub: Any) -> None:
     model = sub.add_parser("model", help="inspect the model").add_subparsers(
         dest="model_command", required=True, metavar="SUBCOMMAND"
     )
-    p = model.add_parser("summary", help="params and multiply-adds per Table-1 row")
+    p = model.add_parser(
+        "summary", help="params and multiply-adds per Table-1 row (per block for other archs)"
+    )
+    p.add_argument(
+        "--arch", default="googlenet", help="googlenet, torchvision:NAME or package.module:function"
+    )
     p.add_argument("--variant", default="faithful", choices=["faithful", "bn"])
     p.add_argument("--input-size", type=int, default=224)
     p.add_argument("--width", type=float, default=1.0)

@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import importlib
 import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from distinception.config.checks import _check, _choice
+from distinception.config.checks import _check, _choice, _fail
 from distinception.config.ps import (
     AveragerConfig,
     OptimConfig,
@@ -23,10 +25,56 @@ INTERPOLATIONS = ("bilinear", "area", "nearest", "bicubic", "random")
 VARIANTS = ("faithful", "bn")
 
 
+ARCH_FORMS = "googlenet, torchvision:NAME or package.module:function"
+
+
+def _check_arch(arch: str) -> None:
+    """A name that builds: torchvision's own list for `torchvision:` names, an importable
+    callable for a user's builder. torchvision and the user's module are imported only for
+    those names, so a GoogLeNet job never pays for them here."""
+    if arch == "googlenet":
+        return
+    source, sep, name = arch.partition(":")
+    _check(bool(sep and source and name.isidentifier()), "arch", arch, ARCH_FORMS)
+    if source == "torchvision":
+        import torchvision.models
+
+        names = torchvision.models.list_models(module=torchvision.models)
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        hint = f" (close: {', '.join(close)})" if close else ""
+        _check(name in names, "arch", arch, f"a torchvision classification model{hint}")
+        return
+    try:
+        module = importlib.import_module(source)
+    except ImportError as err:
+        _fail("arch", arch, f"{ARCH_FORMS}; importing {source} failed: {err}")
+    if not callable(getattr(module, name, None)):
+        public = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
+        close = difflib.get_close_matches(name, public, n=3, cutoff=0.5)
+        hint = f" (close: {', '.join(close)})" if close else ""
+        _fail("arch", arch, f"a function of {source}{hint}")
+
+
+def _check_width_mult(arch: str, width: float) -> None:
+    """A width other than 1 is a torchvision builder's `width_mult`, which only some take; built
+    on the meta device to find out (no memory, no init), so the job fails before it starts."""
+    import torch
+    from torchvision.models import get_model
+
+    try:
+        with torch.device("meta"):
+            get_model(arch.partition(":")[2], weights=None, width_mult=width)
+    except TypeError:
+        _fail("width", width, f"1.0 for {arch} (its builder takes no width_mult)")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which GoogLeNet to build: `width` scales every channel count, `input_size` the input."""
+    """Which classifier to build (`arch`, see `model.archs`) and at what input size. `width`
+    scales GoogLeNet's every channel count, or is a torchvision builder's `width_mult`; the
+    other fields but `aux_weight` are GoogLeNet's own."""
 
+    arch: str = "googlenet"
     variant: str = "faithful"
     width: float = 1.0
     input_size: int = 224
@@ -36,8 +84,11 @@ class ModelConfig:
     aux_dropout: float = 0.7
 
     def __post_init__(self) -> None:
+        _check_arch(self.arch)
         _choice("variant", self.variant, VARIANTS)
         _check(0 < self.width <= 4, "width", self.width, "a number in (0, 4]")
+        if self.width != 1.0 and self.arch.startswith("torchvision:"):
+            _check_width_mult(self.arch, self.width)
         _check(self.input_size >= 32, "input_size", self.input_size, "an integer >= 32")
         _check(self.aux_weight >= 0, "aux_weight", self.aux_weight, "a number >= 0")
         _check(0 <= self.dropout < 1, "dropout", self.dropout, "a number in [0, 1)")

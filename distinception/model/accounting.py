@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from distinception.config import ModelConfig
+from distinception.model.archs import GOOGLENET, build_model
 from distinception.model.googlenet import AUX, AuxPool, GoogLeNet
 
 PAPER_INPUT_SIZE = 224
@@ -257,8 +259,64 @@ def _fmt_float(value: float | None) -> str:
     return "-" if value is None else f"{value:g}"
 
 
+def _aligned(lines: list[tuple[str, ...]]) -> list[str]:
+    """Header, rule, body rows, rule, total row: the first column left-aligned, numbers right."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    rule = "  ".join("-" * w for w in widths)
+
+    def render(line: tuple[str, ...]) -> str:
+        cells = [line[0].ljust(widths[0])]
+        cells += [cell.rjust(w) for cell, w in zip(line[1:], widths[1:], strict=True)]
+        return "  ".join(cells).rstrip()
+
+    return [render(lines[0]), rule, *map(render, lines[1:-1]), rule, render(lines[-1])]
+
+
+def summarize_model(cfg: ModelConfig, num_classes: int = 1000) -> dict[str, Any]:
+    """The summary of whatever `cfg.arch` builds. GoogLeNet gets `summarize` (Table-1 rows beside
+    the paper's); any other arch gets params and multiply-adds per top-level block of the
+    built model (`rows`: name, params, macs) and `totals`, measured the same way."""
+    if cfg.arch == GOOGLENET:
+        return {"arch": cfg.arch} | summarize(cfg.variant, cfg.input_size, cfg.width, num_classes)
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(cfg, num_classes).eval()
+    x = torch.zeros(1, 3, cfg.input_size, cfg.input_size)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    # FlopCounterMode names each module by its path under the root class's name.
+    by_module = counter.get_flop_counts()
+    root = type(model).__name__
+    rows = [
+        {
+            "name": name,
+            "params": count_params(child),
+            "macs": sum(by_module.get(f"{root}.{name}", {}).values()) // 2,
+        }
+        for name, child in model.named_children()
+    ]
+    return {
+        "arch": cfg.arch,
+        "input_size": cfg.input_size,
+        "width": cfg.width,
+        "num_classes": num_classes,
+        "rows": rows,
+        "totals": {"params": count_params(model), "macs": counter.get_total_flops() // 2},
+    }
+
+
 def format_summary(summary: dict[str, Any]) -> str:
-    """`summarize`'s result as an aligned text table: our counts beside the paper's."""
+    """A summary as an aligned text table: for GoogLeNet our counts beside the paper's."""
+    if summary.get("arch", GOOGLENET) != GOOGLENET:
+        lines = [("block", "params", "MACs")]
+        lines += [(r["name"], _fmt_int(r["params"]), _fmt_int(r["macs"])) for r in summary["rows"]]
+        totals = summary["totals"]
+        lines.append(("total", _fmt_int(totals["params"]), _fmt_int(totals["macs"])))
+        size = summary["input_size"]
+        title = (
+            f"{summary['arch']}, {size}x{size} input, width {summary['width']:g}, "
+            f"{summary['num_classes']} classes"
+        )
+        return "\n".join([title, "", *_aligned(lines)])
     header = (
         "row",
         "out",
@@ -308,21 +366,11 @@ def format_summary(summary: dict[str, Any]) -> str:
             "",
         )
     )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    rule = "  ".join("-" * w for w in widths)
-
-    def render(line: tuple[str, ...]) -> str:
-        cells = [line[0].ljust(widths[0])]
-        cells += [cell.rjust(w) for cell, w in zip(line[1:], widths[1:], strict=True)]
-        return "  ".join(cells).rstrip()
-
     title = (
         f"GoogLeNet, {summary['variant']} variant, {summary['input_size']}x{summary['input_size']}"
         f" input, width {summary['width']:g}, {summary.get('num_classes', 1000)} classes"
     )
-    out = [title, "", render(lines[0]), rule]
-    out += [render(line) for line in lines[1:-1]]
-    out += [rule, render(lines[-1]), ""]
+    out = [title, "", *_aligned(lines), ""]
     heads = ", ".join(
         f"{name} {_fmt_int(p)} params / {_fmt_int(m)} MACs"
         for name, p, m in zip(

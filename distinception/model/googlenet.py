@@ -392,8 +392,8 @@ class GoogLeNet(nn.Module):
         return f"variant={self.variant!r}, width={self.width}, aux={self.has_aux}"
 
 
-def build_model(cfg: ModelConfig, num_classes: int) -> GoogLeNet:
-    """The model a job config asks for.
+def build_googlenet(cfg: ModelConfig, num_classes: int) -> GoogLeNet:
+    """The GoogLeNet a job config asks for (`archs.build_model` builds any arch).
 
     `cfg.input_size` is not an argument: the same model runs at any size from 32 px.
     """

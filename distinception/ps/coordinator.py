@@ -348,7 +348,7 @@ class Coordinator:
 
 
 def _plain_model(cfg: JobConfig, num_classes: int, state: dict[str, torch.Tensor]):
-    from distinception.model.googlenet import build_model
+    from distinception.model.archs import build_model
 
     model = build_model(cfg.model, num_classes)
     model.load_state_dict(state)

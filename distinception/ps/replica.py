@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from distinception.config import JobConfig, ModelConfig
-from distinception.model.googlenet import build_model
-from distinception.model.loss import googlenet_loss
+from distinception.model.archs import build_model
+from distinception.model.loss import classifier_loss
 from distinception.ps.layout import ParamLayout, bind_gradients, flatten_module
 
 
@@ -199,7 +199,7 @@ class ReplicaCore:
             torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast),
         ):
             outputs = self.model(x)
-            loss = googlenet_loss(outputs, y, aux_weight=self.aux_weight)
+            loss = classifier_loss(outputs, y, aux_weight=self.aux_weight)
         if after_forward is not None:
             after_forward()
         loss.backward()

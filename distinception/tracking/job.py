@@ -18,6 +18,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from distinception.config import JobConfig
+from distinception.model.archs import GOOGLENET, describe_model
 from distinception.ps.callbacks import Callback, TrainResult
 from distinception.tracking.store import (
     redact,
@@ -78,7 +79,7 @@ def describe_run(cfg: JobConfig, info: dict[str, Any]) -> str:
     )
     data = redact(str(info["data_path"]))
     return (
-        f"**{cfg.name}**: {m.variant} GoogLeNet at width {m.width:g} and {m.input_size} px "
+        f"**{cfg.name}**: {describe_model(m)} and {m.input_size} px "
         f"({int(info['params']):,} parameters), {info['num_classes']} classes, "
         f"{int(info['train_examples']):,} training images from `{data}`.\n\n"
         f"Asynchronous SGD: {ps.num_replicas} replicas, {ps.num_shards} shards, "
@@ -122,14 +123,18 @@ def dataset_input(data_path: str) -> Any:
 
 def default_run_name(cfg: JobConfig, data_path: str) -> str:
     """What was trained, for a run the user did not name: the recipe, the data set and the model
-    (`demo-builtin-bn0.25-64px`, `demo-flowers-bn1-32px`), so runs on other data or models do not
+    (`demo-builtin-bn0.25-64px`, `demo-flowers-bn1-32px`, `digits-resnet18-32px`), so runs on other data or models do not
     all show up as `demo`."""
     data = data_path.rstrip("/").rsplit("/", 1)[-1] or "data"
     if data.startswith("generated-"):  # the built-in set's cache directory
         data = "builtin"
     m = cfg.model
+    if m.arch == GOOGLENET:
+        model = f"{m.variant}{m.width:g}"
+    else:  # `digits-resnet18-32px`, `digits-mobilenet_v3_small0.5-32px`
+        model = m.arch.rpartition(":")[2] + (f"{m.width:g}" if m.width != 1.0 else "")
     parts = [cfg.name] + ([data] if data != cfg.name else [])
-    return "-".join([*parts, f"{m.variant}{m.width:g}", f"{m.input_size}px"])
+    return "-".join([*parts, model, f"{m.input_size}px"])
 
 
 #: Seconds between samples of the system metrics.
@@ -307,7 +312,9 @@ def log_model(run_id: str, model: torch.nn.Module, cfg: JobConfig) -> None:
     if name and version is not None:
         # The registry's versions say how each was trained: its run recipe and augmentation.
         client = MlflowClient(tracking_uri(cfg))
-        tags = {"recipe": cfg.name, "model.variant": cfg.model.variant}
+        tags = {"recipe": cfg.name, "model.arch": cfg.model.arch}
+        if cfg.model.arch == GOOGLENET:
+            tags["model.variant"] = cfg.model.variant
         tags |= {f"augment.{k}": str(v) for k, v in dataclasses.asdict(cfg.augment).items()}
         for key, value in tags.items():
             client.set_model_version_tag(name, str(version), key, value)

@@ -81,4 +81,15 @@ def test_model_summary_matches_table1_in_the_shell(tmp_path):
     assert "conv1" in text.stdout and "5b" in text.stdout
     proc = distinception("model", "summary", "--width", "0", code=2)
     assert proc.stderr.count("\n") == 1 and "width=0.0" in proc.stderr
+    # Any other arch: params and multiply-adds per top-level block, measured the same way.
+    resnet = distinception(
+        *("model", "summary", "--arch", "torchvision:resnet18", "--input-size", "32"),
+        *("--num-classes", "10"),
+    ).stdout
+    assert resnet.startswith("torchvision:resnet18, 32x32 input, width 1, 10 classes")
+    total = resnet.splitlines()[-1].split()
+    assert total[:2] == ["total", "11,181,642"]  # torchvision's ResNet-18 with 10 outputs
+    assert "layer4" in resnet and "fc" in resnet
+    proc = distinception("model", "summary", "--arch", "torchvision:resnet81", code=2)
+    assert proc.stderr.count("\n") == 1 and "(close: resnet18," in proc.stderr
     assert os.listdir(tmp_path) == []  # printing a summary writes nothing

@@ -22,9 +22,9 @@ from bench_data import LEFT_CHANCE, TwoBranchInception, curve_rows  # noqa: E402
 
 def test_two_branch_model_drops_the_5x5_and_pool_branches_at_the_same_width():
     cfg = ModelConfig(variant="bn", width=0.25, input_size=64)
-    full = googlenet.build_model(cfg, 10)
+    full = googlenet.build_googlenet(cfg, 10)
     with mock.patch.object(googlenet, "Inception", TwoBranchInception):
-        cut = googlenet.build_model(cfg, 10)
+        cut = googlenet.build_googlenet(cfg, 10)
     names = [n for n, _ in cut.named_parameters()]
     assert not [n for n in names if "5x5" in n or "pool_proj" in n]
     assert any("5x5" in n for n, _ in full.named_parameters())

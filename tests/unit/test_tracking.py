@@ -17,6 +17,11 @@ def test_a_default_run_name_says_recipe_data_and_model():
     assert default_run_name(other, "s3://bucket/flowers/") == "demo-flowers-bn1-32px"
     digits = get_recipe("digits")
     assert default_run_name(digits, "/x/digits") == "digits-bn0.5-32px"
+    # Another arch is named by its builder, with a width only where it has one.
+    resnet = from_dict({"model": {"arch": "torchvision:resnet18", "width": 1.0}}, digits)
+    assert default_run_name(resnet, "/x/digits") == "digits-resnet18-32px"
+    mobile = from_dict({"model": {"arch": "torchvision:mobilenet_v3_small"}}, digits)
+    assert default_run_name(mobile, "/x/digits") == "digits-mobilenet_v3_small0.5-32px"
 
 
 def test_metrics_that_belong_together_share_a_prefix():

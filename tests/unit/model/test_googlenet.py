@@ -20,7 +20,7 @@ from distinception.model import (
     GoogLeNet,
     GoogLeNetOutputs,
     build_model,
-    googlenet_loss,
+    classifier_loss,
 )
 from distinception.model.accounting import load_table1
 from distinception.model.googlenet import AuxPool, scale_channels
@@ -264,7 +264,7 @@ def test_forward_backward_gives_finite_grads_everywhere(variant: str, width: flo
     x = torch.randn(2, 3, size, size)  # two images: BatchNorm needs >1 value on 1x1 maps
     out = model(x)
     assert isinstance(out, GoogLeNetOutputs)
-    loss = googlenet_loss(out, torch.tensor([0, 3]))
+    loss = classifier_loss(out, torch.tensor([0, 3]))
     assert torch.isfinite(loss)
     loss.backward()
     for name, p in model.named_parameters():
@@ -290,7 +290,7 @@ def test_deepcopy_and_torch_func_see_the_same_model():
     target = torch.tensor([1, 2])
 
     def loss_fn(p: dict[str, torch.Tensor]) -> torch.Tensor:
-        return googlenet_loss(torch.func.functional_call(model, {**p, **buffers}, (x,)), target)
+        return classifier_loss(torch.func.functional_call(model, {**p, **buffers}, (x,)), target)
 
     grads = torch.func.grad(loss_fn)(params)
     assert grads.keys() == params.keys()

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from distinception.model import GoogLeNetOutputs, googlenet_loss
+from distinception.model import GoogLeNetOutputs, classifier_loss
 
 CLASSES = 5
 TARGET = torch.tensor([0, 0])
@@ -35,33 +35,33 @@ def _outputs() -> GoogLeNetOutputs:
 
 def test_known_cross_entropies():
     assert _ce(0.0) == pytest.approx(math.log(CLASSES))
-    got = googlenet_loss(_outputs(), TARGET)
+    got = classifier_loss(_outputs(), TARGET)
     want = _ce(0.0) + 0.3 * (_ce(2.0) + _ce(-1.0))
     assert got.item() == pytest.approx(want, rel=1e-6)
 
 
 @pytest.mark.parametrize("weight", [0.0, 0.3, 0.5, 1.0])
 def test_aux_weight_is_configurable(weight: float):
-    got = googlenet_loss(_outputs(), TARGET, aux_weight=weight)
+    got = classifier_loss(_outputs(), TARGET, aux_weight=weight)
     want = _ce(0.0) + weight * (_ce(2.0) + _ce(-1.0))
     assert got.item() == pytest.approx(want, rel=1e-6)
 
 
 def test_tensor_outputs_give_plain_cross_entropy():
-    got = googlenet_loss(_logits_with_target_logit(2.0), TARGET, aux_weight=0.3)
+    got = classifier_loss(_logits_with_target_logit(2.0), TARGET, aux_weight=0.3)
     assert got.item() == pytest.approx(_ce(2.0), rel=1e-6)
 
 
 def test_aux_gradients_are_scaled_by_the_weight():
     outputs = GoogLeNetOutputs(*(t.clone().requires_grad_() for t in _outputs()))
-    googlenet_loss(outputs, TARGET).backward()
+    classifier_loss(outputs, TARGET).backward()
     alone = _logits_with_target_logit(2.0).requires_grad_()
-    googlenet_loss(alone, TARGET).backward()
+    classifier_loss(alone, TARGET).backward()
     torch.testing.assert_close(outputs.aux1.grad, 0.3 * alone.grad)
 
 
 def test_bad_inputs_are_refused():
     with pytest.raises(ValueError, match="aux_weight"):
-        googlenet_loss(_outputs(), TARGET, aux_weight=-0.1)
-    with pytest.raises(TypeError, match="GoogLeNetOutputs"):
-        googlenet_loss(tuple(_outputs()), TARGET)  # type: ignore[arg-type]
+        classifier_loss(_outputs(), TARGET, aux_weight=-0.1)
+    with pytest.raises(TypeError, match="NamedTuple of logits"):
+        classifier_loss(tuple(_outputs()), TARGET)  # type: ignore[arg-type]
