@@ -9,12 +9,12 @@ import os
 import subprocess
 import sys
 
-import mlflow
 import pytest
-import torch
 from as_typed import distinception
 from mlflow.tracking import MlflowClient
 from ray_heads import ROOT
+
+from distinception.evaluation import evaluate_target
 
 pytestmark = pytest.mark.integration
 
@@ -107,6 +107,9 @@ def test_a_torchvision_resnet_trains_the_digits_as_typed(digits, mlflow_uri, tmp
     # (2026-12-03, at lr 0.05 as for GoogLeNet); a quarter of the images wrong fails.
     assert run.data.metrics["val/final_polyak_top1_error"] <= 0.25, proc.stdout
     assert run.data.metrics["val/final_raw_top1_error"] <= 0.25, proc.stdout
-    mlflow.set_tracking_uri(mlflow_uri)
-    model = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
-    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    # The logged Polyak model, scored on 1 and 10 crops as `distinception evaluate` does.
+    report = evaluate_target(
+        f"runs:/{run_id}/model", ["center", "ten"], uri=mlflow_uri, limit=100, log=False
+    )
+    assert [r["crops"] for r in report["rows"]] == [1, 10] and report["images"] == 100
+    assert all(r["top1_error"] <= 0.25 for r in report["rows"]), report["rows"]
