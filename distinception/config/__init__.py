@@ -36,6 +36,7 @@ from distinception.config.ps import (
 from distinception.config.sections import (
     AUGMENT_PRESETS,
     INTERPOLATIONS,
+    SHUFFLES,
     VARIANTS,
     AugmentConfig,
     DataConfig,
@@ -53,6 +54,7 @@ __all__ = [
     "MOVED",
     "OPTIMIZERS",
     "POLYAK_MODES",
+    "SHUFFLES",
     "TRANSFER_DTYPES",
     "TRANSPORTS",
     "VARIANTS",

@@ -23,6 +23,7 @@ from distinception.config.ps import (
 
 INTERPOLATIONS = ("bilinear", "area", "nearest", "bicubic", "random")
 VARIANTS = ("faithful", "bn")
+SHUFFLES = ("rows", "blocks")
 
 
 ARCH_FORMS = "googlenet, torchvision:NAME or package.module:function"
@@ -97,7 +98,10 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the Parquet shards are; an empty `path` means the built-in generated data set."""
+    """Where the Parquet shards are; an empty `path` means the built-in generated data set.
+    `shuffle` is how each epoch's rows are dealt to the replicas (`data.loader`): `rows`, a
+    shuffle of every row with each replica's share held in memory, or `blocks`, row groups
+    dealt out and read ahead a window at a time, for buckets and sets larger than memory."""
 
     path: str = ""
     cache_dir: str = "~/.cache/distinception"
@@ -109,8 +113,10 @@ class DataConfig:
     batch_size: int = 32
     eval_batch_size: int = 128
     val_limit: int = 0
+    shuffle: str = "rows"
 
     def __post_init__(self) -> None:
+        _choice("shuffle", self.shuffle, SHUFFLES)
         _check(2 <= self.classes <= 1000, "classes", self.classes, "an integer in [2, 1000]")
         _check(self.per_class >= 1, "per_class", self.per_class, "an integer >= 1")
         _check(self.val_per_class >= 1, "val_per_class", self.val_per_class, "an integer >= 1")

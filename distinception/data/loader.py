@@ -11,14 +11,25 @@ resumed stream yields the very same tensors.
 A consumer holds only its share of the current epoch in memory, as encoded bytes (a few MB for
 the built-in set), and reads it row group by row group. It decodes and augments on the calling
 thread: it lives in a one-CPU actor, where worker processes would only compete for that CPU.
+
+That is `shuffle="rows"`. A share spread over the whole split touches every row group, so each
+consumer reads the whole split every epoch and holds 1/N of it: fine on a local disk, costly
+from a bucket or for a set larger than memory. `shuffle="blocks"` shuffles row groups instead:
+epoch e deals the row groups, in an order drawn from (seed, e), round-robin to the consumers;
+each consumer reads its groups `WINDOW_GROUPS` at a time, shuffles the rows within each window,
+and reads the next window on a thread while it decodes this one. Memory is two windows, and
+each row group is read once per epoch by one consumer. Positions and seeded batches work the
+same way in both.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -26,7 +37,7 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as F
 
-from distinception.config import AugmentConfig, JobConfig
+from distinception.config import SHUFFLES, AugmentConfig, JobConfig
 from distinception.data.augment import build_train_transform, normalize
 from distinception.data.crops import SCHEMES, views
 from distinception.data.shards import (
@@ -51,6 +62,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: Row groups a `blocks` consumer shuffles together (and reads ahead of the ones it decodes).
+WINDOW_GROUPS = 4
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -114,6 +128,12 @@ class RowReader:
         self.manifest = manifest
         self._files = manifest.shard_files(split)
         self._groups: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def group_rows(self) -> list[np.ndarray]:
+        """The split's rows (in stored order) of each row group."""
+        starts = self._row_groups()[0]
+        bounds = [*starts.tolist(), sum(f.rows for f in self._files)]
+        return [np.arange(a, b) for a, b in itertools.pairwise(bounds)]
 
     def _row_groups(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(first split row, file index, group index in file) of every row group, from footers."""
@@ -184,7 +204,10 @@ class TrainStream:
         seed: int,
         split: str = "train",
         position: dict | None = None,
+        shuffle: str = "rows",
     ) -> None:
+        if shuffle not in SHUFFLES:
+            raise DataError(f"shuffle={shuffle!r}: expected one of {', '.join(SHUFFLES)}")
         if num_consumers < 1 or not 0 <= consumer < num_consumers:
             raise DataError(
                 f"consumer={consumer}, num_consumers={num_consumers}:"
@@ -202,16 +225,34 @@ class TrainStream:
             )
         self.consumer, self.num_consumers = consumer, num_consumers
         self.batch_size, self.seed = batch_size, seed
-        self.examples_per_epoch = len(range(consumer, self.total, num_consumers))
-        self.epoch, self._offset = _parse_position(position, self.examples_per_epoch)
+        self.shuffle = shuffle
         self.skipped = 0
         self._bad: set[int] = set()
         self._transform = build_train_transform(augment, input_size)
         self._reader = RowReader(self.manifest, split)
-        self._share_epoch = -1
+        self._groups: list[np.ndarray] = []
+        if shuffle == "blocks":
+            self._groups = self._reader.group_rows()
+            if len(self._groups) < num_consumers:
+                raise DataError(
+                    f"split {split!r} of {path!r} has {len(self._groups)} row groups: too few"
+                    f" for num_consumers={num_consumers} with shuffle=blocks (use rows)"
+                )
+        # The current epoch's windows: rows in reading order, cut where a read happens.
+        self._plan_epoch = -1
+        self._windows: list[np.ndarray] = []
+        self._window_starts = np.zeros(1, dtype=np.int64)
+        # A `blocks` share's size depends on the epoch: check the offset against its epoch's.
+        epoch = position.get("epoch") if isinstance(position, dict) else 0
+        self._set_epoch(epoch if isinstance(epoch, int) and epoch >= 0 else 0)
+        self.epoch, self._offset = _parse_position(position, self.examples_per_epoch)
+        self._set_epoch(self.epoch)
+        self._loaded: tuple[int, int] = (-1, -1)
         self._images: list[bytes] = []
         self._labels = np.zeros(0, dtype=np.int64)
         self._rows = np.zeros(0, dtype=np.int64)
+        self._ahead: tuple[tuple[int, int], Future] | None = None
+        self._pool: ThreadPoolExecutor | None = None
 
     @classmethod
     def for_job(
@@ -233,6 +274,7 @@ class TrainStream:
             input_size=cfg.model.input_size,
             seed=cfg.run.seed,
             position=position,
+            shuffle=cfg.data.shuffle,
         )
 
     def position(self) -> dict:
@@ -240,16 +282,54 @@ class TrainStream:
         return {"epoch": self.epoch, "offset": self._offset}
 
     def share(self, epoch: int) -> np.ndarray:
-        """This consumer's row indices (into the split, in stored order) for `epoch`."""
-        perm = np.random.default_rng([self.seed, epoch]).permutation(self.total)
-        return perm[self.consumer :: self.num_consumers]
+        """This consumer's row indices (into the split, in stored order) for `epoch`, in the
+        order it reads them."""
+        return np.concatenate(self._plan(epoch))
 
-    def _load(self, epoch: int) -> None:
-        """Read this epoch's share, one row group at a time, keeping only the rows it owns."""
-        rows = self.share(epoch)
-        self._images, self._labels = self._reader.read(rows)
+    def _plan(self, epoch: int) -> list[np.ndarray]:
+        """`epoch`'s share cut into the windows read at once: the whole share for `rows`."""
+        if self.shuffle == "rows":
+            perm = np.random.default_rng([self.seed, epoch]).permutation(self.total)
+            return [perm[self.consumer :: self.num_consumers]]
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self._groups))
+        mine = order[self.consumer :: self.num_consumers]
+        windows = []
+        for w, start in enumerate(range(0, len(mine), WINDOW_GROUPS)):
+            rows = np.concatenate([self._groups[g] for g in mine[start : start + WINDOW_GROUPS]])
+            key = [self.seed, epoch, self.num_consumers, self.consumer, w]
+            windows.append(np.random.default_rng(key).permutation(rows))
+        return windows
+
+    def _set_epoch(self, epoch: int) -> None:
+        if self._plan_epoch != epoch:
+            self._windows = self._plan(epoch)
+            sizes = [len(w) for w in self._windows]
+            self._window_starts = np.cumsum([0, *sizes])
+            self.examples_per_epoch = int(self._window_starts[-1])
+            self._plan_epoch = epoch
+
+    def _read(self, rows: np.ndarray) -> tuple[list[bytes], np.ndarray]:
+        return self._reader.read(rows)
+
+    def _load(self, epoch: int, window: int) -> None:
+        """Hold window `window` of `epoch` (read ahead already, or read now); for `blocks`,
+        start reading the window after it."""
+        rows = self._windows[window]
+        if self._ahead is not None and self._ahead[0] == (epoch, window):
+            self._images, self._labels = self._ahead[1].result()
+        else:
+            self._images, self._labels = self._read(rows)
+        self._ahead = None
         self._rows = rows
-        self._share_epoch = epoch
+        self._loaded = (epoch, window)
+        if self.shuffle == "blocks":
+            if window + 1 < len(self._windows):
+                key, after = (epoch, window + 1), self._windows[window + 1]
+            else:
+                key, after = (epoch + 1, 0), self._plan(epoch + 1)[0]
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="readahead")
+            self._ahead = (key, self._pool.submit(self._read, after))
 
     def _batch_seed(self) -> int:
         ss = np.random.SeedSequence(
@@ -270,14 +350,16 @@ class TrainStream:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self._batch_seed())
             while len(images) < self.batch_size:
-                if self._share_epoch != self.epoch:
-                    self._load(self.epoch)
-                k = self._offset
+                window = int(np.searchsorted(self._window_starts, self._offset, side="right")) - 1
+                if self._loaded != (self.epoch, window):
+                    self._load(self.epoch, window)
+                k = self._offset - int(self._window_starts[window])
                 row = int(self._rows[k])
                 img = None if row in self._bad else decode(self._images[k])
                 self._offset += 1
                 if self._offset == self.examples_per_epoch:
                     self.epoch, self._offset = self.epoch + 1, 0
+                    self._set_epoch(self.epoch)
                 if img is None:
                     if row not in self._bad:
                         self._bad.add(row)

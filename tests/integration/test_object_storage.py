@@ -88,7 +88,7 @@ def _without_aws(env: dict[str, str]) -> dict[str, str]:
 
 
 def test_a_tree_imported_into_a_bucket_trains_and_scores_as_typed(bucket, mlflow_uri, tmp_path):
-    tree = write_quadrant_tree(tmp_path / "tree", per_class=80)
+    tree = write_quadrant_tree(tmp_path / "tree", per_class=160)
     data = f"s3://{bucket.name}/quadrants"
     aws = dict(os.environ, **bucket.env, RAY_USAGE_STATS_ENABLED="0")
     # Imported and inspected with the credentials in the standard AWS variables.
@@ -99,14 +99,16 @@ def test_a_tree_imported_into_a_bucket_trains_and_scores_as_typed(bucket, mlflow
     listed = {o["Key"] for o in bucket.client.list_objects_v2(Bucket=bucket.name)["Contents"]}
     assert "quadrants/manifest.json" in listed and "quadrants/train-00000.parquet" in listed
     inspected = distinception("data", "inspect", data, env=aws).stdout
-    assert "4 classes" in inspected and "train: 240 images" in inspected, inspected
+    assert "4 classes" in inspected and "train: 480 images" in inspected, inspected
 
     # Trained with them in the URI instead (nothing in the environment), streamed from the
-    # bucket by every replica and the averager.
+    # bucket by every replica and the averager: each replica reads its own row groups (the
+    # importer's are 256 rows: two here) and the next window ahead.
     plain = dict(_without_aws(os.environ), RAY_USAGE_STATS_ENABLED="0")
     proc = distinception(
         *("train", "--recipe", "tiny", "--set", f"data.path={bucket.uri('quadrants')}"),
-        *("--set", "augment.flip=false", "--set", f"tracking.tracking_uri={mlflow_uri}"),
+        *("--set", "data.shuffle=blocks", "--set", "augment.flip=false"),
+        *("--set", f"tracking.tracking_uri={mlflow_uri}"),
         cwd=tmp_path,
         env=plain,
     )
@@ -122,7 +124,7 @@ def test_a_tree_imported_into_a_bucket_trains_and_scores_as_typed(bucket, mlflow
     scored = evaluate_target(
         run_id, ["center", "ten"], uri=mlflow_uri, data_path=bucket.uri("quadrants"), log=False
     )
-    assert scored["images"] == 80 and [r["crops"] for r in scored["rows"]] == [1, 10]
+    assert scored["images"] == 160 and [r["crops"] for r in scored["rows"]] == [1, 10]
     assert scored["rows"][0]["top1_error"] <= 0.1
 
     # The secret is nowhere the run wrote: the output, the store, its artifacts, the config.

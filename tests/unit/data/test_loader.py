@@ -5,9 +5,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from distinception.config import AUGMENT_PRESETS, AugmentConfig
+from distinception.config import AUGMENT_PRESETS, AugmentConfig, ConfigError, from_dict
 from distinception.data.loader import TrainStream, eval_batches, num_classes, sample_batches
 from distinception.data.shards import DataError, DatasetWriter, open_manifest
+from distinception.recipes import get_recipe
 
 
 def _stream(path, consumer=0, n=1, batch=4, position=None, seed=3):
@@ -266,3 +267,93 @@ def test_bn_sample_spans_a_split_stored_class_by_class(tmp_path):
     assert np.mean([b[:, 0].var().item() for b in used]) > 0.6 * split_var
     with pytest.raises(DataError, match="count=0: expected an integer >= 1"):
         next(sample_batches(out, input_size=16, batch_size=16, count=0))
+
+
+@pytest.fixture(scope="module")
+def grouped_set(tmp_path_factory) -> str:
+    """3 classes, 60 training rows in row groups of 4 (files of 12 rows): 15 row groups."""
+    from torchvision.io import encode_jpeg
+
+    out = str(tmp_path_factory.mktemp("grouped") / "set")
+    gen = torch.Generator().manual_seed(0)
+    with DatasetWriter(out, ["a", "b", "c"], shard_rows=12, row_group_rows=4) as writer:
+        for split, n in (("train", 60), ("val", 6)):
+            for i in range(n):
+                img = torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8, generator=gen)
+                writer.write(split, encode_jpeg(img).numpy().tobytes(), i % 3, f"{split}/{i}")
+    return out
+
+
+def _blocks(path, consumer=0, n=1, batch=4, position=None):
+    return TrainStream(
+        path,
+        consumer=consumer,
+        num_consumers=n,
+        batch_size=batch,
+        augment=AugmentConfig(),
+        input_size=16,
+        seed=3,
+        position=position,
+        shuffle="blocks",
+    )
+
+
+def test_blocks_deal_whole_row_groups_and_read_each_once_a_window_at_a_time(grouped_set):
+    groups = {frozenset(range(g, g + 4)) for g in range(0, 60, 4)}
+    streams = [_blocks(grouped_set, i, 3) for i in range(3)]
+    for epoch in (0, 1):
+        shares = [s.share(epoch) for s in streams]
+        # Disjoint, together the split, each a union of whole row groups (5 of the 15).
+        assert sorted(np.concatenate(shares).tolist()) == list(range(60))
+        for share in shares:
+            held = {g for g in groups if g <= set(share.tolist())}
+            assert len(held) == 5 and set().union(*held) == set(share.tolist())
+    assert not np.array_equal(streams[0].share(0), streams[0].share(1))
+    # Rows are shuffled within a window, not left in stored order.
+    assert streams[0].share(0).tolist() != sorted(streams[0].share(0).tolist())
+
+    # One consumer: every read is one window of at most 4 row groups, the next one is read
+    # ahead while this one is decoded, and an epoch reads each row once.
+    s = _blocks(grouped_set)
+    reads: list[list[int]] = []
+    read = s._read
+    s._read = lambda rows: (reads.append(rows.tolist()), read(rows))[1]
+    it = iter(s)
+    _, y = next(it)
+    assert y.tolist() == [r % 3 for r in s.share(0)[:4]]  # labels follow the share
+    assert len(reads) == 2 and s._ahead is not None  # the first window and the one after it
+    for _ in range(14):  # 60 rows: one epoch
+        next(it)
+    assert s.epoch == 1 and s.position() == {"epoch": 1, "offset": 0}
+    first_epoch = [r for rows in reads[:4] for r in rows]
+    assert sorted(first_epoch) == list(range(60))
+    assert all(len(rows) <= 16 for rows in reads) and len(s._images) <= 16
+
+
+def test_blocks_resume_from_a_position_continues_exactly(grouped_set):
+    a = _blocks(grouped_set, 1, 2, batch=5)
+    it = iter(a)
+    for _ in range(9):  # past a window and an epoch boundary (a share of 28 or 32 rows)
+        next(it)
+    pos = a.position()
+    assert pos["epoch"] == 1
+    rest = [next(it) for _ in range(4)]
+    b = _blocks(grouped_set, 1, 2, batch=5, position=pos)
+    for (x1, y1), (x2, y2) in zip(rest, itertools.islice(iter(b), 4), strict=True):
+        assert torch.equal(y1, y2) and torch.equal(x1, x2)
+
+
+def test_blocks_need_a_row_group_per_consumer(tiny_set):
+    with pytest.raises(DataError, match="3 row groups: too few for num_consumers=4"):
+        TrainStream(
+            tiny_set,
+            consumer=0,
+            num_consumers=4,
+            batch_size=2,
+            augment=AugmentConfig(),
+            input_size=24,
+            seed=0,
+            shuffle="blocks",
+        )
+    with pytest.raises(ConfigError, match=r"^data\.shuffle='random': expected one of rows, blocks"):
+        from_dict({"data": {"shuffle": "random"}}, get_recipe("tiny"))
