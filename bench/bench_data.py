@@ -14,8 +14,11 @@ built-in set asks of a model: a linear classifier on raw pixels; the demo's plai
 several seeds (when it leaves chance, how far the final error spreads); and the same loop with
 every Inception module cut to its 1x1 and 3x3 branches at the same width.
 
+With --s3 it times the training stream from local files against the same sets in a bucket of
+an S3 server started on 127.0.0.1.
+
     python bench/bench_data.py [--quick] [--linear] [--learn SEEDS] [--ablate SEEDS]
-        [--budget EXAMPLES] [--points N] [--out results.md]
+        [--budget EXAMPLES] [--points N] [--s3 ROUNDS] [--out results.md]
 """
 
 from __future__ import annotations
@@ -37,9 +40,9 @@ import torch
 import torchvision
 from torch import nn
 
-from distinception.config import AUGMENT_PRESETS, DataConfig, ModelConfig
+from distinception.config import AUGMENT_PRESETS, SHUFFLES, DataConfig, ModelConfig
 from distinception.data.generated import generate_dataset
-from distinception.data.loader import TrainStream, decode, eval_batches
+from distinception.data.loader import RowReader, TrainStream, decode, eval_batches
 from distinception.data.shards import iter_batches, open_manifest
 from distinception.model.googlenet import ConvUnit, InceptionSpec, build_googlenet
 from distinception.model.loss import classifier_loss
@@ -66,7 +69,9 @@ def _rate(step: Callable[[], int], seconds: float, warmup: int = 2) -> float:
             return done / elapsed
 
 
-def train_stream_rate(path: str, size: int, batch: int, seconds: float) -> float:
+def train_stream_rate(
+    path: str, size: int, batch: int, seconds: float, shuffle: str = "rows"
+) -> float:
     stream = TrainStream(
         path,
         consumer=0,
@@ -75,9 +80,70 @@ def train_stream_rate(path: str, size: int, batch: int, seconds: float) -> float
         augment=AUGMENT_PRESETS["paper"],
         input_size=size,
         seed=0,
+        shuffle=shuffle,
     )
     it = iter(stream)
     return _rate(lambda: len(next(it)[1]), seconds)
+
+
+def groups_read(path: str, shuffle: str, consumers: int) -> tuple[int, int]:
+    """(row groups consumer 0 of `consumers` reads in epoch 0, row groups in the split)."""
+    stream = TrainStream(
+        path,
+        consumer=0,
+        num_consumers=consumers,
+        batch_size=1,
+        augment=AUGMENT_PRESETS["paper"],
+        input_size=32,
+        seed=0,
+        shuffle=shuffle,
+    )
+    groups = RowReader(stream.manifest, "train").group_rows()
+    share = set(stream.share(0).tolist())
+    return sum(1 for rows in groups if share & set(rows.tolist())), len(groups)
+
+
+def s3_copies(sets: dict[str, str]) -> tuple[Callable[[], None], dict[str, str]]:
+    """The local `sets` copied into a bucket of moto's S3 server, started on 127.0.0.1 in a
+    process of its own (as a real server would be, so it takes no time from the reader's
+    interpreter); returns (stop the server, name -> `s3://` URI with credentials and endpoint)."""
+    import socket
+    import subprocess
+
+    import pyarrow.fs as pafs
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.2)
+
+    def stop() -> None:
+        server.terminate()
+        server.wait(timeout=30)
+
+    fs = pafs.S3FileSystem(
+        access_key="bench",
+        secret_key="bench",
+        endpoint_override=f"127.0.0.1:{port}",
+        scheme="http",
+        allow_bucket_creation=True,
+    )
+    fs.create_dir("bench")
+    uris = {}
+    for name, local in sets.items():
+        pafs.copy_files(local, f"bench/{name}", destination_filesystem=fs)
+        uris[name] = f"s3://bench:bench@bench/{name}?scheme=http&endpoint_override=127.0.0.1:{port}"
+    return stop, uris
 
 
 def eval_rate(path: str, size: int, scheme: str, seconds: float) -> float:
@@ -286,6 +352,13 @@ def main() -> None:
         "--budget", type=int, default=0, help="examples per --learn run (default: the demo's)"
     )
     parser.add_argument("--points", type=int, default=10, help="evaluations per --learn run")
+    parser.add_argument(
+        "--s3",
+        type=int,
+        default=0,
+        help="rounds of the training stream from local files against the same sets in a bucket "
+        "of an S3 server on 127.0.0.1 (moto's, a dev dependency)",
+    )
     parser.add_argument("--out", default="", help="also write the markdown report here")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -370,6 +443,52 @@ def main() -> None:
         d, c = data(), consume()
         emit(f"| {name} | {d:.0f} | {consumer} | {c:.1f} | {d / c:.1f}x |")
     emit()
+
+    if args.s3:
+        stop, uris = s3_copies({"s64": small, "s256": large})
+        try:
+            emit(
+                f"The training stream (one thread, as above) from local files and from the same"
+                f" sets in a bucket of moto's S3 server on 127.0.0.1 (its own process),"
+                f" alternated, {args.s3} rounds of each: images/s (mean, min-max), for each"
+                " `data.shuffle`. One consumer reads the whole split every epoch (a second or"
+                " two here), so the bucket is read throughout; with `blocks` the next window"
+                " of row groups is read while this one is decoded."
+            )
+            emit()
+            emit("| stream | shuffle | local files | S3 bucket | S3 / local |")
+            emit("|---|---|---:|---:|---:|")
+            for label, local, remote, size, batch in (
+                ("64 px from 64 px JPEG, batch 32", small, uris["s64"], 64, 32),
+                ("224 px from 256 px JPEG, batch 8", large, uris["s256"], 224, 8),
+            ):
+                for shuffle in SHUFFLES:
+                    got: dict[str, list[float]] = {"local": [], "s3": []}
+                    for _ in range(args.s3):
+                        got["local"].append(train_stream_rate(local, size, batch, secs, shuffle))
+                        got["s3"].append(train_stream_rate(remote, size, batch, secs, shuffle))
+                    cells = [
+                        f"{statistics.mean(v):.0f} ({min(v):.0f}-{max(v):.0f})"
+                        for v in got.values()
+                    ]
+                    ratio = statistics.mean(got["s3"]) / statistics.mean(got["local"])
+                    emit(f"| {label} | {shuffle} | {cells[0]} | {cells[1]} | {ratio:.2f} |")
+            emit()
+            if not args.quick:  # the quick sets have one row group
+                emit(
+                    "What one of 4 replicas downloads per epoch from a bucket, on the default"
+                    " built-in set (row groups of 256 images, as the importer and generator"
+                    " write them):"
+                )
+                emit()
+                emit("| shuffle | row groups read by replica 0 of 4 in epoch 0 | of the split's |")
+                emit("|---|---:|---:|")
+                for shuffle in SHUFFLES:
+                    read, total = groups_read(gen_dir, shuffle, 4)
+                    emit(f"| {shuffle} | {read} | {total} |")
+                emit()
+        finally:
+            stop()
 
     if args.linear:
         path = gen_dir if not args.quick else small

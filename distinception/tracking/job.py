@@ -123,8 +123,8 @@ def dataset_input(data_path: str) -> Any:
 
 def default_run_name(cfg: JobConfig, data_path: str) -> str:
     """What was trained, for a run the user did not name: the recipe, the data set and the model
-    (`demo-builtin-bn0.25-64px`, `demo-flowers-bn1-32px`, `digits-resnet18-32px`), so runs on other data or models do not
-    all show up as `demo`."""
+    (`demo-builtin-bn0.25-64px`, `demo-flowers-bn1-32px`, `digits-resnet18-32px`), so runs on
+    other data or models do not all show up as `demo`."""
     data = data_path.rstrip("/").rsplit("/", 1)[-1] or "data"
     if data.startswith("generated-"):  # the built-in set's cache directory
         data = "builtin"

@@ -65,3 +65,38 @@ def test_learning_curves_as_a_user_types_it(tmp_path):
     text = out.read_text()
     assert "| GoogLeNet | 0 |" in text and "| two-branch | 0 |" in text
     assert text.count("mean ± sd") == 2 and "128 examples" in text
+
+
+def test_the_s3_rows_stream_the_same_set_from_a_bucket(tmp_path):
+    """`--s3` times the bucket copy of each set against its local files: the copy is whole, and a
+    stream from it yields the very batches the local one does."""
+    from bench_data import s3_copies
+
+    from distinception.config import AUGMENT_PRESETS
+    from distinception.data.generated import generate_dataset
+    from distinception.data.loader import TrainStream
+
+    local = str(tmp_path / "set")
+    generate_dataset(local, classes=3, per_class=8, val_per_class=1, size=32)
+    stop, uris = s3_copies({"set": local})
+    try:
+
+        def first_batches(path: str) -> list[torch.Tensor]:
+            stream = iter(
+                TrainStream(
+                    path,
+                    consumer=0,
+                    num_consumers=1,
+                    batch_size=8,
+                    augment=AUGMENT_PRESETS["paper"],
+                    input_size=32,
+                    seed=0,
+                )
+            )
+            return [t for _ in range(4) for t in next(stream)]  # past an epoch (24 images)
+
+        assert uris["set"].startswith("s3://")
+        for a, b in zip(first_batches(local), first_batches(uris["set"]), strict=True):
+            assert torch.equal(a, b)
+    finally:
+        stop()
