@@ -68,17 +68,21 @@ def test_import_script_rejects_a_bad_size(tmp_path):
     assert not (tmp_path / "manifest.json").exists()
 
 
-def test_default_async_update_trains_the_digits_like_a_plain_loop(digits, mlflow_uri, tmp_path):
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+def _train_digits(digits: str, mlflow_uri: str, cwd, *sets: str):
+    """`distinception train --recipe digits --set ...` on the imported digits; (output, run)."""
     proc = distinception(
         *("train", "--recipe", "digits", "--set", f"data.path={digits}"),
-        *("--set", f"tracking.tracking_uri={mlflow_uri}", "--set", "tracking.log_model=false"),
-        *("--set", "run.progress=false"),
-        cwd=tmp_path,
-        env=env,
+        *("--set", f"tracking.tracking_uri={mlflow_uri}", "--set", "run.progress=false"),
+        *(arg for item in sets for arg in ("--set", item)),
+        cwd=cwd,
+        env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"),
     )
     run_id = proc.stdout.split("MLflow run ")[1].split()[0]
-    run = MlflowClient(mlflow_uri).get_run(run_id)
+    return proc, MlflowClient(mlflow_uri).get_run(run_id)
+
+
+def test_default_async_update_trains_the_digits_like_a_plain_loop(digits, mlflow_uri, tmp_path):
+    proc, run = _train_digits(digits, mlflow_uri, tmp_path, "tracking.log_model=false")
     metrics = run.data.metrics
     assert run.data.params["ps.momentum_correction"] == "auto"
     assert metrics["val/polyak_top1_error"] <= POLYAK_BOUND, proc.stdout
@@ -90,17 +94,15 @@ def test_default_async_update_trains_the_digits_like_a_plain_loop(digits, mlflow
 def test_a_torchvision_resnet_trains_the_digits_as_typed(digits, mlflow_uri, tmp_path):
     """The README's command for another arch, on the same shards, replicas and averager, with
     its Polyak model logged to MLflow and loadable."""
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
-    proc = distinception(
-        *("train", "--recipe", "digits", "--set", "model.arch=torchvision:resnet18"),
-        *("--set", "model.width=1", "--set", f"data.path={digits}"),
-        *("--set", f"tracking.tracking_uri={mlflow_uri}", "--set", "run.epochs=2"),
-        *("--set", "run.progress=false"),
-        cwd=tmp_path,
-        env=env,
+    proc, run = _train_digits(
+        digits,
+        mlflow_uri,
+        tmp_path,
+        "model.arch=torchvision:resnet18",
+        "model.width=1",
+        "run.epochs=2",
     )
-    run_id = proc.stdout.split("MLflow run ")[1].split()[0]
-    run = MlflowClient(mlflow_uri).get_run(run_id)
+    run_id = run.info.run_id
     assert run.info.run_name == "digits-resnet18-32px"
     assert run.data.params["model.arch"] == "torchvision:resnet18"
     # 10 classes, chance 0.9. Measured 0.084 Polyak and 0.072 raw after 3,712 examples

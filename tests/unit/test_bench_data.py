@@ -72,9 +72,9 @@ def test_the_s3_rows_stream_the_same_set_from_a_bucket(tmp_path):
     stream from it yields the very batches the local one does."""
     from bench_data import s3_copies
 
-    from distinception.config import AUGMENT_PRESETS
     from distinception.data.generated import generate_dataset
     from distinception.data.loader import TrainStream
+    from distinception.recipes import get_recipe
 
     local = str(tmp_path / "set")
     generate_dataset(local, classes=3, per_class=8, val_per_class=1, size=32)
@@ -82,18 +82,8 @@ def test_the_s3_rows_stream_the_same_set_from_a_bucket(tmp_path):
     try:
 
         def first_batches(path: str) -> list[torch.Tensor]:
-            stream = iter(
-                TrainStream(
-                    path,
-                    consumer=0,
-                    num_consumers=1,
-                    batch_size=8,
-                    augment=AUGMENT_PRESETS["paper"],
-                    input_size=32,
-                    seed=0,
-                )
-            )
-            return [t for _ in range(4) for t in next(stream)]  # past an epoch (24 images)
+            stream = iter(TrainStream.for_job(get_recipe("tiny"), path))  # batches of 16
+            return [t for _ in range(3) for t in next(stream)]  # past an epoch (24 images)
 
         assert uris["set"].startswith("s3://")
         for a, b in zip(first_batches(local), first_batches(uris["set"]), strict=True):

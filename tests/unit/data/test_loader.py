@@ -11,16 +11,17 @@ from distinception.data.shards import DataError, DatasetWriter, open_manifest
 from distinception.recipes import get_recipe
 
 
-def _stream(path, consumer=0, n=1, batch=4, position=None, seed=3):
+def _stream(path, consumer=0, n=1, batch=4, position=None, seed=3, size=24, shuffle="rows"):
     return TrainStream(
         path,
         consumer=consumer,
         num_consumers=n,
         batch_size=batch,
         augment=AugmentConfig(),
-        input_size=24,
+        input_size=size,
         seed=seed,
         position=position,
+        shuffle=shuffle,
     )
 
 
@@ -285,17 +286,7 @@ def grouped_set(tmp_path_factory) -> str:
 
 
 def _blocks(path, consumer=0, n=1, batch=4, position=None):
-    return TrainStream(
-        path,
-        consumer=consumer,
-        num_consumers=n,
-        batch_size=batch,
-        augment=AugmentConfig(),
-        input_size=16,
-        seed=3,
-        position=position,
-        shuffle="blocks",
-    )
+    return _stream(path, consumer, n, batch, position, size=16, shuffle="blocks")
 
 
 def test_blocks_deal_whole_row_groups_and_read_each_once_a_window_at_a_time(grouped_set):
@@ -345,15 +336,6 @@ def test_blocks_resume_from_a_position_continues_exactly(grouped_set):
 
 def test_blocks_need_a_row_group_per_consumer(tiny_set):
     with pytest.raises(DataError, match="3 row groups: too few for num_consumers=4"):
-        TrainStream(
-            tiny_set,
-            consumer=0,
-            num_consumers=4,
-            batch_size=2,
-            augment=AugmentConfig(),
-            input_size=24,
-            seed=0,
-            shuffle="blocks",
-        )
+        _stream(tiny_set, 0, 4, shuffle="blocks")
     with pytest.raises(ConfigError, match=r"^data\.shuffle='random': expected one of rows, blocks"):
         from_dict({"data": {"shuffle": "random"}}, get_recipe("tiny"))
