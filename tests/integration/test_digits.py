@@ -100,13 +100,15 @@ def test_a_torchvision_resnet_trains_the_digits_as_typed(digits, mlflow_uri, tmp
         tmp_path,
         "model.arch=torchvision:resnet18",
         "model.width=1",
-        "run.epochs=2",
+        "run.epochs=5",
     )
     run_id = run.info.run_id
     assert run.info.run_name == "digits-resnet18-32px"
     assert run.data.params["model.arch"] == "torchvision:resnet18"
-    # 10 classes, chance 0.9. Measured 0.084 Polyak and 0.072 raw after 3,712 examples
-    # (2026-12-03, at lr 0.05 as for GoogLeNet); a quarter of the images wrong fails.
+    # 10 classes, chance 0.9. At lr 0.05, as for GoogLeNet, ResNet-18's first epochs swing: after
+    # 2 epochs one run ended at 7.2% raw error, another (the machine busier) at 47.9%. After 5,
+    # four runs, two at a time, ended at 2.2-4.2% Polyak and 2.8-5.6% raw (2026-12-03). A
+    # quarter of the images wrong fails.
     assert run.data.metrics["val/final_polyak_top1_error"] <= 0.25, proc.stdout
     assert run.data.metrics["val/final_raw_top1_error"] <= 0.25, proc.stdout
     # The logged Polyak model, scored on 1 and 10 crops as `distinception evaluate` does.
