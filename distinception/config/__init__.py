@@ -35,8 +35,10 @@ from distinception.config.ps import (
 )
 from distinception.config.sections import (
     AUGMENT_PRESETS,
+    GOOGLENET,
     INTERPOLATIONS,
     SHUFFLES,
+    TORCHVISION,
     VARIANTS,
     AugmentConfig,
     DataConfig,
@@ -49,12 +51,14 @@ from distinception.config.sections import (
 __all__ = [
     "AUGMENT_PRESETS",
     "COMPUTE_DTYPES",
+    "GOOGLENET",
     "INTERPOLATIONS",
     "MOMENTUM_CORRECTION",
     "MOVED",
     "OPTIMIZERS",
     "POLYAK_MODES",
     "SHUFFLES",
+    "TORCHVISION",
     "TRANSFER_DTYPES",
     "TRANSPORTS",
     "VARIANTS",

@@ -24,20 +24,21 @@ from distinception.config.ps import (
 INTERPOLATIONS = ("bilinear", "area", "nearest", "bicubic", "random")
 VARIANTS = ("faithful", "bn")
 SHUFFLES = ("rows", "blocks")
-
-
-ARCH_FORMS = "googlenet, torchvision:NAME or package.module:function"
+#: `model.arch` names: this project's GoogLeNet, `torchvision:NAME`, or `package.module:function`.
+GOOGLENET = "googlenet"
+TORCHVISION = "torchvision"
+ARCH_FORMS = f"{GOOGLENET}, {TORCHVISION}:NAME or package.module:function"
 
 
 def _check_arch(arch: str) -> None:
     """A name that builds: torchvision's own list for `torchvision:` names, an importable
     callable for a user's builder. torchvision and the user's module are imported only for
     those names, so a GoogLeNet job never pays for them here."""
-    if arch == "googlenet":
+    if arch == GOOGLENET:
         return
     source, sep, name = arch.partition(":")
     _check(bool(sep and source and name.isidentifier()), "arch", arch, ARCH_FORMS)
-    if source == "torchvision":
+    if source == TORCHVISION:
         import torchvision.models
 
         names = torchvision.models.list_models(module=torchvision.models)
@@ -75,7 +76,7 @@ class ModelConfig:
     scales GoogLeNet's every channel count, or is a torchvision builder's `width_mult`; the
     other fields but `aux_weight` are GoogLeNet's own."""
 
-    arch: str = "googlenet"
+    arch: str = GOOGLENET
     variant: str = "faithful"
     width: float = 1.0
     input_size: int = 224
@@ -88,7 +89,7 @@ class ModelConfig:
         _check_arch(self.arch)
         _choice("variant", self.variant, VARIANTS)
         _check(0 < self.width <= 4, "width", self.width, "a number in (0, 4]")
-        if self.width != 1.0 and self.arch.startswith("torchvision:"):
+        if self.width != 1.0 and self.arch.startswith(f"{TORCHVISION}:"):
             _check_width_mult(self.arch, self.width)
         _check(self.input_size >= 32, "input_size", self.input_size, "an integer >= 32")
         _check(self.aux_weight >= 0, "aux_weight", self.aux_weight, "a number >= 0")

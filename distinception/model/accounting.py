@@ -23,8 +23,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from distinception.config import ModelConfig
-from distinception.model.archs import GOOGLENET, build_model
+from distinception.config import GOOGLENET, ModelConfig
+from distinception.model.archs import build_model
 from distinception.model.googlenet import AUX, AuxPool, GoogLeNet
 
 PAPER_INPUT_SIZE = 224

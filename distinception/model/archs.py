@@ -23,11 +23,8 @@ import importlib
 
 from torch import nn
 
-from distinception.config import ConfigError, ModelConfig
+from distinception.config import GOOGLENET, TORCHVISION, ConfigError, ModelConfig
 from distinception.model.googlenet import build_googlenet
-
-GOOGLENET = "googlenet"
-TORCHVISION = "torchvision"
 
 
 def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
@@ -66,4 +63,4 @@ def describe_model(cfg: ModelConfig) -> str:
     return f"{cfg.arch}{width}"
 
 
-__all__ = ["GOOGLENET", "TORCHVISION", "build_model", "describe_model"]
+__all__ = ["build_model", "describe_model"]

@@ -17,8 +17,8 @@ import mlflow
 import torch
 from mlflow.tracking import MlflowClient
 
-from distinception.config import JobConfig
-from distinception.model.archs import GOOGLENET, describe_model
+from distinception.config import GOOGLENET, JobConfig
+from distinception.model.archs import describe_model
 from distinception.ps.callbacks import Callback, TrainResult
 from distinception.tracking.store import (
     redact,
