@@ -308,9 +308,6 @@ class TrainStream:
             self.examples_per_epoch = int(self._window_starts[-1])
             self._plan_epoch = epoch
 
-    def _read(self, rows: np.ndarray) -> tuple[list[bytes], np.ndarray]:
-        return self._reader.read(rows)
-
     def _load(self, epoch: int, window: int) -> None:
         """Hold window `window` of `epoch` (read ahead already, or read now); for `blocks`,
         start reading the window after it."""
@@ -318,7 +315,7 @@ class TrainStream:
         if self._ahead is not None and self._ahead[0] == (epoch, window):
             self._images, self._labels = self._ahead[1].result()
         else:
-            self._images, self._labels = self._read(rows)
+            self._images, self._labels = self._reader.read(rows)
         self._ahead = None
         self._rows = rows
         self._loaded = (epoch, window)
@@ -329,7 +326,7 @@ class TrainStream:
                 key, after = (epoch + 1, 0), self._plan(epoch + 1)[0]
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(1, thread_name_prefix="readahead")
-            self._ahead = (key, self._pool.submit(self._read, after))
+            self._ahead = (key, self._pool.submit(self._reader.read, after))
 
     def _batch_seed(self) -> int:
         ss = np.random.SeedSequence(

@@ -307,8 +307,8 @@ def test_blocks_deal_whole_row_groups_and_read_each_once_a_window_at_a_time(grou
     # ahead while this one is decoded, and an epoch reads each row once.
     s = _blocks(grouped_set)
     reads: list[list[int]] = []
-    read = s._read
-    s._read = lambda rows: (reads.append(rows.tolist()), read(rows))[1]
+    read = s._reader.read
+    s._reader.read = lambda rows: (reads.append(rows.tolist()), read(rows))[1]
     it = iter(s)
     _, y = next(it)
     assert y.tolist() == [r % 3 for r in s.share(0)[:4]]  # labels follow the share
