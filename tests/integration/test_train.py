@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 
 import mlflow
 import pytest
@@ -247,8 +248,10 @@ def test_object_store_stays_flat_over_many_versions(ray_local, easy_data, mlflow
     vector_bytes = build_flat_model(cfg.model, 4)[3].nbytes
     published = result.updates * vector_bytes
     assert max(used) < 0.15 * published, (max(used), published)
+    # Medians, not means: one sample can catch a burst of pulls in flight (30.8 MB once, between
+    # samples of 3-10 MB, on a loaded machine); versions kept would raise every later sample.
     half = len(used) // 2
-    first, second = sum(used[:half]) / half, sum(used[half:]) / (len(used) - half)
+    first, second = statistics.median(used[:half]), statistics.median(used[half:])
     assert second <= 2 * first + 8 * 1024 * 1024, used
 
 
