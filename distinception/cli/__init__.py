@@ -63,7 +63,11 @@ EXAMPLES: dict[str, list[str]] = {
         "distinception model summary --variant bn --input-size 64 --width 0.25 --json",
     ],
     "data generate": ["distinception data generate --out data/builtin --size 64"],
-    "data import": ["distinception data import ~/images/flowers --out data/flowers"],
+    "data import": [
+        "distinception data import ~/images/flowers --out data/flowers",
+        "distinception data import s3://my-bucket/raw --out s3://my-bucket/sets/raw "
+        "--engine ray --address auto",
+    ],
     "data inspect": ["distinception data inspect data/flowers --grid flowers.png"],
     "submit": [
         "distinception submit jobs/train.yaml --follow",

@@ -43,16 +43,20 @@ def cmd_data_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_data_import(args: argparse.Namespace) -> int:
-    from distinception.data.importer import import_tree
+    options = {
+        "val_fraction": args.val_fraction,
+        "seed": args.seed,
+        "shard_rows": args.shard_rows,
+        "progress": True,
+    }
+    if args.engine == "ray":
+        from distinception.importing import import_tree_on_ray
 
-    report = import_tree(
-        args.src,
-        args.out,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        workers=args.workers,
-        progress=True,
-    )
+        report = import_tree_on_ray(args.src, args.out, address=args.address, **options)
+    else:
+        from distinception.data.importer import import_tree
+
+        report = import_tree(args.src, args.out, workers=args.workers, **options)
     print(report.format())
     return 0
 
@@ -99,7 +103,20 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: a pool of processes here; ray: shard tasks spread over a Ray cluster",
+    )
+    p.add_argument("--workers", type=int, default=2, help="processes of the local engine")
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster for --engine ray (auto, ray://host:10001 or host:port); "
+        "default: the job's cluster, else a local Ray",
+    )
+    p.add_argument("--shard-rows", type=int, default=2048, help="images per shard file")
     p.set_defaults(func=cmd_data_import)
 
     p = data.add_parser("inspect", help="print a manifest summary and write a sample grid PNG")

@@ -47,7 +47,8 @@ def resolve(path: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
 
 
-def _join(root: str, name: str) -> str:
+def join(root: str, name: str) -> str:
+    """`name` under `root`, for local paths and bucket keys alike."""
     return f"{root.rstrip('/')}/{name}"
 
 
@@ -123,7 +124,7 @@ class Manifest:
 
 
 def _manifest_from_doc(path: str, doc: Any) -> Manifest:
-    where = f"{_join(path, MANIFEST_NAME)}"
+    where = f"{join(path, MANIFEST_NAME)}"
     if not isinstance(doc, dict):
         raise DataError(f"{where}: expected a JSON object")
     version = doc.get("format_version")
@@ -169,7 +170,7 @@ def _manifest_from_doc(path: str, doc: Any) -> Manifest:
 def open_manifest(path: str) -> Manifest:
     """Read and check a data set's manifest; a missing or malformed one fails with one line."""
     fs, root = resolve(path)
-    where = _join(root, MANIFEST_NAME)
+    where = join(root, MANIFEST_NAME)
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
         raise DataError(f"data path {path!r}: does not exist")
@@ -217,7 +218,7 @@ def verify(manifest: Manifest, *, splits: Sequence[str] | None = None, labels: b
     for split in splits or manifest.splits:
         seen = np.zeros(manifest.num_classes, dtype=np.int64)
         for shard in manifest.shard_files(split):
-            path = _join(root, shard.name)
+            path = join(root, shard.name)
             info = fs.get_file_info(path)
             if info.type == pafs.FileType.NotFound:
                 raise DataError(f"{split} shard {path}: missing file (the manifest lists it)")
@@ -259,8 +260,35 @@ def iter_batches(
     """A split's rows in stored order, `rows` at a time: memory is one batch, not one file."""
     fs, root = manifest.filesystem()
     for shard in manifest.shard_files(split):
-        pf = open_parquet(fs, _join(root, shard.name))
+        pf = open_parquet(fs, join(root, shard.name))
         yield from pf.iter_batches(batch_size=rows, columns=list(columns))
+
+
+def shard_name(split: str, index: int) -> str:
+    """The file name of a split's `index`-th shard, relative to the data set root."""
+    return f"{split}-{index:05d}.parquet"
+
+
+def new_dataset_root(out: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, root) of a data set about to be written at `out`, created if missing.
+
+    A root that already holds a manifest is refused: writing over a set would mix its old
+    shards with the new manifest's.
+    """
+    fs, root = resolve(out)
+    if fs.get_file_info(join(root, MANIFEST_NAME)).type != pafs.FileType.NotFound:
+        raise DataError(f"out={out!r}: already holds a data set; remove it or choose another")
+    fs.create_dir(root, recursive=True)
+    return fs, root
+
+
+def write_manifest(manifest: Manifest) -> None:
+    """Write `manifest` at its path, last and atomically: a set is complete once it is there."""
+    fs, root = manifest.filesystem()
+    tmp = join(root, MANIFEST_NAME + ".tmp")
+    with fs.open_output_stream(tmp) as f:
+        f.write(manifest.to_json().encode())
+    fs.move(tmp, join(root, MANIFEST_NAME))
 
 
 class ShardWriter:
@@ -268,6 +296,8 @@ class ShardWriter:
 
     Rows are buffered one row group at a time, so memory stays at `row_group_rows` images
     however large the split. Image bytes are stored uncompressed: they are JPEG/PNG already.
+    Each file is written under a temporary name and moved into place when it is complete, so a
+    file with a shard's name is always whole (an interrupted import relies on that to resume).
     """
 
     def __init__(
@@ -278,6 +308,7 @@ class ShardWriter:
         *,
         shard_rows: int = 2048,
         row_group_rows: int = 256,
+        first_index: int = 0,
     ) -> None:
         if shard_rows < 1 or row_group_rows < 1:
             raise DataError(
@@ -286,6 +317,9 @@ class ShardWriter:
         self.fs, self.root, self.split = fs, root, split
         self.shard_rows = shard_rows
         self.row_group_rows = min(row_group_rows, shard_rows)
+        self.first_index = first_index
+        #: Key-value metadata written into the footer of each file as it is closed.
+        self.footer: dict[str, str] = {}
         self.files: list[ShardFile] = []
         self._writer: pq.ParquetWriter | None = None
         self._sink: Any = None
@@ -309,8 +343,8 @@ class ShardWriter:
         if not images:
             return
         if self._writer is None:
-            self._name = f"{self.split}-{len(self.files):05d}.parquet"
-            self._sink = self.fs.open_output_stream(_join(self.root, self._name))
+            self._name = shard_name(self.split, self.first_index + len(self.files))
+            self._sink = self.fs.open_output_stream(join(self.root, self._name + ".tmp"))
             self._writer = pq.ParquetWriter(
                 self._sink, SCHEMA, compression="none", use_dictionary=["label", "key"]
             )
@@ -327,9 +361,13 @@ class ShardWriter:
     def _roll(self) -> None:
         if self._writer is None:
             return
+        if self.footer:
+            self._writer.add_key_value_metadata(self.footer)
         self._writer.close()
         self._sink.close()
-        size = self.fs.get_file_info(_join(self.root, self._name)).size
+        final = join(self.root, self._name)
+        self.fs.move(final + ".tmp", final)
+        size = self.fs.get_file_info(final).size
         self.files.append(ShardFile(self._name, self._rows_in_file, int(size or 0)))
         self._writer, self._sink, self._rows_in_file = None, None, 0
 
@@ -366,11 +404,7 @@ class DatasetWriter:
         if not classes:
             raise DataError("classes=[]: expected at least one class")
         self.out = out
-        self.fs, self.root = resolve(out)
-        if self.fs.get_file_info(_join(self.root, MANIFEST_NAME)).type != pafs.FileType.NotFound:
-            # Writing over a set would mix its old shards with the new manifest's.
-            raise DataError(f"out={out!r}: already holds a data set; remove it or choose another")
-        self.fs.create_dir(self.root, recursive=True)
+        self.fs, self.root = new_dataset_root(out)
         self.classes = tuple(classes)
         self.image_size = image_size
         self.source = dict(source or {})
@@ -398,10 +432,7 @@ class DatasetWriter:
             image_size=self.image_size,
             source=self.source,
         )
-        tmp = _join(self.root, MANIFEST_NAME + ".tmp")
-        with self.fs.open_output_stream(tmp) as f:
-            f.write(manifest.to_json().encode())
-        self.fs.move(tmp, _join(self.root, MANIFEST_NAME))
+        write_manifest(manifest)
         return manifest
 
     def abort(self) -> None:

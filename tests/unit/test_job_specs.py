@@ -31,6 +31,11 @@ def test_every_job_spec_loads_and_runs_a_distinception_command(path):
     argv = shlex.split(spec.entrypoint)
     assert argv[0] == "distinception"
     assert argv[1] in _subcommands(), f"{path.name}: unknown subcommand {argv[1]!r}"
+    if argv[1:3] == ["data", "import"]:
+        # The tree and --out come after `--` at submission.
+        args = build_parser().parse_args([*argv[1:], "s3://b/raw", "--out", "s3://b/set"])
+        assert (args.engine, args.address) == ("ray", "auto")
+        return
     args = build_parser().parse_args(argv[1:])
     cfg = _job_config(args)  # every --set in the spec is a valid value
     if argv[1] == "train":

@@ -1,9 +1,9 @@
-import io
-import os
+import shutil
+from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from image_trees import image_bytes, save, write_mixed_tree
 from PIL import Image
 
 from distinception.data.importer import (
@@ -20,47 +20,9 @@ from distinception.data.loader import decode, eval_batches
 from distinception.data.shards import DataError, iter_batches, open_manifest, verify
 
 
-def _picture(seed: int, size=(24, 20)) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
-
-
-def _save(path, seed, fmt, **kw):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    _picture(seed).save(path, fmt, **kw)
-
-
-def _bytes(seed, fmt) -> bytes:
-    buf = io.BytesIO()
-    _picture(seed).save(buf, fmt)
-    return buf.getvalue()
-
-
 @pytest.fixture
 def tree(tmp_path):
-    """A class-folder tree with one file of every kind the importer must handle."""
-    src = tmp_path / "src"
-    _save(src / "cat" / "a.jpg", 1, "JPEG", quality=90)
-    _save(src / "cat" / "b.png", 2, "PNG")
-    _save(src / "cat" / "c.gif", 3, "GIF")
-    _save(src / "cat" / "d.bmp", 4, "BMP")
-    _save(src / "cat" / "e.JPEG", 5, "JPEG")
-    (src / "cat" / "empty.jpg").write_bytes(b"")
-    (src / "cat" / "notes.jpg").write_text("this is a text file, not a picture\n")
-    jpeg = _bytes(6, "JPEG")
-    (src / "cat" / "half.jpg").write_bytes(jpeg[: len(jpeg) // 2])
-    bmp = _bytes(7, "BMP")
-    (src / "cat" / "broken.bmp").write_bytes(bmp[:60])
-    (src / "cat" / ".DS_Store").write_bytes(b"\0\0")
-    for i in range(10):
-        _save(src / "dog" / f"{i:02d}.jpg", 100 + i, "JPEG")
-    _save(src / "dog" / "nested" / "deep.png", 200, "PNG")
-    _picture(8).convert("CMYK").save(src / "dog" / "cmyk.jpg", "JPEG")
-    Image.fromarray((np.arange(24 * 20).reshape(24, 20) * 97 % 65535).astype(np.uint16)).save(
-        src / "dog" / "sixteen.png"
-    )
-    (src / "README.txt").write_text("not in a class folder")
-    return src
+    return write_mixed_tree(tmp_path / "src")
 
 
 def test_import_counts_every_file_and_skips_by_reason(tree, tmp_path):
@@ -128,8 +90,8 @@ def test_train_val_layout_and_worker_pool(tmp_path):
     for split, n in (("train", 6), ("val", 2)):
         for c in ("n01", "n02"):
             for i in range(n):
-                _save(src / split / c / f"{i}.JPEG", hash((split, c, i)) % 1000, "JPEG")
-    _save(src / "val" / "n99" / "x.JPEG", 9, "JPEG")  # a class train/ does not have
+                save(src / split / c / f"{i}.JPEG", hash((split, c, i)) % 1000, "JPEG")
+    save(src / "val" / "n99" / "x.JPEG", 9, "JPEG")  # a class train/ does not have
     (src / "val" / "n01" / "zero.JPEG").write_bytes(b"")
     report = import_tree(str(src), str(tmp_path / "out"), workers=2, shard_rows=5, progress=False)
     assert report.layout == "train/val"
@@ -148,7 +110,7 @@ def test_bad_source_fails_clearly(tmp_path):
     with pytest.raises(DataError, match="expected a directory"):
         import_tree(str(tmp_path / "missing"), str(tmp_path / "o"), progress=False)
     (tmp_path / "flat").mkdir()
-    (tmp_path / "flat" / "a.jpg").write_bytes(_bytes(1, "JPEG"))
+    (tmp_path / "flat" / "a.jpg").write_bytes(image_bytes(1, "JPEG"))
     with pytest.raises(DataError, match="no class folders"):
         import_tree(str(tmp_path / "flat"), str(tmp_path / "o"), progress=False)
 
@@ -159,3 +121,54 @@ def test_inspect_summarises_and_writes_a_grid(tiny_set, tmp_path):
     assert "3 classes" in text and "train: 24 images" in text and "8 / 4" in text
     img = Image.open(grid)
     assert img.size[0] > 4 * 64 and img.size[1] > 3 * 64
+
+
+def _rows(path: str) -> dict[str, list[tuple[str, int, bytes]]]:
+    m = open_manifest(path)
+    return {
+        split: [
+            row
+            for b in iter_batches(m, split, columns=("key", "label", "image"))
+            for row in zip(*(b.column(c).to_pylist() for c in b.schema.names), strict=True)
+        ]
+        for split in m.splits
+    }
+
+
+def test_an_interrupted_import_resumes_keeping_whole_shards_and_redoing_the_rest(tree, tmp_path):
+    whole = str(tmp_path / "whole")
+    opts = {"val_fraction": 0.25, "shard_rows": 3, "workers": 1, "progress": False}
+    import_tree(str(tree), whole, seed=1, **opts)
+    # What an interrupted run leaves: shards but no manifest, one shard cut short before it was
+    # moved into place (only its temporary file), one damaged, and a shard of another plan.
+    out = tmp_path / "out"
+    shutil.copytree(whole, out)
+    (out / "manifest.json").unlink()
+    names = sorted(p.name for p in out.glob("train-*.parquet"))
+    written = len(list(out.glob("*.parquet")))
+    assert len(names) >= 3
+    (out / names[1]).rename(out / (names[1] + ".tmp"))
+    (out / names[2]).write_bytes((out / names[2]).read_bytes()[:100])
+    (out / "train-00042.parquet").write_bytes(b"left by a run with other settings")
+    with pytest.raises(DataError, match=r"no manifest\.json"):
+        open_manifest(str(out))
+    report = import_tree(str(tree), str(out), seed=1, **opts)
+    assert report.resumed == written - 2
+    assert f"resumed: {written - 2} of {report.shards} shards" in report.format()
+    # The skipped files of kept shards are counted from their footers, as in the first run.
+    assert dict(report.skipped) == {EMPTY: 1, NOT_IMAGE: 1, TRUNCATED: 1, CORRUPT: 1, OUTSIDE: 1}
+    assert _rows(str(out)) == _rows(whole)
+    assert open_manifest(str(out)).files == open_manifest(whole).files
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in Path(whole).iterdir())
+    # A run with another seed plans other shards: nothing written for the old plan is kept.
+    (out / "manifest.json").unlink()
+    report = import_tree(str(tree), str(out), seed=2, **opts)
+    assert report.resumed == 0
+    verify(open_manifest(str(out)))
+
+
+def test_a_finished_set_is_never_imported_over(tree, tmp_path):
+    out = str(tmp_path / "out")
+    import_tree(str(tree), out, workers=1, progress=False)
+    with pytest.raises(DataError, match="already holds a data set"):
+        import_tree(str(tree), out, workers=1, progress=False)

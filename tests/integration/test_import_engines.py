@@ -1,0 +1,120 @@
+"""`data import` on both engines: the local process pool and Ray Data tasks write the same set
+from the same tree and skip the same broken files; a Ray import typed as a user does and killed
+half-way leaves no manifest, and the same import finishes it; the import job spec runs on a
+real head."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import tempfile
+import time
+
+import pytest
+from as_typed import EXE
+from image_trees import write_mixed_tree
+from quadrants import write_quadrant_tree
+from ray_heads import kill_pids, pids_using, submit_followed
+
+from distinception.data.importer import import_tree
+from distinception.data.shards import iter_batches, open_manifest, verify
+from distinception.importing import import_tree_on_ray
+
+pytestmark = pytest.mark.integration
+
+
+def rows(path: str) -> dict[str, list[tuple]]:
+    """Every stored row (key, label, image bytes) of every split, in stored order."""
+    m = open_manifest(path)
+    return {
+        split: [
+            row
+            for b in iter_batches(m, split, columns=("key", "label", "image"))
+            for row in zip(*(b.column(c).to_pylist() for c in b.schema.names), strict=True)
+        ]
+        for split in m.splits
+    }
+
+
+def test_both_engines_write_the_same_set_and_skip_the_same_files(ray_local, tmp_path):
+    tree = write_mixed_tree(tmp_path / "tree")
+    local, on_ray = str(tmp_path / "local"), str(tmp_path / "ray")
+    opts = {"val_fraction": 0.25, "shard_rows": 4, "progress": False}
+    a = import_tree(str(tree), local, **opts)
+    b = import_tree_on_ray(str(tree), on_ray, **opts)
+    assert (a.engine, b.engine) == ("local", "ray")
+    # Past the first line (paths, seconds, engine) the reports are the same, line by line:
+    # files read, written per split, re-encoded, skipped by reason, per class.
+    assert a.format().splitlines()[1:] == b.format().splitlines()[1:], b.format()
+    assert dict(b.skipped) == {
+        "empty file": 1,
+        "not an image": 1,
+        "truncated": 1,
+        "corrupt": 1,
+        "outside a class folder": 1,
+    }
+    assert b.reencoded == 2 and b.shards > 4
+    ma, mb = open_manifest(local), open_manifest(on_ray)
+    verify(mb)
+    assert (ma.classes, ma.counts, ma.class_counts, ma.files) == (
+        mb.classes,
+        mb.counts,
+        mb.class_counts,
+        mb.files,
+    )
+    assert rows(local) == rows(on_ray)
+
+
+def test_a_ray_import_killed_half_way_leaves_no_manifest_and_a_rerun_finishes_it(
+    ray_local, tmp_path
+):
+    tree = write_quadrant_tree(tmp_path / "tree", per_class=250)
+    out = tmp_path / "set"
+    args = ("data", "import", str(tree), "--out", str(out), "--engine", "ray", "--shard-rows", "10")
+    # Its own Ray temp dir, so every process of the killed import's Ray can be found after.
+    ray_tmp = tempfile.mkdtemp(prefix="dimp-", dir="/tmp")
+    env = dict(os.environ, RAY_TMPDIR=ray_tmp)
+    proc = subprocess.Popen(
+        [EXE, *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while len(list(out.glob("*.parquet"))) < 3:
+            assert proc.poll() is None, "the import ended before it could be interrupted"
+            assert time.monotonic() < deadline, "no shard written in 180 s"
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        kill_pids(pids_using(ray_tmp), signal.SIGKILL)
+    whole = sorted(p.name for p in out.glob("*.parquet"))
+    assert not (out / "manifest.json").exists()
+    assert 3 <= len(whole) < 100, whole  # 900 train + 100 val files, 10 per shard
+
+    # The same import again (here on the module's Ray) keeps what was whole and does the rest.
+    rerun = import_tree_on_ray(str(tree), str(out), shard_rows=10, progress=False)
+    assert len(whole) <= rerun.resumed < rerun.shards == 100, rerun.format()
+    verify(open_manifest(str(out)))
+    # Kept and redone shards together are exactly the set an uninterrupted import writes.
+    import_tree(str(tree), str(tmp_path / "local"), shard_rows=10, workers=1, progress=False)
+    assert rows(str(out)) == rows(str(tmp_path / "local"))
+
+
+def test_the_import_spec_runs_as_a_job_on_a_head(jobs_head, mlflow_uri, tmp_path):
+    tree = write_mixed_tree(tmp_path / "tree")
+    out = tmp_path / "set"
+    proc = submit_followed(
+        jobs_head,
+        "import.yaml",
+        *(str(tree), "--out", str(out), "--shard-rows", "12"),
+        mlflow_uri=mlflow_uri,
+    )
+    assert "(ray engine)" in proc.stdout and "skipped: 5" in proc.stdout, proc.stdout[-2000:]
+    local = tmp_path / "local"
+    import_tree(str(tree), str(local), shard_rows=12, workers=1, progress=False)
+    assert rows(str(out)) == rows(str(local))
