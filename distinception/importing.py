@@ -11,6 +11,7 @@ from every node: a bucket (`s3://...`) or a shared mount, never one machine's di
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,8 +40,9 @@ def _run_on_ray(plan: ImportPlan, cpus_per_task: float) -> Iterator[ShardResult]
     todo = plan.todo
     if not todo:
         return
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False  # the importer shows one bar, in images
+    # The importer shows one bar, in images; Ray Data's own notices stay in the session logs.
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    ray.data.DataContext.get_current().enable_progress_bars = False
     # One block per task, so each shard is its own unit of scheduling across the nodes.
     tasks = ray.data.from_items([t.to_row() for t in todo], override_num_blocks=len(todo))
     results = tasks.map(
