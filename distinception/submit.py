@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from distinception.config import ConfigError, load_section
+from distinception.uris import redact
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -275,7 +276,9 @@ class Jobs:
         return self._call("get_job_info", job_id)
 
     def logs(self, job_id: str) -> str:
-        return self._call("get_job_logs", job_id)
+        """The job's output so far, with secrets in URIs hidden (the first line repeats the
+        command, whose data paths may carry credentials)."""
+        return redact(self._call("get_job_logs", job_id))
 
     def stop(self, job_id: str) -> bool:
         return bool(self._call("stop_job", job_id))
@@ -288,7 +291,7 @@ class Jobs:
 
         async def tail() -> None:
             async for lines in self.client.tail_job_logs(job_id):
-                out.write(lines)
+                out.write(redact(lines))
                 out.flush()
 
         try:
@@ -312,7 +315,8 @@ def format_jobs(jobs: list[Any]) -> str:
             if job.start_time
             else "-"
         )
-        entry = job.entrypoint if len(job.entrypoint) <= 60 else job.entrypoint[:57] + "..."
+        command = redact(job.entrypoint)
+        entry = command if len(command) <= 60 else command[:57] + "..."
         rows.append((job.submission_id or job.job_id or "-", str(job.status), started, entry))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     return "\n".join(

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from distinception.config import DataConfig, JobConfig
 from distinception.data.shards import DataError, DatasetWriter, Manifest, open_manifest, verify
+from distinception.uris import redact
 
 #: Bumped whenever the pictures change, so cached sets of an older generator are not reused.
 GENERATOR_VERSION = 3
@@ -359,9 +360,11 @@ def resolve_data(cfg: JobConfig) -> tuple[str, int, int]:
     train, val = int(manifest.counts["train"]), int(manifest.counts["val"])
     if train < cfg.ps.num_replicas:
         raise DataError(
-            f"data path {path!r}: {train} training images, too few for "
+            f"data path {redact(path)!r}: {train} training images, too few for "
             f"ps.num_replicas={cfg.ps.num_replicas}"
         )
     if val < 1:
-        raise DataError(f"data path {path!r}: the val split is empty; expected images to score")
+        raise DataError(
+            f"data path {redact(path)!r}: the val split is empty; expected images to score"
+        )
     return path, manifest.num_classes, train

@@ -49,6 +49,7 @@ from distinception.data.shards import (
     open_manifest,
     open_parquet,
 )
+from distinception.uris import redact
 
 __all__ = [
     "RowReader",
@@ -220,7 +221,7 @@ class TrainStream:
         self.total = self.manifest.counts[split]
         if self.total < num_consumers:
             raise DataError(
-                f"split {split!r} of {path!r} has {self.total} images:"
+                f"split {split!r} of {redact(path)!r} has {self.total} images:"
                 f" too few for num_consumers={num_consumers}"
             )
         self.consumer, self.num_consumers = consumer, num_consumers
@@ -235,7 +236,8 @@ class TrainStream:
             self._groups = self._reader.group_rows()
             if len(self._groups) < num_consumers:
                 raise DataError(
-                    f"split {split!r} of {path!r} has {len(self._groups)} row groups: too few"
+                    f"split {split!r} of {redact(path)!r} has {len(self._groups)} row groups:"
+                    " too few"
                     f" for num_consumers={num_consumers} with shuffle=blocks (use rows)"
                 )
         # The current epoch's windows: rows in reading order, cut where a read happens.

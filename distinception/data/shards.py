@@ -20,6 +20,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from distinception.config import ConfigError
+from distinception.uris import redact
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -34,6 +35,11 @@ class DataError(ConfigError):
     """
 
 
+def first_line(err: BaseException) -> str:
+    """An error's message cut to one line (storage errors carry whole request dumps)."""
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
 def resolve(path: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, root) for a local path or a `pyarrow.fs` URI."""
     if not path:
@@ -42,8 +48,9 @@ def resolve(path: str) -> tuple[pafs.FileSystem, str]:
         try:
             return pafs.FileSystem.from_uri(path)
         except (pa.ArrowException, ValueError) as err:
-            first = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise DataError(f"data path {path!r}: not a usable URI ({first})") from None
+            raise DataError(
+                f"data path {redact(path)!r}: not a usable URI ({first_line(err)})"
+            ) from None
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
 
 
@@ -89,7 +96,7 @@ class Manifest:
     def shard_files(self, split: str) -> list[ShardFile]:
         if split not in self.files:
             have = ", ".join(self.files) or "none"
-            raise DataError(f"split={split!r}: not in {self.path!r}; it has {have}")
+            raise DataError(f"split={split!r}: not in {redact(self.path)!r}; it has {have}")
         return self.files[split]
 
     def to_json(self) -> str:
@@ -173,13 +180,13 @@ def open_manifest(path: str) -> Manifest:
     where = join(root, MANIFEST_NAME)
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
-        raise DataError(f"data path {path!r}: does not exist")
+        raise DataError(f"data path {redact(path)!r}: does not exist")
     try:
         with fs.open_input_stream(where) as f:
             raw = f.read()
     except (FileNotFoundError, OSError, pa.ArrowException):
         raise DataError(
-            f"data path {path!r}: no {MANIFEST_NAME} there; expected a data set written by"
+            f"data path {redact(path)!r}: no {MANIFEST_NAME} there; expected a data set written by"
             " `distinception data import` or the generator"
         ) from None
     try:
@@ -196,7 +203,7 @@ def open_parquet(fs: pafs.FileSystem, path: str) -> pq.ParquetFile:
     except FileNotFoundError:
         raise DataError(f"shard {path}: missing file") from None
     except (OSError, pa.ArrowException) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        first = first_line(err)
         raise DataError(f"shard {path}: not a readable Parquet file ({first})") from None
     schema = pf.schema_arrow
     for want in SCHEMA:
@@ -277,7 +284,9 @@ def new_dataset_root(out: str) -> tuple[pafs.FileSystem, str]:
     """
     fs, root = resolve(out)
     if fs.get_file_info(join(root, MANIFEST_NAME)).type != pafs.FileType.NotFound:
-        raise DataError(f"out={out!r}: already holds a data set; remove it or choose another")
+        raise DataError(
+            f"out={redact(out)!r}: already holds a data set; remove it or choose another"
+        )
     fs.create_dir(root, recursive=True)
     return fs, root
 

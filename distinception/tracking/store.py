@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import mlflow
 from mlflow.tracking import MlflowClient
 
 from distinception.config import JobConfig
+from distinception.uris import redact
 
 DEFAULT_DIR = "mlruns"
 # Artifact downloads here are a few small files; a progress bar per file is only noise.
@@ -26,22 +26,6 @@ def tracking_uri(cfg: JobConfig) -> str:
         or os.environ.get("MLFLOW_TRACKING_URI")
         or (default_tracking_uri())
     )
-
-
-_USERINFO = re.compile(r"([A-Za-z][\w+.-]*://[^/@\s:]*):[^/@\s]+@")
-_SECRET_QUERY = re.compile(
-    r"(?i)([?&](?:token|access_token|api_key|key|secret|password|sig|signature|"
-    r"x-amz-signature|x-amz-credential|x-amz-security-token)=)[^&\s]+"
-)
-
-
-def redact(text: str) -> str:
-    """Hide passwords in URIs (user:secret@host) and secret query parameters.
-
-    Tracking URIs and data paths may carry credentials; params, artifacts and printed reports
-    get this form, so a secret never ends up in the tracking store or a terminal log.
-    """
-    return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub(r"\1:***@", text))
 
 
 def ui_command(uri: str) -> str:
