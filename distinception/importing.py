@@ -24,14 +24,20 @@ from distinception.data.importer import (
     plan_import,
     run_import,
 )
+from distinception.data.shards import DataError
 from distinception.ps.session import ray_session
 
 
 def _import_row(
     row: dict[str, Any], *, src: str, out: str, num_classes: int, row_group_rows: int
 ) -> dict[str, Any]:
-    result = import_shard(src, out, ShardTask.from_row(row), num_classes, row_group_rows)
-    return {"result": result.to_json()}
+    # A task's one-line error (a vanished tree, an output that cannot be written) comes back
+    # as data: raised, it would reach the driver wrapped in Ray's exceptions and tracebacks.
+    try:
+        result = import_shard(src, out, ShardTask.from_row(row), num_classes, row_group_rows)
+    except DataError as err:
+        return {"result": "", "error": str(err)}
+    return {"result": result.to_json(), "error": ""}
 
 
 def _run_on_ray(plan: ImportPlan, cpus_per_task: float) -> Iterator[ShardResult]:
@@ -56,6 +62,8 @@ def _run_on_ray(plan: ImportPlan, cpus_per_task: float) -> Iterator[ShardResult]
         num_cpus=cpus_per_task,
     )
     for row in results.iter_rows():
+        if row["error"]:
+            raise DataError(row["error"])
         yield ShardResult.from_json(row["result"])
 
 

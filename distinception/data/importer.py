@@ -21,16 +21,18 @@ manifest is written last.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import time
 import warnings
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from itertools import islice
 from multiprocessing import get_context
 from typing import Any
 
@@ -50,6 +52,7 @@ from distinception.data.shards import (
     Manifest,
     ShardFile,
     ShardWriter,
+    first_line,
     iter_batches,
     join,
     new_dataset_root,
@@ -59,6 +62,7 @@ from distinception.data.shards import (
     shard_name,
     write_manifest,
 )
+from distinception.uris import redact
 
 #: Reasons a file is skipped, as reported.
 EMPTY = "empty file"
@@ -94,7 +98,8 @@ class ImportReport:
 
     def format(self) -> str:
         lines = [
-            f"imported {self.src} -> {self.out} ({self.layout} layout) in {self.seconds:.1f} s"
+            f"imported {redact(self.src)} -> {redact(self.out)} ({self.layout} layout)"
+            f" in {self.seconds:.1f} s"
             f" ({self.engine} engine)",
             f"  files read: {self.read}",
         ]
@@ -191,10 +196,9 @@ def plan(src: str, val_fraction: float, seed: int) -> tuple[str, list[str], list
         fs, root = resolve(src)
         found = _is_dir(fs, root)
     except (OSError, pa.ArrowException) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise DataError(f"src={src!r}: cannot be listed ({first})") from None
+        raise DataError(f"src={redact(src)!r}: cannot be listed ({first_line(err)})") from None
     if not found:
-        raise DataError(f"src={src!r}: expected a directory of class folders")
+        raise DataError(f"src={redact(src)!r}: expected a directory of class folders")
     outside: list[str] = []
     unknown: list[str] = []
     items: list[_Item] = []
@@ -223,7 +227,7 @@ def plan(src: str, val_fraction: float, seed: int) -> tuple[str, list[str], list
             val = set(rng.permutation(len(files))[:n_val].tolist())
             items += [(p, "val" if k in val else "train", label) for k, p in enumerate(files)]
     if not classes:
-        where = join(src, "train") if layout == "train/val" else src
+        where = join(redact(src), "train") if layout == "train/val" else redact(src)
         raise DataError(f"src={where!r}: no class folders found; expected src/<class>/<images>")
     order = np.random.default_rng([seed, len(items)]).permutation(len(items))
     items = [items[k] for k in order]
@@ -311,11 +315,42 @@ def _read(fs: pafs.FileSystem, path: str) -> bytes | None:
         return None
 
 
+#: Files a task reads ahead of the one it checks. A file in a bucket is a request of tens of
+#: milliseconds, longer than checking it; this many in flight keep the task's CPU busy.
+READ_AHEAD = 16
+
+
+def _contents(fs: pafs.FileSystem, root: str, keys: Iterable[str]) -> Iterator[bytes | None]:
+    """Each key's bytes (None if unreadable), in order, with up to `READ_AHEAD` reads in flight
+    on threads; memory is that many files."""
+    todo = iter(keys)
+    with ThreadPoolExecutor(READ_AHEAD) as pool:
+        window = deque(pool.submit(_read, fs, join(root, k)) for k in islice(todo, READ_AHEAD))
+        while window:
+            data = window.popleft().result()
+            key = next(todo, None)
+            if key is not None:
+                window.append(pool.submit(_read, fs, join(root, key)))
+            yield data
+
+
+def _exists(fs: pafs.FileSystem, path: str) -> bool:
+    try:
+        return fs.get_file_info(path).type != pafs.FileType.NotFound
+    except (OSError, pa.ArrowException):  # a bucket that is gone can fail the question itself
+        return False
+
+
 def import_shard(
     src: str, out: str, task: ShardTask, num_classes: int, row_group_rows: int = 256
 ) -> ShardResult:
     """Read, check and write one shard task; the shard's footer records the result, so a later
-    run can keep the shard without reading it again. Runs wherever the engine puts it."""
+    run can keep the shard without reading it again. Runs wherever the engine puts it.
+
+    A file that cannot be read is skipped and counted, but a tree that is gone altogether (a
+    bucket deleted mid-import) or an output that cannot be written stops the import with one
+    line: counting a vanished tree as unreadable files would finish a set that is mostly
+    missing."""
     torch.set_num_threads(1)
     src_fs, src_root = resolve(src)
     out_fs, out_root = resolve(out)
@@ -330,9 +365,14 @@ def import_shard(
     )
     result = ShardResult(task.name, task.fingerprint(), None, [0] * num_classes)
     try:
-        for key, label in zip(task.keys, task.labels, strict=True):
-            data = _read(src_fs, join(src_root, key))
+        contents = _contents(src_fs, src_root, task.keys)
+        for key, label, data in zip(task.keys, task.labels, contents, strict=True):
             if data is None:
+                if not _exists(src_fs, src_root):
+                    raise DataError(
+                        f"src={redact(src)!r}: no longer exists (shard {task.name} was being"
+                        " imported); nothing was finished, run the import again once it is back"
+                    )
                 result.skipped[UNREADABLE] += 1
                 continue
             reason, stored, reencoded = check_image(data)
@@ -346,8 +386,15 @@ def import_shard(
         # The footer cannot hold the file's own size: a resumed import reads it from the store.
         writer.footer = {FOOTER_KEY: result.to_json()}
         files = writer.close()
+    except (OSError, pa.ArrowException) as err:
+        with contextlib.suppress(OSError, pa.ArrowException):
+            writer.abort()
+        raise DataError(
+            f"out={redact(out)!r}: shard {task.name} could not be written ({first_line(err)})"
+        ) from None
     except BaseException:
-        writer.abort()
+        with contextlib.suppress(OSError, pa.ArrowException):
+            writer.abort()
         raise
     if rows:
         result.file = files[0]
@@ -468,6 +515,7 @@ def finish_import(plan: ImportPlan, results: Iterable[ShardResult], engine: str)
             files[task.split].append(result.file)
             for label, n in enumerate(result.class_counts):
                 counts[task.split][label] += n
+    origin = redact(plan.src) if "://" in plan.src else os.path.abspath(plan.src)
     # A split with no rows (no val files at all) is left out, as the writers do.
     kept = [split for split in files if files[split]]
     manifest = Manifest(
@@ -476,7 +524,7 @@ def finish_import(plan: ImportPlan, results: Iterable[ShardResult], engine: str)
         counts={split: sum(counts[split]) for split in kept},
         class_counts={split: counts[split] for split in kept},
         files={split: files[split] for split in kept},
-        source={"imported_from": plan.src if "://" in plan.src else os.path.abspath(plan.src)},
+        source={"imported_from": origin},
     )
     write_manifest(manifest)
     for split in files:

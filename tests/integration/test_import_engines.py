@@ -1,11 +1,13 @@
 """`data import` on both engines: the local process pool and Ray Data tasks write the same set
 from the same tree and skip the same broken files; a Ray import typed as a user does and killed
-half-way leaves no manifest, and the same import finishes it; the import job spec runs on a
-real head."""
+half-way leaves no manifest, and the same import finishes it; a tree that vanishes under the
+tasks stops the import in one line. (The import job spec runs on a real head, from a bucket into
+a bucket, in test_object_storage.py.)"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -15,11 +17,11 @@ import pytest
 from as_typed import EXE
 from image_trees import write_mixed_tree
 from quadrants import write_quadrant_tree
-from ray_heads import kill_pids, pids_using, submit_followed
+from ray_heads import kill_pids, pids_using
 
-from distinception.data.importer import import_tree
-from distinception.data.shards import iter_batches, open_manifest, verify
-from distinception.importing import import_tree_on_ray
+from distinception.data.importer import import_tree, plan_import, run_import
+from distinception.data.shards import DataError, iter_batches, open_manifest, verify
+from distinception.importing import _run_on_ray, import_tree_on_ray
 
 pytestmark = pytest.mark.integration
 
@@ -105,16 +107,13 @@ def test_a_ray_import_killed_half_way_leaves_no_manifest_and_a_rerun_finishes_it
     assert rows(str(out)) == rows(str(tmp_path / "local"))
 
 
-def test_the_import_spec_runs_as_a_job_on_a_head(jobs_head, mlflow_uri, tmp_path):
+def test_a_tree_that_vanishes_under_ray_tasks_stops_the_import_in_one_line(ray_local, tmp_path):
     tree = write_mixed_tree(tmp_path / "tree")
     out = tmp_path / "set"
-    proc = submit_followed(
-        jobs_head,
-        "import.yaml",
-        *(str(tree), "--out", str(out), "--shard-rows", "12"),
-        mlflow_uri=mlflow_uri,
-    )
-    assert "(ray engine)" in proc.stdout and "skipped: 5" in proc.stdout, proc.stdout[-2000:]
-    local = tmp_path / "local"
-    import_tree(str(tree), str(local), shard_rows=12, workers=1, progress=False)
-    assert rows(str(out)) == rows(str(local))
+    plan = plan_import(str(tree), str(out), shard_rows=4)
+    shutil.rmtree(tree)  # after the listing, before any task reads
+    with pytest.raises(DataError) as err:
+        run_import(plan, _run_on_ray(plan, cpus_per_task=1.0), "ray", progress=False)
+    message = str(err.value)
+    assert "\n" not in message and "no longer exists" in message, message
+    assert not (out / "manifest.json").exists()

@@ -1,20 +1,26 @@
-"""Data in S3-compatible object storage, against a real S3 server (moto's) on 127.0.0.1: a tree
-imported into a bucket, inspected, trained from and scored as a user types it; credentials that
-never reach MLflow, the output or the config; a bucket that disappears mid-run."""
+"""Data in S3-compatible object storage, against a real S3 server (moto's) on 127.0.0.1: images in
+a bucket imported by a job, inspected, trained from by a job and scored, as the READMEs show;
+credentials that never reach MLflow, the output, the config or the manifest; a bucket that
+disappears mid-run."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
 import pytest
 from as_typed import distinception
+from image_trees import write_mixed_tree
 from mlflow.tracking import MlflowClient
 from quadrants import quadrant_job, write_quadrant_set, write_quadrant_tree
-from ray_heads import free_port
+from ray_heads import free_port, submit_followed
 
+from distinception.data import importer
+from distinception.data.importer import check_image, import_tree
 from distinception.data.shards import DataError
 from distinception.evaluation import evaluate_target
 from distinception.ps.callbacks import Callback
@@ -83,40 +89,47 @@ def bucket(s3_server, request) -> Bucket:
     return Bucket(name, endpoint, client)
 
 
-def _without_aws(env: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in env.items() if not k.startswith("AWS_")}
-
-
-def test_a_tree_imported_into_a_bucket_trains_and_scores_as_typed(bucket, mlflow_uri, tmp_path):
+def test_images_in_a_bucket_to_a_run_in_mlflow_by_jobs_as_the_readme_shows(
+    jobs_head, bucket, mlflow_uri, tmp_path
+):
+    """bucket -> import job -> train job -> MLflow, on a real head with the Jobs API: the
+    path `cluster/README.md` walks. The head has no AWS variables, so the jobs get the
+    credentials and endpoint in their URIs (`pyarrow.fs` options)."""
     tree = write_quadrant_tree(tmp_path / "tree", per_class=160)
-    data = f"s3://{bucket.name}/quadrants"
-    aws = dict(os.environ, **bucket.env, RAY_USAGE_STATS_ENABLED="0")
-    # Imported and inspected with the credentials in the standard AWS variables.
-    report = distinception(
-        *("data", "import", str(tree), "--out", data, "--val-fraction", "0.25"), env=aws
+    for path in sorted(tree.rglob("*.jpg")):  # as `aws s3 sync tree s3://bucket/raw` does
+        bucket.client.upload_file(str(path), bucket.name, f"raw/{path.relative_to(tree)}")
+
+    # The import job: Ray Data tasks read the tree from the bucket and write shards back.
+    imported = submit_followed(
+        jobs_head,
+        "import.yaml",
+        *(bucket.uri("raw"), "--out", bucket.uri("quadrants"), "--val-fraction", "0.25"),
+        mlflow_uri=mlflow_uri,
     ).stdout
-    assert "skipped: 0" in report, report
+    assert "(ray engine)" in imported and "skipped: 0" in imported, imported[-2000:]
     listed = {o["Key"] for o in bucket.client.list_objects_v2(Bucket=bucket.name)["Contents"]}
     assert "quadrants/manifest.json" in listed and "quadrants/train-00000.parquet" in listed
+    # Inspected from here with the credentials in the standard AWS variables instead.
+    aws = dict(os.environ, **bucket.env, RAY_USAGE_STATS_ENABLED="0")
+    data = f"s3://{bucket.name}/quadrants"
     inspected = distinception("data", "inspect", data, env=aws).stdout
     assert "4 classes" in inspected and "train: 480 images" in inspected, inspected
 
-    # Trained with them in the URI instead (nothing in the environment), streamed from the
-    # bucket by every replica and the averager: each replica reads its own row groups (the
-    # importer's are 256 rows: two here) and the next window ahead.
-    plain = dict(_without_aws(os.environ), RAY_USAGE_STATS_ENABLED="0")
-    proc = distinception(
-        *("train", "--recipe", "tiny", "--set", f"data.path={bucket.uri('quadrants')}"),
+    # The train job streams it from the bucket in every replica and the averager: each replica
+    # reads its own row groups (the importer's are 256 rows: two here) and the next window ahead.
+    trained = submit_followed(
+        jobs_head,
+        "train.yaml",
+        *("--recipe", "tiny", "--set", f"data.path={bucket.uri('quadrants')}"),
         *("--set", "data.shuffle=blocks", "--set", "augment.flip=false"),
-        *("--set", f"tracking.tracking_uri={mlflow_uri}"),
-        cwd=tmp_path,
-        env=plain,
-    )
-    run_id = proc.stdout.split("MLflow run ")[1].split()[0]
+        mlflow_uri=mlflow_uri,
+    ).stdout
+    run_id = trained.split("MLflow run ")[1].split()[0]
     run = MlflowClient(mlflow_uri).get_run(run_id)
+    assert run.info.status == "FINISHED"
     # 4 classes, chance 0.75; the tiny job on this set ends near 0 (test_train.py). Half the
     # accuracy (0.5) fails.
-    assert run.data.metrics["val/final_polyak_top1_error"] <= 0.1, proc.stdout
+    assert run.data.metrics["val/final_polyak_top1_error"] <= 0.1, trained[-2000:]
     assert run.data.params["data.path"].startswith(f"s3://{KEY}:***@{bucket.name}/quadrants?")
 
     # Scored from the bucket on 1 and 10 crops (a run keeps its path without the secret, so the
@@ -127,13 +140,20 @@ def test_a_tree_imported_into_a_bucket_trains_and_scores_as_typed(bucket, mlflow
     assert scored["images"] == 160 and [r["crops"] for r in scored["rows"]] == [1, 10]
     assert scored["rows"][0]["top1_error"] <= 0.1
 
-    # The secret is nowhere the run wrote: the output, the store, its artifacts, the config.
-    assert SECRET not in proc.stdout + proc.stderr
-    written = [p for p in Path(tmp_path).rglob("*") if p.is_file() and "tree" not in p.parts]
-    written += [Path(mlflow_uri.removeprefix("sqlite:///"))]
+    # The secret is nowhere the jobs wrote: their output, the store, the run's artifacts (its
+    # config.yaml among them), the data set's manifest.
+    assert SECRET not in imported + trained
+    artifacts = mlflow.artifacts.download_artifacts(
+        run_id=run_id, dst_path=str(tmp_path / "artifacts"), tracking_uri=mlflow_uri
+    )
+    written = [p for p in Path(artifacts).rglob("*") if p.is_file()]
     assert any(p.name == "config.yaml" for p in written), written
+    written += [Path(mlflow_uri.removeprefix("sqlite:///"))]
     leaked = [p for p in written if SECRET.encode() in p.read_bytes()]
     assert not leaked, leaked
+    manifest = bucket.client.get_object(Bucket=bucket.name, Key="quadrants/manifest.json")
+    source = json.loads(manifest["Body"].read())["source"]["imported_from"]
+    assert source.startswith(f"s3://{KEY}:***@{bucket.name}/raw?"), source
 
 
 class DropBucket(Callback):
@@ -165,3 +185,23 @@ def test_a_bucket_that_disappears_mid_run_fails_the_job_in_one_line(
     (run,) = client.search_runs([client.get_experiment_by_name("distinception").experiment_id])
     assert run.info.status == "FAILED"
     assert run.data.tags["distinception.error"].startswith("DataError: ")
+
+
+def test_a_bucket_that_disappears_mid_import_stops_it_in_one_line(bucket, tmp_path, monkeypatch):
+    for key, value in bucket.env.items():
+        monkeypatch.setenv(key, value)
+    tree = write_mixed_tree(tmp_path / "tree")
+    dropped = []
+
+    def check_then_drop(data):
+        if not dropped:
+            bucket.drop()
+            dropped.append(True)
+        return check_image(data)
+
+    monkeypatch.setattr(importer, "check_image", check_then_drop)
+    with pytest.raises(DataError) as err:
+        import_tree(str(tree), f"s3://{bucket.name}/set", workers=1, progress=False)
+    message = str(err.value)
+    assert dropped and "\n" not in message, message
+    assert f"s3://{bucket.name}/set" in message and "could not be written" in message, message

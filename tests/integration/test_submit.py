@@ -22,7 +22,7 @@ SUBMITTED_BY = {
     "train-paper-gpu.yaml": "test_submit.py",
     "ensemble.yaml": "test_ensemble.py",
     "sweep.yaml": "test_sweep.py",
-    "import.yaml": "test_import_engines.py",
+    "import.yaml": "test_object_storage.py",
 }
 #: A CPU head has no GPU and no bucket: the GPU spec's GPU ask, 224-px faithful model and bucket
 #: are replaced; its elastic pool, custom resources and `--address auto` stay.

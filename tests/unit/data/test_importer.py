@@ -6,6 +6,7 @@ import torch
 from image_trees import image_bytes, save, write_mixed_tree
 from PIL import Image
 
+from distinception.data import importer
 from distinception.data.importer import (
     CORRUPT,
     EMPTY,
@@ -13,6 +14,7 @@ from distinception.data.importer import (
     OUTSIDE,
     TRUNCATED,
     UNKNOWN_CLASS,
+    check_image,
     import_tree,
     inspect_dataset,
 )
@@ -172,3 +174,22 @@ def test_a_finished_set_is_never_imported_over(tree, tmp_path):
     import_tree(str(tree), out, workers=1, progress=False)
     with pytest.raises(DataError, match="already holds a data set"):
         import_tree(str(tree), out, workers=1, progress=False)
+
+
+def test_a_tree_that_vanishes_mid_import_stops_it_in_one_line(tree, tmp_path, monkeypatch):
+    """Counting the files of a vanished tree as unreadable would finish a set mostly missing."""
+    checked = []
+
+    def check_then_vanish(data):
+        if not checked:
+            shutil.rmtree(tree)
+        checked.append(1)
+        return check_image(data)
+
+    monkeypatch.setattr(importer, "check_image", check_then_vanish)
+    out = tmp_path / "out"
+    with pytest.raises(DataError) as err:
+        import_tree(str(tree), str(out), workers=1, progress=False)
+    message = str(err.value)
+    assert "\n" not in message and "no longer exists" in message and str(tree) in message
+    assert not (out / "manifest.json").exists()
