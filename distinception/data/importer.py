@@ -26,6 +26,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import time
 import warnings
 from collections import Counter, deque
@@ -76,6 +77,8 @@ UNKNOWN_CLASS = "class not in train/"
 #: The footer key under which a shard records the task it was written for and what it skipped.
 FOOTER_KEY = "distinception.import"
 _Item = tuple[str, str, int]  # (key relative to src, split, label)
+#: What `shard_name` gives an imported split's shards; other files in the output are left alone.
+_SHARD_NAME = re.compile(r"(train|val)-\d{5}\.parquet")
 
 
 @dataclass
@@ -485,8 +488,7 @@ def plan_import(
     planned = {t.name for t in tasks}
     for info in fs.get_file_info(pafs.FileSelector(root)):
         name = info.base_name.removesuffix(".tmp")
-        is_shard = name.endswith(".parquet") and name.split("-")[0] in ("train", "val")
-        if is_shard and (name not in planned or info.base_name.endswith(".tmp")):
+        if _SHARD_NAME.fullmatch(name) and (name not in planned or name != info.base_name):
             fs.delete_file(info.path)
     return ImportPlan(src, out, layout, classes, tasks, unlabelled, done, row_group_rows, started)
 
