@@ -1,4 +1,5 @@
-"""Image trees with every kind of file an import must handle, for both import engines' tests."""
+"""Image trees with every kind of file an import must handle, and what an import stored, for
+both import engines' tests."""
 
 from __future__ import annotations
 
@@ -51,3 +52,19 @@ def write_mixed_tree(src: Path) -> Path:
     )
     (src / "README.txt").write_text("not in a class folder")
     return src
+
+
+def stored_rows(path: str) -> dict[str, list[tuple]]:
+    """Every stored row (key, label, image bytes) of every split of the set at `path`, in
+    stored order: two imports wrote the same set when these are equal."""
+    from distinception.data.shards import iter_batches, open_manifest
+
+    m = open_manifest(path)
+    return {
+        split: [
+            row
+            for b in iter_batches(m, split, columns=("key", "label", "image"))
+            for row in zip(*(b.column(c).to_pylist() for c in b.schema.names), strict=True)
+        ]
+        for split in m.splits
+    }

@@ -15,28 +15,15 @@ import time
 
 import pytest
 from as_typed import EXE
-from image_trees import write_mixed_tree
+from image_trees import stored_rows, write_mixed_tree
 from quadrants import write_quadrant_tree
 from ray_heads import kill_pids, pids_using
 
 from distinception.data.importer import import_tree, plan_import, run_import
-from distinception.data.shards import DataError, iter_batches, open_manifest, verify
+from distinception.data.shards import DataError, open_manifest, verify
 from distinception.importing import _run_on_ray, import_tree_on_ray
 
 pytestmark = pytest.mark.integration
-
-
-def rows(path: str) -> dict[str, list[tuple]]:
-    """Every stored row (key, label, image bytes) of every split, in stored order."""
-    m = open_manifest(path)
-    return {
-        split: [
-            row
-            for b in iter_batches(m, split, columns=("key", "label", "image"))
-            for row in zip(*(b.column(c).to_pylist() for c in b.schema.names), strict=True)
-        ]
-        for split in m.splits
-    }
 
 
 def test_both_engines_write_the_same_set_and_skip_the_same_files(ray_local, tmp_path):
@@ -65,7 +52,7 @@ def test_both_engines_write_the_same_set_and_skip_the_same_files(ray_local, tmp_
         mb.class_counts,
         mb.files,
     )
-    assert rows(local) == rows(on_ray)
+    assert stored_rows(local) == stored_rows(on_ray)
 
 
 def test_a_ray_import_killed_half_way_leaves_no_manifest_and_a_rerun_finishes_it(
@@ -104,7 +91,7 @@ def test_a_ray_import_killed_half_way_leaves_no_manifest_and_a_rerun_finishes_it
     verify(open_manifest(str(out)))
     # Kept and redone shards together are exactly the set an uninterrupted import writes.
     import_tree(str(tree), str(tmp_path / "local"), shard_rows=10, workers=1, progress=False)
-    assert rows(str(out)) == rows(str(tmp_path / "local"))
+    assert stored_rows(str(out)) == stored_rows(str(tmp_path / "local"))
 
 
 def test_a_tree_that_vanishes_under_ray_tasks_stops_the_import_in_one_line(ray_local, tmp_path):

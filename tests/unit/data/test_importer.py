@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from image_trees import image_bytes, save, write_mixed_tree
+from image_trees import image_bytes, save, stored_rows, write_mixed_tree
 from PIL import Image
 
 from distinception.data import importer
@@ -125,18 +125,6 @@ def test_inspect_summarises_and_writes_a_grid(tiny_set, tmp_path):
     assert img.size[0] > 4 * 64 and img.size[1] > 3 * 64
 
 
-def _rows(path: str) -> dict[str, list[tuple[str, int, bytes]]]:
-    m = open_manifest(path)
-    return {
-        split: [
-            row
-            for b in iter_batches(m, split, columns=("key", "label", "image"))
-            for row in zip(*(b.column(c).to_pylist() for c in b.schema.names), strict=True)
-        ]
-        for split in m.splits
-    }
-
-
 def test_an_interrupted_import_resumes_keeping_whole_shards_and_redoing_the_rest(tree, tmp_path):
     whole = str(tmp_path / "whole")
     opts = {"val_fraction": 0.25, "shard_rows": 3, "workers": 1, "progress": False}
@@ -159,7 +147,7 @@ def test_an_interrupted_import_resumes_keeping_whole_shards_and_redoing_the_rest
     assert f"resumed: {written - 2} of {report.shards} shards" in report.format()
     # The skipped files of kept shards are counted from their footers, as in the first run.
     assert dict(report.skipped) == {EMPTY: 1, NOT_IMAGE: 1, TRUNCATED: 1, CORRUPT: 1, OUTSIDE: 1}
-    assert _rows(str(out)) == _rows(whole)
+    assert stored_rows(str(out)) == stored_rows(whole)
     assert open_manifest(str(out)).files == open_manifest(whole).files
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in Path(whole).iterdir())
     # A run with another seed plans other shards: nothing written for the old plan is kept.
