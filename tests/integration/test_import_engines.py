@@ -81,6 +81,7 @@ def test_a_ray_import_killed_half_way_leaves_no_manifest_and_a_rerun_finishes_it
         proc.wait(timeout=30)
     finally:
         kill_pids(pids_using(ray_tmp), signal.SIGKILL)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     whole = sorted(p.name for p in out.glob("*.parquet"))
     assert not (out / "manifest.json").exists()
     assert 3 <= len(whole) < 100, whole  # 900 train + 100 val files, 10 per shard

@@ -205,3 +205,35 @@ def test_a_bucket_that_disappears_mid_import_stops_it_in_one_line(bucket, tmp_pa
     message = str(err.value)
     assert dropped and "\n" not in message, message
     assert f"s3://{bucket.name}/set" in message and "could not be written" in message, message
+
+
+def test_an_ensemble_trains_its_members_from_a_bucket_and_is_scored_there(
+    bucket, mlflow_uri, tmp_path, monkeypatch
+):
+    """Tune trials (the members here; a sweep's trials run the same trainable) stream their
+    shards from the bucket, and the ensemble's Table 3 grid is scored from it."""
+    for key, value in bucket.env.items():
+        monkeypatch.setenv(key, value)  # the command below and the scoring here read them
+    data = write_quadrant_set(f"s3://{bucket.name}/q", per_class=96, val_per_class=16)
+    out = tmp_path / "ens"
+    distinception(
+        *("ensemble", "--recipe", "tiny", "--set", f"data.path={data}"),
+        *("--set", "ps.num_shards=1", "--set", "ps.num_replicas=1"),
+        *("--set", f"tracking.tracking_uri={mlflow_uri}", "--set", "run.max_examples=1500"),
+        *("--set", "data.shuffle=blocks", "--set", "augment.flip=false"),
+        *("--members", "2", "--augments", "none", "--max-concurrent", "1", "--out", str(out)),
+        cwd=tmp_path,
+        env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"),
+    )
+    result = json.loads((out / "ensemble.json").read_text())
+    assert [m["status"] for m in result["members"]] == ["finished", "finished"]
+    client = MlflowClient(mlflow_uri)
+    for m in result["members"]:
+        assert client.get_run(m["run_id"]).data.params["data.path"] == data
+    # Scored from the data path the members ran on, read from the bucket.
+    report = evaluate_target(result["parent_run_id"], ["center"], uri=mlflow_uri, log=False)
+    grid = {(r["models"], r["crops"]): r for r in report["rows"]}
+    assert report["images"] == 64 and set(grid) == {(1, 1), (2, 1)}
+    # Chance is 0.75; members of the tiny job on this set end near 0 (test_ensemble.py). Half
+    # the accuracy fails.
+    assert grid[2, 1]["top1_error"] <= 0.1, report
