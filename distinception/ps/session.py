@@ -38,7 +38,15 @@ def init_ray(address: str | None, **local: Any) -> bool:
         "log_to_driver": False,
         "logging_level": logging.ERROR,
     }
-    ray.init(**(options | local))
+    try:
+        ray.init(**(options | local))
+    except Exception as err:
+        # Ray gives its raylet a fixed 30 s to register with the GCS; a machine busy with other
+        # work can miss that once. One more try; any other failure is the user's to see.
+        if "timed out during startup" not in str(err):
+            raise
+        ray.shutdown()
+        ray.init(**(options | local))
     return True
 
 
