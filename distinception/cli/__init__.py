@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
+import signal
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -143,7 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             _renamed_keys_as_notices()
-            return int(args.func(args) or 0)
+            status = int(args.func(args) or 0)
+        # Printed output is buffered: a reader that has gone (`| head`) shows here, not at exit.
+        sys.stdout.flush()
+        return status
     except _user_errors() as err:
         print(f"distinception: error: {err}", file=sys.stderr)
         return 2
@@ -151,6 +156,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("distinception: interrupted", file=sys.stderr)
         return 130
     except Exception as err:
+        if isinstance(err, BrokenPipeError) and _stdout_reader_gone():
+            # The reader took what it wanted, as `head` does: end quietly, with the status a
+            # shell gives a command that SIGPIPE ended, and keep Python's exit flush off the pipe.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 128 + signal.SIGPIPE
         # Not the user's mistake: one line and where the whole traceback went, status 1.
         log = _crash_log(argv)
         first = (str(err).strip().splitlines() or [""])[0][:300]
@@ -159,6 +169,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether standard output is a pipe whose reading end was closed: only then is a broken
+    pipe the user's `| head` and not a failed connection of ours."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLERR)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _renamed_keys_as_notices() -> None:

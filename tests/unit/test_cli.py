@@ -1,8 +1,10 @@
+import os
+import signal
 import subprocess
 import sys
 
 import pytest
-from as_typed import distinception
+from as_typed import EXE, distinception
 
 from distinception.cli import build_parser, main
 
@@ -193,3 +195,30 @@ def test_an_unexpected_error_is_one_line_with_the_log_and_exit_1(monkeypatch, tm
     (log,) = tmp_path.glob("crash-*.log")
     assert f"(traceback in {log})" in err
     assert "Traceback" in log.read_text() and "second line" in log.read_text()
+
+
+def test_output_read_by_a_reader_that_stops_early_ends_quietly(tmp_path):
+    """`distinception ... | head`: the reader closes the pipe before the command prints."""
+    proc = subprocess.Popen(
+        [EXE, "model", "summary"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, DISTINCEPTION_LOG_DIR=str(tmp_path)),
+    )
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 128 + signal.SIGPIPE, err
+    assert err == "" and not list(tmp_path.iterdir())  # no message, no crash log
+
+
+def test_a_broken_pipe_that_is_not_the_output_s_is_still_an_error(monkeypatch, tmp_path, capsys):
+    import distinception.cli.data as cli
+
+    def lost_connection(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "cmd_model_summary", lost_connection)
+    monkeypatch.setenv("DISTINCEPTION_LOG_DIR", str(tmp_path))
+    assert main(["model", "summary"]) == 1
+    assert capsys.readouterr().err.startswith("distinception: unexpected BrokenPipeError:")
