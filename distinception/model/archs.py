@@ -26,6 +26,9 @@ from torch import nn
 from distinception.config import GOOGLENET, TORCHVISION, ConfigError, ModelConfig
 from distinception.model.googlenet import build_googlenet
 
+#: torchvision builders that warn unless told which random initialisation to use.
+ASKS_FOR_INIT = frozenset({"googlenet", "inception_v3"})
+
 
 def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     """The classifier `cfg.arch` names, with `num_classes` outputs and random weights."""
@@ -36,7 +39,11 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
         from torchvision.models import get_model
 
         # The config has checked that a width other than 1 is a width_mult this builder takes.
-        options = {"width_mult": cfg.width} if cfg.width != 1.0 else {}
+        options: dict[str, object] = {"width_mult": cfg.width} if cfg.width != 1.0 else {}
+        if name in ASKS_FOR_INIT:
+            # Their random init today, asked for by name: left unsaid, each build warns that
+            # the default will change.
+            options["init_weights"] = True
         return get_model(name, weights=None, num_classes=num_classes, **options)
     builder = getattr(importlib.import_module(source), name)
     try:

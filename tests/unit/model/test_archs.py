@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import types
+import warnings
 from collections import namedtuple
 
 import pytest
@@ -14,6 +15,7 @@ from torch import nn
 from distinception.config import ConfigError, ModelConfig, from_dict
 from distinception.model import GoogLeNet, build_model, classifier_loss, describe_model
 from distinception.model.accounting import count_params, format_summary, summarize_model
+from distinception.model.archs import ASKS_FOR_INIT
 from distinception.ps.averager import has_batchnorm
 from distinception.ps.replica import ReplicaCore, build_flat_model
 from distinception.recipes import get_recipe
@@ -131,3 +133,10 @@ def test_any_arch_has_a_summary_of_params_and_macs_per_block():
     # GoogLeNet keeps its Table-1 rows.
     googlenet = summarize_model(ModelConfig(variant="bn", width=0.25, input_size=64), 10)
     assert googlenet["arch"] == "googlenet" and googlenet["rows"][2]["name"] == "3a"
+
+
+@pytest.mark.parametrize("name", sorted(ASKS_FOR_INIT))
+def test_torchvision_builders_that_warn_about_their_init_are_built_quietly(name):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_model(ModelConfig(arch=f"torchvision:{name}"), 3)
