@@ -90,6 +90,7 @@ class ImportReport:
     classes: list[str]
     layout: str
     read: int = 0
+    listed: int = 0
     written: dict[str, int] = field(default_factory=dict)
     reencoded: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
@@ -107,6 +108,7 @@ class ImportReport:
             f"  files read: {self.read}",
         ]
         if self.resumed:
+            lines[-1] += f" of {self.listed} (the others are in the kept shards)"
             lines.append(
                 f"  resumed: {self.resumed} of {self.shards} shards were already written and kept"
             )
@@ -503,7 +505,9 @@ def finish_import(plan: ImportPlan, results: Iterable[ShardResult], engine: str)
     report = ImportReport(
         src=plan.src, out=plan.out, classes=plan.classes, layout=plan.layout, engine=engine
     )
-    report.read = plan.files + plan.unlabelled.total()
+    # Files outside any class folder are seen again by every run's listing.
+    report.listed = plan.files + plan.unlabelled.total()
+    report.read = sum(len(t.keys) for t in plan.todo) + plan.unlabelled.total()
     report.skipped.update(+plan.unlabelled)
     report.shards = len(plan.tasks)
     report.resumed = len(plan.done)

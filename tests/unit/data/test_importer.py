@@ -145,11 +145,19 @@ def test_an_interrupted_import_resumes_keeping_whole_shards_and_redoing_the_rest
     report = import_tree(str(tree), str(out), seed=1, **opts)
     assert report.resumed == written - 2
     assert f"resumed: {written - 2} of {report.shards} shards" in report.format()
+    # Only the redone shards' files were read again (and the listing's files outside any class).
+    assert 0 < report.read < 23 and report.listed == 23
+    assert f"files read: {report.read} of 23 (the others are in the kept shards)" in report.format()
     # The skipped files of kept shards are counted from their footers, as in the first run.
     assert dict(report.skipped) == {EMPTY: 1, NOT_IMAGE: 1, TRUNCATED: 1, CORRUPT: 1, OUTSIDE: 1}
     assert stored_rows(str(out)) == stored_rows(whole)
     assert open_manifest(str(out)).files == open_manifest(whole).files
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in Path(whole).iterdir())
+    # Killed after its last shard, before the manifest: every shard is kept, no image is read.
+    (out / "manifest.json").unlink()
+    report = import_tree(str(tree), str(out), seed=1, **opts)
+    assert report.resumed == report.shards and report.read == report.skipped[OUTSIDE] == 1
+    assert open_manifest(str(out)).files == open_manifest(whole).files
     # A run with another seed plans other shards: nothing written for the old plan is kept.
     (out / "manifest.json").unlink()
     report = import_tree(str(tree), str(out), seed=2, **opts)
