@@ -93,6 +93,10 @@ EXAMPLES: dict[str, list[str]] = {
         "--seeds 3 --set data.path=~/.cache/distinception/digits",
     ],
     "bench gpu": ["distinception bench gpu --batch 64 --steps 60"],
+    "plan": [
+        "distinception plan --cluster cluster/aws.yaml --link-gbps 10,25",
+        "distinception plan --calibrate --recipe demo --replicas 2,4,8 --save-profile demo.yaml",
+    ],
 }
 
 
@@ -124,9 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from distinception.cli import bench, cluster, data, jobs
+    from distinception.cli import bench, cluster, data, jobs, plan
 
-    for group in (jobs, data, cluster, bench):
+    for group in (jobs, data, cluster, bench, plan):
         group.add_parsers(sub)
     _add_examples(parser)
     return parser
