@@ -201,4 +201,10 @@ def format_plans(plans: list[Plan], profile: Profile) -> str:
             f"{r['staleness_mean']:g} / {r['staleness_p95']:g} | {r['saturates_first']} "
             f"({r['utilization'][r['saturates_first']]:.0%}) |"
         )
+    if any(plan.setup.n_push > 1 for plan in plans):
+        lines += [
+            "",
+            "n_push k: set ps.n_push=k and ps.n_fetch=k (each replica sums k batches into one "
+            "push and reads the weights once per push)",
+        ]
     return "\n".join(lines)
