@@ -134,13 +134,19 @@ class AveragerActor(AveragerLoop):
 
 
 def remote_shard(cfg: JobConfig, name: str | None = None) -> Any:
-    """`name`: register the shard under it, so replicas and the averager can be given names."""
+    """`name`: register the shard under it, so replicas and the averager can be given names.
+
+    Shards pinned to PS nodes by `shard_resources` are spread over all of them (Ray's SPREAD
+    strategy): the slices are of near-equal size, so every PS node's NIC and cores carry an
+    equal share. Ray's default would fill one node first. Unpinned shards are placed as Ray
+    likes, beside the driver on one node."""
     return ray.remote(ShardActor).options(
         name=name,
         num_cpus=cfg.placement.shard_cpus,
         max_restarts=cfg.placement.max_shard_restarts,
         max_task_retries=0,
         resources=cfg.placement.shard_resources,
+        scheduling_strategy="SPREAD" if cfg.placement.shard_resources else "DEFAULT",
     )
 
 
