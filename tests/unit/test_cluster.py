@@ -36,11 +36,15 @@ def test_shards_go_to_the_head_and_replicas_to_autoscaled_workers(name):
     types = config["available_node_types"]
     head = types[config["head_node_type"]]
     assert head["resources"].get("ps", 0) >= 1 and "replica" not in head["resources"]
-    workers = {k: v for k, v in types.items() if k != config["head_node_type"]}
+    workers = {k: v for k, v in types.items() if k not in (config["head_node_type"], "ps_node")}
     assert {"cpu_replica", "gpu_replica"} <= set(workers)
     for worker in workers.values():
         assert worker["min_workers"] == 0 < worker["max_workers"] <= config["max_workers"]
         assert worker["resources"]["replica"] >= 1 and "ps" not in worker["resources"]
+    # PS nodes beside the head: off until a user sets their count, and never replicas' nodes.
+    ps_node = types["ps_node"]
+    assert ps_node["min_workers"] == ps_node["max_workers"] == 0
+    assert ps_node["resources"]["ps"] >= 1 and "replica" not in ps_node["resources"]
     assert workers["gpu_replica"]["resources"]["GPU"] == 1
     assert "GPU" not in workers["cpu_replica"]["resources"]
 
@@ -52,10 +56,11 @@ def _spot(node_config: dict) -> bool:
 
 
 @pytest.mark.parametrize("name", CLOUD)
-def test_workers_are_spot_and_the_head_is_not(name):
+def test_replica_workers_are_spot_and_shard_nodes_are_not(name):
     config = load(name)
+    # The nodes that hold shards (the head, PS nodes) are never reclaimed; replicas' nodes are.
     for key, node_type in config["available_node_types"].items():
-        assert _spot(node_type["node_config"]) == (key != config["head_node_type"]), key
+        assert _spot(node_type["node_config"]) == ("ps" not in node_type["resources"]), key
 
 
 @pytest.mark.parametrize("name", CLOUD)

@@ -65,6 +65,21 @@ def test_a_cluster_yaml_names_its_ps_nodes_and_replicas():
     assert local.ps_nodes == 1 and local.max_replicas >= 1
 
 
+def test_ps_nodes_set_in_a_cluster_yaml_add_to_what_it_holds(tmp_path):
+    import yaml
+
+    config = yaml.safe_load((ROOT / "cluster" / "aws.yaml").read_text())
+    config["available_node_types"]["ps_node"].update(min_workers=5, max_workers=5)
+    wider = tmp_path / "aws-6ps.yaml"
+    wider.write_text(yaml.safe_dump(config))
+    spec = read_cluster(str(wider))
+    assert (spec.ps_nodes, spec.cores_per_ps_node) == (6, 8)  # the head and 5 PS nodes
+    profile = load_profile("h100-paper")
+    one, _ = max_replicas(profile, Setup(replicas=1, shards=8, ps_nodes=1, link_gbps=25))
+    six, _ = max_replicas(profile, Setup(replicas=1, shards=48, ps_nodes=6, link_gbps=25))
+    assert six >= 5 * one  # the NICs add up
+
+
 def test_a_yaml_with_no_ps_node_or_no_node_types_is_one_line(tmp_path):
     bare = tmp_path / "bare.yaml"
     bare.write_text("cluster_name: x\n")
@@ -93,11 +108,13 @@ def test_shipped_profiles_load_and_bad_ones_are_one_line(tmp_path):
         load_profile(str(bad))
 
 
-def test_plan_as_the_readme_types_it():
+def test_plan_as_the_readmes_type_it():
     section = (ROOT / "README.md").read_text().split("## Planning a cluster", 1)[1]
     (block,) = re.findall(r"```\n(.*?)```", section.split("\n## ", 1)[0], flags=re.DOTALL)
     commands = [line for line in block.splitlines() if line.startswith("distinception plan")]
-    assert commands
+    cluster = (ROOT / "cluster" / "README.md").read_text()
+    commands += re.findall(r"^distinception plan .*$", cluster, flags=re.MULTILINE)
+    assert len(commands) == 3
     for line in commands:
         proc = distinception(*line.split()[1:], cwd=ROOT, timeout=300)
         assert "| replicas | link Gb/s | PS nodes |" in proc.stdout, proc.stdout
