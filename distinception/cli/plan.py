@@ -24,12 +24,28 @@ def _numbers(text: str, kind: type, name: str, low: float) -> list:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from distinception.config import ConfigError
+
+    try:
+        return _plan(args)
+    except ValueError as err:  # a simulation setting out of range, named by `Setup`
+        if isinstance(err, ConfigError):
+            raise
+        flag, _, rest = str(err).partition("=")
+        raise ConfigError(f"--{flag.replace('_', '-')}={rest}") from None
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from distinception.config import ConfigError
     from distinception.plan.advise import format_plans, max_replicas, plan_replicas, read_cluster
     from distinception.plan.profiles import calibrate, load_profile, save_profile
     from distinception.plan.sim import Setup
 
     if not 0 < args.target <= 1:
         raise ConfigError(f"--target={args.target!r}: expected a share in (0, 1]")
+    if not 0 <= args.stragglers <= 1:
+        raise ConfigError(f"--stragglers={args.stragglers!r}: expected a share in [0, 1]")
+    if args.cores_per_ps_node < 1:
+        raise ConfigError(f"--cores-per-ps-node={args.cores_per_ps_node}: expected an integer >= 1")
     if args.calibrate:
         from distinception.api import load_config
 

@@ -89,8 +89,20 @@ class Setup:
                 f"replicas={self.replicas}, shards={self.shards}, ps_nodes={self.ps_nodes}: "
                 "expected replicas >= 1 and shards >= ps_nodes >= 1"
             )
-        if not self.link_gbps > 0:
-            raise ValueError(f"link_gbps={self.link_gbps!r}: expected a number > 0")
+        checks = [
+            ("link_gbps", self.link_gbps > 0, "a number > 0"),
+            ("max_lag", self.max_lag >= 0, "an integer >= 0"),
+            ("n_push", self.n_push >= 1, "an integer >= 1"),
+            ("stragglers", 0 <= self.stragglers <= self.replicas, "between 0 and replicas"),
+            ("straggler_factor", self.straggler_factor >= 1, "a number >= 1"),
+            ("step_cv", 0 <= self.step_cv <= 10, "a number in [0, 10]"),
+            ("preemptions_per_hour", self.preemptions_per_hour >= 0, "a number >= 0"),
+            ("restart_s", self.restart_s > 0, "a number > 0"),
+            ("averager_interval_s", self.averager_interval_s >= 0, "a number >= 0 (0: none)"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:  # NaN fails every comparison, so it lands here too
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected {expected}")
 
 
 @dataclass

@@ -153,6 +153,10 @@ def test_plan_calibrates_a_profile_here_and_saves_it(tmp_path):
         (["--target", "1.5"], "--target=1.5: expected a share in (0, 1]"),
         (["--set", "optim.lr=0.1"], "--recipe, --config and --set choose the job --calibrate"),
         (["--profile", "nope"], "--profile='nope': expected a profile file or one of"),
+        (["--stragglers", "2"], "--stragglers=2.0: expected a share in [0, 1]"),
+        (["--straggler-factor", "0.5"], "--straggler-factor=0.5: expected a number >= 1"),
+        (["--restart-s", "0"], "--restart-s=0.0: expected a number > 0"),
+        (["--step-cv", "nan"], "--step-cv=nan: expected a number in [0, 10]"),
     ],
 )
 def test_plan_rejects_bad_arguments_in_one_line(argv, message):

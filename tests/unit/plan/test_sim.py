@@ -108,6 +108,8 @@ def test_the_averagers_reads_use_the_ps_nics():
         (lambda: Setup(replicas=0), "expected replicas >= 1"),
         (lambda: Setup(replicas=4, shards=2, ps_nodes=4), "shards >= ps_nodes"),
         (lambda: Setup(replicas=4, link_gbps=0), "link_gbps=0"),
+        (lambda: Setup(replicas=4, stragglers=5), "stragglers=5: expected between 0 and"),
+        (lambda: Setup(replicas=4, n_push=0), "n_push=0: expected an integer >= 1"),
         (lambda: _profile(step_s=0), "step_s=0: expected a number > 0"),
         (lambda: _profile(rpc_s=float("nan")), "rpc_s=nan"),
         (lambda: _profile(wire_bytes=3), "wire_bytes=3: expected 2 or 4"),
