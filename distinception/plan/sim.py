@@ -191,8 +191,8 @@ class _Simulation:
     def __init__(self, profile: Profile, setup: Setup, pushes: int, seed: int) -> None:
         self.p, self.s = profile, setup
         self.rng = random.Random(seed)
-        self.target = pushes
-        self.warm_pushes = pushes // 5
+        self.warm_pushes = max(1, pushes // 5)
+        self.target = max(pushes, self.warm_pushes + 1)
         nodes = 1  # stands for all `setup.ps_nodes` (see the module's docstring)
         self.nodes = nodes
         wire = profile.params * profile.wire_bytes
