@@ -58,7 +58,7 @@ def _plan(args: argparse.Namespace) -> int:
         save_profile(profile, args.save_profile)
     spec = read_cluster(args.cluster) if args.cluster else None
     cores = spec.cores_per_ps_node if spec else args.cores_per_ps_node
-    replicas = [spec.max_replicas] if spec and not args.replicas_given else args.replicas
+    replicas = args.replicas or ([spec.max_replicas] if spec else [64, 256, 1024])
     out: dict[str, Any] = {"profile": profile.__dict__, "plans": []}
     plans = []
     for link in args.link_gbps:
@@ -103,12 +103,6 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Given(argparse.Action):
-    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
-        setattr(namespace, self.dest, values)
-        namespace.replicas_given = True
-
-
 def add_parsers(sub: Any) -> None:
     p = sub.add_parser(
         "plan",
@@ -141,8 +135,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--replicas",
         type=lambda t: _numbers(t, int, "--replicas", 1),
-        default=[64, 256, 1024],
-        action=_Given,
+        default=None,
+        help="replica counts (default 64,256,1024, or with --cluster the YAML's most replicas)",
     )
     p.add_argument(
         "--link-gbps",
@@ -170,4 +164,4 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--restart-s", type=float, default=60.0)
     p.add_argument("--averager-interval-s", type=float, default=10.0)
     p.add_argument("--json", action="store_true", help="one machine-readable JSON object")
-    p.set_defaults(func=cmd_plan, replicas_given=False)
+    p.set_defaults(func=cmd_plan)

@@ -142,18 +142,16 @@ class Result:
 @dataclass
 class _Pull:
     owner: int
-    versions: list[int]
-    first: float
-    waiting: int
-    done: float = 0.0
-    arrival: float | None = None
+    first: float  # when the replica asked
+    version: int = 0  # of the weights read
+    arrival: float | None = None  # None while in flight
 
 
 @dataclass
 class _Replica:
     epoch: int = 0
     up: bool = True
-    weights: list[int] = field(default_factory=list)
+    weights: int = 0  # the version of the weights it computes on
     pending: deque = field(default_factory=deque)
     lag: int = 0
     comm_free: float = 0.0
@@ -193,8 +191,6 @@ class _Simulation:
         self.rng = random.Random(seed)
         self.warm_pushes = max(1, pushes // 5)
         self.target = max(pushes, self.warm_pushes + 1)
-        nodes = 1  # stands for all `setup.ps_nodes` (see the module's docstring)
-        self.nodes = nodes
         wire = profile.params * profile.wire_bytes
         link = setup.link_gbps * 1e9 / 8
         self.vector_s = wire / link  # the whole vector through one replica's NIC
@@ -202,11 +198,10 @@ class _Simulation:
         slice_mib = profile.params * 4 / setup.shards / MIB
         self.apply_s = profile.apply_fixed_s + profile.apply_s_per_mib * slice_mib
         self.step_s = profile.step_s * setup.n_push
-        self.ingress = [_Server() for _ in range(nodes)]
-        self.egress = [_Server() for _ in range(nodes)]
-        self.apply = [_Server() for _ in range(nodes)]
-        self.version = [0] * nodes  # pushes each node has taken (applied in this order)
-        self.current = [0] * nodes  # of which applied by now: what a read gets
+        # One PS node, standing for all `setup.ps_nodes` (see the module's docstring).
+        self.ingress, self.egress, self.apply = _Server(), _Server(), _Server()
+        self.version = 0  # pushes the node has taken (applied in this order)
+        self.current = 0  # of which applied by now: what a read gets
         self.window = math.inf  # set when warm-up ends
         self.applied = 0
         self.t_warm = 0.0
@@ -217,7 +212,7 @@ class _Simulation:
         self.nic_busy = 0.0
         self.events: list = []
         self.seq = 0
-        self.replicas = [_Replica(weights=[0] * nodes) for _ in range(setup.replicas)]
+        self.replicas = [_Replica() for _ in range(setup.replicas)]
         for i, r in enumerate(self.replicas):
             r.factor = setup.straggler_factor if i < setup.stragglers else 1.0
 
@@ -244,9 +239,7 @@ class _Simulation:
         images = counted * self.p.batch * self.s.n_push
         ideal = self.s.replicas * self.p.batch / self.p.step_s
         busy = {"shard apply": self.apply, "PS NIC in": self.ingress, "PS NIC out": self.egress}
-        utilization = {
-            k: max(x.work_by(self.t_end) - x.at_warm for x in v) / seconds for k, v in busy.items()
-        }
+        utilization = {k: (x.work_by(self.t_end) - x.at_warm) / seconds for k, x in busy.items()}
         utilization["replica compute"] = self.compute_busy / seconds / self.s.replicas
         utilization["replica NIC"] = self.nic_busy / seconds / self.s.replicas
         return Result(
@@ -273,17 +266,16 @@ class _Simulation:
         arrived = [k for k in arrived if r.pending[k].arrival <= t]
         if arrived:
             newest = arrived[-1]
-            r.weights = list(r.pending[newest].versions)
+            r.weights = r.pending[newest].version
             for _ in range(newest + 1):
                 r.pending.popleft()
             r.lag = 0
         elif not r.pending:
             # Nothing in flight (the first step of a life): read the weights and wait for them.
-            pull = _Pull(i, [0] * self.nodes, first=t, waiting=self.nodes)
+            pull = _Pull(i, first=t)
             r.pending.append(pull)
             r.waiting_on = pull
-            for n in range(self.nodes):
-                self._read(t, n, pull, self.current[n])
+            self._read(t, pull, self.current)
             return
         elif r.lag < self.s.max_lag:
             r.lag += 1
@@ -310,52 +302,45 @@ class _Simulation:
         send = max(t, r.comm_free)
         r.comm_free = send + self.vector_s
         self.nic_busy += 2 * self._in_window(send, send + self.vector_s)  # the push and its pull
-        pull = _Pull(i, [0] * self.nodes, first=send, waiting=self.nodes)
+        pull = _Pull(i, first=send)
         r.pending.append(pull)
         while len(r.pending) > 2:  # the loop keeps the two newest pulls; older are superseded
             r.pending.popleft()
-        for n in range(self.nodes):
-            self.at(send, "push", n, pull, list(r.weights))
+        self.at(send, "push", pull, r.weights)
         self._step(t, i, epoch)
 
     # -- a PS node -------------------------------------------------------------------------
-    def _push(self, t: float, n: int, pull: _Pull, weights: list[int]) -> None:
-        _, sent = self.ingress[n].serve(t, self.node_s)
+    def _push(self, t: float, pull: _Pull, weights: int) -> None:
+        _, sent = self.ingress.serve(t, self.node_s)
         arrive = max(sent, t + self.vector_s) + self.p.rpc_s
-        start, applied = self.apply[n].serve(arrive, self.apply_s)
-        self.version[n] += 1
+        start, applied = self.apply.serve(arrive, self.apply_s)
+        self.version += 1
         if self.window < math.inf:
-            self.staleness[self.version[n] - 1 - weights[n]] += 1
+            self.staleness[self.version - 1 - weights] += 1
             self.waits[0] += start - arrive
             self.waits[1] += 1
-        if n == 0:
-            self.at(applied, "applied")
-        self.at(applied, "read", n, pull, self.version[n])
+        self.at(applied, "applied")
+        self.at(applied, "read", pull, self.version)
 
     def _applied(self, t: float) -> None:
         self.applied += 1
         self.t_end = t
         if self.applied == self.warm_pushes:
             self.t_warm = self.window = t
-            for server in (*self.ingress, *self.egress, *self.apply):
+            for server in (self.ingress, self.egress, self.apply):
                 server.at_warm = server.work_by(t)
 
-    def _read(self, t: float, n: int, pull: _Pull, version: int) -> None:
-        self.current[n] = max(self.current[n], version)
-        _, done = self.egress[n].serve(t, self.node_s)
-        pull.versions[n] = version
-        pull.done = max(pull.done, done)
-        pull.waiting -= 1
-        if pull.waiting:
-            return
-        pull.arrival = max(pull.done, pull.first + self.vector_s) + self.p.rpc_s
+    def _read(self, t: float, pull: _Pull, version: int) -> None:
+        self.current = max(self.current, version)
+        _, done = self.egress.serve(t, self.node_s)
+        pull.version = version
+        pull.arrival = max(done, pull.first + self.vector_s) + self.p.rpc_s
         r = self.replicas[pull.owner]
         if r.waiting_on is pull:
             self.at(pull.arrival, "step", pull.owner, r.epoch)
 
     def _averager(self, t: float) -> None:
-        for n in range(self.nodes):
-            self.egress[n].serve(t, self.node_s)
+        self.egress.serve(t, self.node_s)
         self.at(t + self.s.averager_interval_s, "averager")
 
     # -- preemptions -----------------------------------------------------------------------
