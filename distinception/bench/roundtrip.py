@@ -41,6 +41,10 @@ from distinception.ps.transport.objstore import ShardLinks
 from distinception.recipes import get_recipe
 
 
+def _node_id(actor: object) -> str:
+    return ray.get_runtime_context().get_node_id()
+
+
 def _median_time(fn, repeats: int, warmup: int = 2) -> float:
     for _ in range(warmup):
         fn()
@@ -53,11 +57,17 @@ def _median_time(fn, repeats: int, warmup: int = 2) -> float:
 
 
 def bench_p1(
-    repeats: int, num_shards: int, dtype: str = "float32", transport: str = "auto"
+    repeats: int,
+    num_shards: int,
+    dtype: str = "float32",
+    transport: str = "auto",
+    shard_resources: dict[str, float] | None = None,
+    docs: bool = True,
 ) -> dict[str, float]:
     """One pull + push round trip through real shard actors by the replicas' own transport
     (`ShardLinks`: shared memory and doorbells on one node, else the object store and Ray
-    calls), against a memcpy of the same bytes and the Ray docs pattern."""
+    calls), against a memcpy of the same bytes and (`docs`) the Ray docs pattern.
+    `shard_resources` places the shards as `placement.shard_resources` does in a job."""
     model_cfg = ModelConfig(variant="faithful", width=1.0, input_size=224)
     cfg = from_dict(
         {
@@ -65,7 +75,7 @@ def bench_p1(
             "ps": {"num_shards": num_shards},
             "optim": {"momentum": 0.0, "lr": 1e-4, "weight_decay": 0.0},
             "transport": {"transfer_dtype": dtype, "channel": transport},
-            "placement": {"shard_cpus": 0.25},
+            "placement": {"shard_cpus": 0.25, "shard_resources": shard_resources or {}},
         },
         JobConfig(),
     )
@@ -90,6 +100,8 @@ def bench_p1(
         for i, (a, b) in enumerate(ranges)
     ]
     ray.get([s.ready.remote() for s in shards], timeout=RPC_TIMEOUT_S)
+    here = ray.get_runtime_context().get_node_id()
+    nodes = ray.get([s.__ray_call__.remote(_node_id) for s in shards], timeout=RPC_TIMEOUT_S)
     links = ShardLinks(shards, ranges, transport, lambda _: None)
     links.attach()
     slot = (
@@ -138,6 +150,23 @@ def bench_p1(
             slot.close()
         shm.remove(shm_dir)
 
+    memcpy_s = statistics.median(memcpy_times[2:])
+    ours = statistics.median(
+        a + b for a, b in zip(parts["pull"][2:], parts["push"][2:], strict=True)
+    )
+    result = {
+        "bytes": layout.nbytes,
+        "wire_bytes": layout.total * (2 if dtype == "bfloat16" else 4),
+        "shared_shards": shared,
+        "shard_nodes": len(set(nodes)),
+        "shards_elsewhere": sum(n != here for n in nodes),
+        "memcpy_s": memcpy_s,
+        "ours_s": ours,
+        "ours_vs_memcpy": ours / memcpy_s,
+        **{f"{k}_s": statistics.median(v[2:]) for k, v in parts.items()},
+    }
+    if not docs:
+        return result
     docs_actor = ray.remote(DocsParameterServer).options(num_cpus=0.5).remote(cfg, 1000, 10**6)
     ray.get(docs_actor.get_weights.remote(), timeout=RPC_TIMEOUT_S)
     ref_model = build_model(model_cfg, 1000)
@@ -147,22 +176,9 @@ def bench_p1(
         weights = ray.get(docs_actor.apply_gradients.remote(grads), timeout=RPC_TIMEOUT_S)
         ref_model.load_state_dict(weights)
 
-    docs = _median_time(docs_round_trip, repeats)
+    docs_s = _median_time(docs_round_trip, repeats)
     ray.kill(docs_actor)
-    memcpy_s = statistics.median(memcpy_times[2:])
-    ours = statistics.median(
-        a + b for a, b in zip(parts["pull"][2:], parts["push"][2:], strict=True)
-    )
-    return {
-        "bytes": layout.nbytes,
-        "shared_shards": shared,
-        "memcpy_s": memcpy_s,
-        "ours_s": ours,
-        "docs_s": docs,
-        "ours_vs_memcpy": ours / memcpy_s,
-        "docs_vs_ours": docs / ours,
-        **{f"{k}_s": statistics.median(v[2:]) for k, v in parts.items()},
-    }
+    return result | {"docs_s": docs_s, "docs_vs_ours": docs_s / ours}
 
 
 def bench_p2(steps: int, rounds: int = 3) -> dict[str, Any]:

@@ -21,6 +21,18 @@ def _lrs(text: str) -> tuple[float, ...]:
     return lrs
 
 
+def _counts(text: str) -> tuple[int, ...]:
+    from distinception.config import ConfigError
+
+    try:
+        counts = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise ConfigError(f"--replicas={text!r}: expected a comma list of integers >= 1")
+    return counts
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from distinception.config import ConfigError
 
@@ -35,14 +47,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.bench_command == "updates":
         from distinception.bench.updates import run_updates
 
-        try:
-            counts = tuple(int(x) for x in args.replicas.split(",") if x.strip())
-        except ValueError:
-            counts = ()
-        if not counts or min(counts) < 1:
-            raise ConfigError(
-                f"--replicas={args.replicas!r}: expected a comma list of integers >= 1"
-            )
+        counts = _counts(args.replicas)
         if args.seeds < 1:
             raise ConfigError(f"--seeds={args.seeds}: expected an integer >= 1")
         res = run_updates(
@@ -53,6 +58,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
             out_dir=args.out,
             recipe=args.recipe,
             overrides=tuple(args.set or []),
+        )
+        print(res["text"])
+        return 0
+    if args.bench_command == "nodes":
+        from distinception.bench.nodes import run_nodes
+        from distinception.recipes import get_recipe
+
+        if args.seconds is not None and args.seconds <= 0:
+            raise ConfigError(f"--seconds={args.seconds}: expected a number > 0")
+        get_recipe(args.recipe)  # a bad name fails here, before a cluster starts
+        res = run_nodes(
+            replicas=_counts(args.replicas),
+            quick=args.quick,
+            out_dir=args.out,
+            recipe=args.recipe,
+            seconds=args.seconds,
         )
         print(res["text"])
         return 0
@@ -233,6 +254,20 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--recipe", default=None, help="run recipe (default demo; tiny with --quick)")
     p.add_argument("--out", default="bench/results", help="where updates.md and the PNG go")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override (repeatable)")
+    p.set_defaults(func=cmd_bench)
+    p = bench.add_parser(
+        "nodes",
+        help="across node boundaries: round trip, throughput, staleness, and the plan model",
+    )
+    p.add_argument(
+        "--replicas", default="1,2,4,8", help="comma list of replica counts (default 1,2,4,8)"
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="fp32 round trips only, 8 s runs (default 40 s)"
+    )
+    p.add_argument("--recipe", default="demo", help="run recipe the jobs run (default demo)")
+    p.add_argument("--seconds", type=float, default=None, help="seconds each job is timed")
+    p.add_argument("--out", default="bench/results", help="where nodes.md and nodes.png go")
     p.set_defaults(func=cmd_bench)
     p = bench.add_parser("gpu", help="one replica vs a local torch loop on one GPU (no Ray)")
     p.add_argument("--batch", type=int, default=64)

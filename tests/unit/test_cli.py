@@ -127,6 +127,27 @@ def test_bench_updates_bad_arguments_are_one_line(argv, message, capsys):
     assert err.startswith("distinception: error: " + message) and "\n" not in err
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--replicas", "0,2"], "--replicas='0,2': expected a comma list of integers >= 1"),
+        (["--seconds", "0"], "--seconds=0.0: expected a number > 0"),
+        (["--recipe", "huge"], "--recipe='huge': expected one of"),
+    ],
+)
+def test_bench_nodes_bad_arguments_are_one_line_before_any_cluster(argv, message, capsys):
+    import distinception.bench.nodes as nodes
+
+    def never(*_: object, **__: object) -> None:
+        raise AssertionError("a cluster was started")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(nodes, "fake_cluster", never)
+        assert main(["bench", "nodes", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("distinception: error: " + message) and "\n" not in err
+
+
 def test_bench_convergence_bad_systems_and_target_are_one_line(capsys):
     assert main(["bench", "convergence", "--target", "1.5"]) == 2
     assert "--target=1.5: expected an error rate in (0, 1)" in capsys.readouterr().err

@@ -1,0 +1,321 @@
+"""`distinception bench nodes`: the parameter server across node boundaries, on a Ray cluster of
+three nodes on this machine, and `distinception plan`'s model held against what it measures.
+
+The cluster: a head that holds the driver and the replicas (resource `replica`), and two PS
+nodes (resource `ps`, and `ps-node-0` / `ps-node-1` to pin to one). Each node has its own raylet
+and object store, so a replica reaches a shard through Ray's object manager as it would across
+machines; the bytes cross the loopback interface rather than a NIC, and all three nodes share
+this machine's cores.
+
+(1) Round trip (P1c): one pull + push of the full faithful GoogLeNet vector by the replicas' own
+    transport (`bench_p1`), shards on one PS node and spread over two, fp32 and bf16 on the
+    wire; beside it a memcpy of the same fp32 bytes and Ray's own floor, one object of the
+    same bytes fetched from and sent to an actor on a PS node.
+(2) Throughput: training jobs with N replicas against shards on one PS node, then spread over
+    two: images/s, updates/s, the staleness the shards measured, and each replica's busy time
+    per step.
+(3) The model: `plan`'s simulator with the costs measured here (the replica's busy time per
+    step from each run, the shard's apply from `plan --calibrate`'s measurement, the link from
+    Ray's floor in (1)) predicts each run of (2); the table shows where it errs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from distinception.bench.common import header, line_plot, machine, markdown_table
+from distinception.bench.throughput import run_ps, steady_rates
+from distinception.config import JobConfig, from_dict
+from distinception.recipes import get_recipe
+
+STORE_BYTES = 400 * 1024 * 1024
+PS_NODES = 2
+P1_SHARDS = 4
+LAYOUTS = {"1 PS node": {"ps-node-0": 1.0}, "2 PS nodes": {"ps": 1.0}}
+
+
+@contextlib.contextmanager
+def fake_cluster(ps_nodes: int = PS_NODES, head_cpus: int = 2) -> Iterator[tuple[Any, list]]:
+    """A head (the driver and the replicas) and `ps_nodes` PS nodes, each its own raylet and
+    object store on this machine; this process is connected to it, and all of it is stopped
+    afterwards. Yields the `ray.cluster_utils.Cluster` and its PS nodes."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from distinception.bench.common import _source_root
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": head_cpus,
+            "resources": {"replica": 64},
+            "object_store_memory": STORE_BYTES,
+            "include_dashboard": False,
+        },
+    )
+    try:
+        nodes = [
+            cluster.add_node(
+                num_cpus=1,
+                resources={"ps": 8, f"ps-node-{i}": 8},
+                object_store_memory=STORE_BYTES,
+            )
+            for i in range(ps_nodes)
+        ]
+        ray.init(
+            address=cluster.address,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"PYTHONPATH": _source_root()}},
+        )
+        yield cluster, nodes
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+class _Far:
+    """An actor on a PS node that hands out and takes one object of `n` bytes: what Ray's
+    object manager alone costs across nodes, with no shard work."""
+
+    def __init__(self, n: int) -> None:
+        self.values = np.ones(n // 4, dtype=np.float32)
+
+    def pull(self) -> np.ndarray:
+        return self.values
+
+    def push(self, values: np.ndarray) -> int:
+        return int(values.nbytes)
+
+
+def ray_floor(nbytes: int, repeats: int, resources: dict[str, float]) -> dict[str, float]:
+    """Median seconds of fetching one `nbytes` object from an actor placed by `resources` into a
+    reused buffer here, and of sending one to it (answered once it arrived)."""
+    import ray
+
+    actor = ray.remote(_Far).options(num_cpus=0.1, resources=resources).remote(nbytes)
+    buffer = np.empty(nbytes // 4, dtype=np.float32)
+    sent = np.full(nbytes // 4, 1e-6, dtype=np.float32)
+    times: dict[str, list[float]] = {"pull": [], "push": []}
+    try:
+        for _ in range(2 + repeats):
+            t0 = time.perf_counter()
+            np.copyto(buffer, ray.get(actor.pull.remote(), timeout=300))
+            t1 = time.perf_counter()
+            ray.get(actor.push.remote(sent), timeout=300)
+            t2 = time.perf_counter()
+            times["pull"].append(t1 - t0)
+            times["push"].append(t2 - t1)
+    finally:
+        ray.kill(actor)
+    return {f"{k}_s": statistics.median(v[2:]) for k, v in times.items()}
+
+
+def round_trips(repeats: int, dtypes: tuple[str, ...]) -> dict[tuple, dict]:
+    """P1c for each PS-node layout and wire dtype, and Ray's floor for the same bytes."""
+    from distinception.bench.roundtrip import bench_p1
+
+    out: dict[tuple, dict] = {}
+    for layout, resources in LAYOUTS.items():
+        for dtype in dtypes:
+            p1 = bench_p1(repeats, P1_SHARDS, dtype, "object_store", resources, docs=False)
+            floor = ray_floor(p1["wire_bytes"], repeats, {"ps-node-0": 1.0})
+            out[layout, dtype] = p1 | {f"floor_{k}": v for k, v in floor.items()}
+    return out
+
+
+def job_config(recipe: str, replicas: int, layout: str, head_cpus: int = 2) -> JobConfig:
+    """`recipe` with `replicas` replicas sharing the head's CPUs and its shards and averager on
+    the PS nodes of `layout`."""
+    base = get_recipe(recipe)
+    per = min(base.placement.replica_cpus, round(head_cpus / replicas - 5e-4, 3))
+    return from_dict(
+        {
+            "ps": {"num_replicas": replicas},
+            "transport": {"channel": "object_store"},
+            "placement": {
+                "replica_cpus": per,
+                "replica_resources": {"replica": 1.0},
+                "shard_resources": LAYOUTS[layout],
+            },
+        },
+        base,
+    )
+
+
+def busy_per_step(result: Any) -> float:
+    """A replica's own time per step (data, compute, handing the push over: everything but
+    waiting for weights), over every replica's last call."""
+    stats = list(result.replica_stats.values())
+    steps = sum(s["steps"] for s in stats)
+    busy = sum(s["wall_s"] - s["timings"].get("pull_wait_s", 0.0) for s in stats)
+    return busy / max(1, steps)
+
+
+def mean_staleness(hist: dict) -> float:
+    applied = sum(hist.values())
+    return sum(int(k) * v for k, v in hist.items()) / applied if applied else 0.0
+
+
+def predict(
+    profile: Any, cfg: JobConfig, step_s: float, ps_nodes: int, link_gbps: float
+) -> dict[str, float]:
+    """The simulator's images/s and mean staleness for one measured run."""
+    from distinception.plan.sim import Setup, simulate
+
+    setup = Setup(
+        replicas=cfg.ps.num_replicas,
+        shards=cfg.ps.num_shards,
+        ps_nodes=ps_nodes,
+        link_gbps=link_gbps,
+        max_lag=cfg.ps.lag,
+        n_push=cfg.ps.n_push,
+    )
+    sim = simulate(replace(profile, step_s=step_s), setup)
+    return {"images_per_s": sim.images_per_s, "staleness": sim.staleness_stats()["mean"]}
+
+
+def run_nodes(
+    replicas: tuple[int, ...] = (1, 2, 4, 8),
+    quick: bool = False,
+    out_dir: str = "bench/results",
+    recipe: str = "demo",
+    seconds: float | None = None,
+) -> dict[str, Any]:
+    """Measure (1)-(3) on a fake three-node cluster; write nodes.md and nodes.png."""
+    from distinception.plan.profiles import calibrate
+
+    cmd = f"distinception bench nodes --replicas {','.join(map(str, replicas))}"
+    cmd += " --quick" if quick else ""
+    cmd += f" --recipe {recipe}" if recipe != "demo" else ""
+    cmd += f" --seconds {seconds:g}" if seconds else ""
+    seconds = seconds or (8.0 if quick else 40.0)
+    repeats, dtypes = (2, ("float32",)) if quick else (9, ("float32", "bfloat16"))
+    info = machine()
+    t0 = time.perf_counter()
+    with fake_cluster():
+        trips = round_trips(repeats, dtypes)
+        runs = {
+            (layout, n): run_ps(job_config(recipe, n, layout), seconds)["result"]
+            for layout in LAYOUTS
+            for n in replicas
+        }
+        base = job_config(recipe, 1, "1 PS node")
+        profile = calibrate(base, name=f"{recipe}-fake-cluster")
+    wall = time.perf_counter() - t0
+
+    fp32 = trips["1 PS node", "float32"]
+    # The link the model is given: Ray's own cross-node bandwidth, one object one way.
+    link_gbps = fp32["wire_bytes"] * 8 / 1e9 / fp32["floor_pull_s"]
+    trip_rows = []
+    for (layout, dtype), p in trips.items():
+        mib = p["wire_bytes"] / 2**20
+        trip_rows.append(
+            [
+                layout,
+                f"{p['shard_nodes']} ({p['shards_elsewhere']} of {P1_SHARDS} off the head)",
+                "bf16" if dtype == "bfloat16" else "fp32",
+                f"{1e3 * p['pull_s']:.0f} / {1e3 * p['push_s']:.0f}",
+                f"{mib / p['pull_s']:.0f} / {mib / p['push_s']:.0f}",
+                f"{1e3 * p['ours_s']:.0f}",
+                f"{p['ours_vs_memcpy']:.1f}x",
+                f"{1e3 * p['floor_pull_s']:.0f} / {1e3 * p['floor_push_s']:.0f}",
+                f"{(p['floor_pull_s'] + p['floor_push_s']) / p['memcpy_s']:.1f}x",
+            ]
+        )
+    run_rows, measured, modelled = [], {}, {}
+    for (layout, n), result in runs.items():
+        cfg = job_config(recipe, n, layout)
+        images, updates = steady_rates(result)
+        stale = mean_staleness(result.staleness_hist)
+        step_s = busy_per_step(result)
+        ps_nodes = 1 if layout == "1 PS node" else PS_NODES
+        model = predict(profile, cfg, step_s, ps_nodes, link_gbps)
+        run_rows.append(
+            [
+                layout,
+                n,
+                f"{images:.0f}",
+                f"{updates:.1f}",
+                f"{1e3 * step_s:.0f}",
+                f"{stale:.2f}",
+                f"{model['images_per_s']:.0f}",
+                f"{model['images_per_s'] / images:.2f}" if images else "n/a",
+                f"{model['staleness']:.2f}",
+                f"{model['staleness'] / stale:.2f}" if stale else "n/a",
+            ]
+        )
+        measured.setdefault(f"measured, {layout}", []).append((n, images))
+        modelled.setdefault(f"model, {layout}", []).append((n, model["images_per_s"]))
+    os.makedirs(out_dir, exist_ok=True)
+    png = line_plot(
+        os.path.join(out_dir, "nodes.png"),
+        measured | modelled,
+        "replicas",
+        "images/s",
+        f"{recipe} model, shards on PS nodes of a three-node Ray cluster on one machine",
+    )
+    lines = [
+        *header(cmd, info),
+        "A Ray cluster of three nodes on this machine (head: driver and replicas; two PS "
+        "nodes), each its own raylet and object store; bytes between nodes go through Ray's "
+        f"object manager over loopback. Whole run {wall:.0f} s.",
+        "",
+        f"Round trip (P1c): one pull + push of the full faithful GoogLeNet vector "
+        f"({fp32['bytes'] / 2**20:.1f} MiB in fp32), {P1_SHARDS} shards, median of {repeats}; "
+        f"memcpy is a one-thread copy of the fp32 bytes ({1e3 * fp32['memcpy_s']:.1f} ms); "
+        "Ray's floor is one object of the same bytes fetched from and sent to an actor on a "
+        "PS node.",
+        "",
+        *markdown_table(
+            [
+                "shards on",
+                "nodes used",
+                "wire",
+                "pull / push ms",
+                "MiB/s pull / push",
+                "round trip ms",
+                "vs memcpy (goal <= 4x)",
+                "Ray floor pull / push ms",
+                "floor vs memcpy",
+            ],
+            trip_rows,
+        ),
+        "",
+        f"Throughput: recipe `{recipe}`, {base.ps.num_shards} shards, {seconds:g} s per run, "
+        "rates after start-up. Busy is a replica's own time per step (all but waiting for "
+        "weights). The model is `distinception plan`'s simulator given each run's busy time, "
+        "the shard's apply as `plan --calibrate` measures it here "
+        f"({1e3 * profile.apply_fixed_s:.2f} ms per push + {1e3 * profile.apply_s_per_mib:.2f} "
+        f"ms per MiB), {1e3 * profile.rpc_s:.2f} ms per message, and a {link_gbps:.1f} Gb/s "
+        "link (Ray's floor above).",
+        "",
+        *markdown_table(
+            [
+                "shards on",
+                "replicas",
+                "images/s",
+                "updates/s",
+                "busy ms/step",
+                "staleness",
+                "model images/s",
+                "model / measured",
+                "model staleness",
+                "model / measured",
+            ],
+            run_rows,
+        ),
+        "",
+        f"![nodes]({os.path.basename(png)})",
+    ]
+    text = "\n".join(lines)
+    with open(os.path.join(out_dir, "nodes.md"), "w") as f:
+        f.write(text + "\n")
+    return {"text": text, "png": png, "trips": trips, "runs": runs, "link_gbps": link_gbps}
