@@ -39,6 +39,7 @@ from distinception.recipes import get_recipe
 STORE_BYTES = 400 * 1024 * 1024
 PS_NODES = 2
 P1_SHARDS = 4
+PROFILE = "nodes-profile.yaml"
 LAYOUTS = {"1 PS node": {"ps-node-0": 1.0}, "2 PS nodes": {"ps": 1.0}}
 
 
@@ -131,6 +132,16 @@ def round_trips(repeats: int, dtypes: tuple[str, ...]) -> dict[tuple, dict]:
     return out
 
 
+def fit_link(small: tuple[int, float], large: tuple[int, float]) -> tuple[float, float]:
+    """(Gb/s, seconds of latency) of the line `seconds = latency + bytes / bandwidth` through
+    two (bytes, seconds) transfers of one object; a bandwidth of at least 0.1 Gb/s."""
+    (b1, t1), (b2, t2) = small, large
+    per_byte = max((t2 - t1) / (b2 - b1), 0.0)
+    gbps = 8 / 1e9 / per_byte if per_byte > 0 else 1e3
+    gbps = max(gbps, 0.1)
+    return gbps, max(0.0, t1 - b1 * 8 / 1e9 / gbps)
+
+
 def job_config(recipe: str, replicas: int, layout: str, head_cpus: int = 2) -> JobConfig:
     """`recipe` with `replicas` replicas sharing the head's CPUs and its shards and averager on
     the PS nodes of `layout`."""
@@ -157,6 +168,13 @@ def busy_per_step(result: Any) -> float:
     steps = sum(s["steps"] for s in stats)
     busy = sum(s["wall_s"] - s["timings"].get("pull_wait_s", 0.0) for s in stats)
     return busy / max(1, steps)
+
+
+def wait_per_step(result: Any) -> float:
+    """A replica's time per step waiting for weights, over every replica's last call."""
+    stats = list(result.replica_stats.values())
+    waited = sum(s["timings"].get("pull_wait_s", 0.0) for s in stats)
+    return waited / max(1, sum(s["steps"] for s in stats))
 
 
 def mean_staleness(hist: dict) -> float:
@@ -190,7 +208,7 @@ def run_nodes(
     seconds: float | None = None,
 ) -> dict[str, Any]:
     """Measure (1)-(3) on a fake three-node cluster; write nodes.md and nodes.png."""
-    from distinception.plan.profiles import calibrate
+    from distinception.plan.profiles import calibrate, save_profile
 
     cmd = f"distinception bench nodes --replicas {','.join(map(str, replicas))}"
     cmd += " --quick" if quick else ""
@@ -209,11 +227,22 @@ def run_nodes(
         }
         base = job_config(recipe, 1, "1 PS node")
         profile = calibrate(base, name=f"{recipe}-fake-cluster")
+        # One message of a job: a shard's slice of the gradient or of the weights.
+        message = profile.params * profile.wire_bytes // base.ps.num_shards
+        small = ray_floor(message, 4 * repeats, LAYOUTS["1 PS node"])
     wall = time.perf_counter() - t0
 
     fp32 = trips["1 PS node", "float32"]
-    # The link the model is given: Ray's own cross-node bandwidth, one object one way.
-    link_gbps = fp32["wire_bytes"] * 8 / 1e9 / fp32["floor_pull_s"]
+    link_gbps, latency_s = fit_link(
+        (message, (small["pull_s"] + small["push_s"]) / 2),
+        (fp32["wire_bytes"], (fp32["floor_pull_s"] + fp32["floor_push_s"]) / 2),
+    )
+    profile = replace(
+        profile,
+        rpc_s=round(latency_s, 6),
+        source=f"`{cmd}`: {profile.source.split(': ', 1)[-1]}; rpc_s fitted to Ray's "
+        "cross-node object transfers on the fake cluster",
+    )
     trip_rows = []
     for (layout, dtype), p in trips.items():
         mib = p["wire_bytes"] / 2**20
@@ -231,6 +260,7 @@ def run_nodes(
             ]
         )
     run_rows, measured, modelled = [], {}, {}
+    batch = base.data.batch_size
     for (layout, n), result in runs.items():
         cfg = job_config(recipe, n, layout)
         images, updates = steady_rates(result)
@@ -245,6 +275,8 @@ def run_nodes(
                 f"{images:.0f}",
                 f"{updates:.1f}",
                 f"{1e3 * step_s:.0f}",
+                f"{1e3 * wait_per_step(result):.0f}",
+                f"{1e3 * max(0.0, n * batch / model['images_per_s'] - step_s):.0f}",
                 f"{stale:.2f}",
                 f"{model['images_per_s']:.0f}",
                 f"{model['images_per_s'] / images:.2f}" if images else "n/a",
@@ -255,6 +287,8 @@ def run_nodes(
         measured.setdefault(f"measured, {layout}", []).append((n, images))
         modelled.setdefault(f"model, {layout}", []).append((n, model["images_per_s"]))
     os.makedirs(out_dir, exist_ok=True)
+    single = next(r for (_, n), r in runs.items() if n == min(replicas))
+    save_profile(replace(profile, step_s=round(busy_per_step(single), 6)), f"{out_dir}/{PROFILE}")
     png = line_plot(
         os.path.join(out_dir, "nodes.png"),
         measured | modelled,
@@ -291,11 +325,16 @@ def run_nodes(
         "",
         f"Throughput: recipe `{recipe}`, {base.ps.num_shards} shards, {seconds:g} s per run, "
         "rates after start-up. Busy is a replica's own time per step (all but waiting for "
-        "weights). The model is `distinception plan`'s simulator given each run's busy time, "
+        "weights) and wait the rest, over each replica's last call. The model is `distinception "
+        "plan`'s simulator given each run's busy time, "
         "the shard's apply as `plan --calibrate` measures it here "
         f"({1e3 * profile.apply_fixed_s:.2f} ms per push + {1e3 * profile.apply_s_per_mib:.2f} "
-        f"ms per MiB), {1e3 * profile.rpc_s:.2f} ms per message, and a {link_gbps:.1f} Gb/s "
-        "link (Ray's floor above).",
+        f"ms per MiB), and links of {link_gbps:.1f} Gb/s with {1e3 * latency_s:.1f} ms per "
+        "message: the line through Ray's cross-node transfer of one object of a job's message "
+        f"(a shard's slice, {message / 2**20:.2f} MiB: {1e3 * small['pull_s']:.1f} / "
+        f"{1e3 * small['push_s']:.1f} ms pull / push) and of the faithful vector (the floor "
+        "above); its wait is its time per step less the busy time. The profile is in "
+        f"`{PROFILE}` (`distinception plan --profile {PROFILE}`).",
         "",
         *markdown_table(
             [
@@ -304,6 +343,8 @@ def run_nodes(
                 "images/s",
                 "updates/s",
                 "busy ms/step",
+                "wait ms/step",
+                "model wait",
                 "staleness",
                 "model images/s",
                 "model / measured",

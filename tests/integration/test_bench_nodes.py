@@ -33,11 +33,16 @@ def test_bench_nodes_as_a_user_types_it(tmp_path):
 
     # One job per layout at 2 replicas, measured and modelled; two replicas with one step of
     # lag are stale, and the model, given the measured costs, says so too.
-    runs = [r for r in rows if len(r) == 10]
+    runs = [r for r in rows if len(r) == 12]
     assert sorted((r[0], r[1]) for r in runs) == [("1 PS node", "2"), ("2 PS nodes", "2")]
     for row in runs:
-        images, staleness = float(row[2]), float(row[5])
-        model_images, model_staleness = float(row[6]), float(row[8])
+        images, staleness = float(row[2]), float(row[7])
+        model_images, model_staleness = float(row[8]), float(row[10])
         assert images > 0 and model_images > 0, row
         assert staleness > 0 and model_staleness > 0, row
     png(str(tmp_path / "nodes.png"))
+    # The costs it measured, as a profile that `distinception plan` reads.
+    proc = distinception(
+        "plan", "--profile", str(tmp_path / "nodes-profile.yaml"), "--replicas", "2", "--json"
+    )
+    assert '"replicas": 2' in proc.stdout
