@@ -163,18 +163,17 @@ def job_config(recipe: str, replicas: int, layout: str, head_cpus: int = 2) -> J
 
 def busy_per_step(result: Any) -> float:
     """A replica's own time per step (data, compute, handing the push over: everything but
-    waiting for weights), over every replica's last call."""
-    stats = list(result.replica_stats.values())
-    steps = sum(s["steps"] for s in stats)
-    busy = sum(s["wall_s"] - s["timings"].get("pull_wait_s", 0.0) for s in stats)
-    return busy / max(1, steps)
+    waiting for weights), over every call of every replica."""
+    totals = [s["totals"] for s in result.replica_stats.values()]
+    busy = sum(t["wall_s"] - t.get("pull_wait_s", 0.0) for t in totals)
+    return busy / max(1, sum(t["steps"] for t in totals))
 
 
 def wait_per_step(result: Any) -> float:
-    """A replica's time per step waiting for weights, over every replica's last call."""
-    stats = list(result.replica_stats.values())
-    waited = sum(s["timings"].get("pull_wait_s", 0.0) for s in stats)
-    return waited / max(1, sum(s["steps"] for s in stats))
+    """A replica's time per step waiting for weights, over every call of every replica."""
+    totals = [s["totals"] for s in result.replica_stats.values()]
+    waited = sum(t.get("pull_wait_s", 0.0) for t in totals)
+    return waited / max(1, sum(t["steps"] for t in totals))
 
 
 def mean_staleness(hist: dict) -> float:
@@ -325,7 +324,7 @@ def run_nodes(
         "",
         f"Throughput: recipe `{recipe}`, {base.ps.num_shards} shards, {seconds:g} s per run, "
         "rates after start-up. Busy is a replica's own time per step (all but waiting for "
-        "weights) and wait the rest, over each replica's last call. The model is `distinception "
+        "weights) and wait the rest, over every call of every replica. The model is `distinception "
         "plan`'s simulator given each run's busy time, "
         "the shard's apply as `plan --calibrate` measures it here "
         f"({1e3 * profile.apply_fixed_s:.2f} ms per push + {1e3 * profile.apply_s_per_mib:.2f} "

@@ -192,6 +192,11 @@ class ReplicaScheduler:
         self.examples += stats["examples"]
         if not stats["restarted"]:  # a restarted actor's position is not its recorded one
             self.positions[i] = stats["position"]
+        # Beside the last call, every call's steps and time so far: what a replica spent
+        # waiting over the whole job, not in its last call only.
+        before = self.replica_stats.get(i, {}).get("totals", {})
+        add = {"steps": stats["steps"], "wall_s": stats["wall_s"], **stats["timings"]}
+        stats["totals"] = {k: before.get(k, 0) + add.get(k, 0) for k in before.keys() | add}
         self.replica_stats[i] = stats
 
     def stop(self) -> None:

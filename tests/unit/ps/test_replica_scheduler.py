@@ -186,3 +186,31 @@ def test_a_replica_dead_for_good_at_the_end_is_counted_and_not_replaced(monkeypa
     replicas, _, spawned = _end_of_job(monkeypatch, {0: False, 1: False, 2: "dead"})
     assert replicas.faults["replica_failures"] == 1
     assert replicas.faults["replica_replaced"] == 0 and spawned == [0, 1, 2]
+
+
+def test_a_replicas_totals_add_every_call_beside_its_last_one():
+    replicas, _ = scheduler(warm=0)
+
+    def call(steps: int, wall: float, **timings: float) -> dict:
+        return {
+            "examples": 16 * steps,
+            "steps": steps,
+            "wall_s": wall,
+            "timings": timings,
+            "restarted": False,
+            "position": {},
+        }
+
+    replicas._record(0, call(10, 2.0, pull_wait_s=0.5, compute_s=1.0))
+    replicas._record(0, call(5, 1.0, compute_s=0.75, push_s=0.25))
+    replicas._record(1, call(3, 0.5, compute_s=0.5))
+    last = replicas.replica_stats[0]
+    assert last["steps"] == 5 and last["timings"] == {"compute_s": 0.75, "push_s": 0.25}
+    assert last["totals"] == {
+        "steps": 15,
+        "wall_s": 3.0,
+        "pull_wait_s": 0.5,
+        "compute_s": 1.75,
+        "push_s": 0.25,
+    }
+    assert replicas.replica_stats[1]["totals"] == {"steps": 3, "wall_s": 0.5, "compute_s": 0.5}
