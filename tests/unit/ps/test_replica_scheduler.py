@@ -90,6 +90,7 @@ def _stats(slot: int, restarted: bool) -> dict:
         "steps": 2,
         "examples": 32,
         "wall_s": 0.1,
+        "timings": {"compute_s": 0.08},
         "position": {"epoch": 0, "offset": 32},
         "restarted": restarted,
         "resumed_from": None,
