@@ -17,33 +17,15 @@ from distinception.ps.coordinator import Coordinator
 
 pytestmark = pytest.mark.integration
 
-STORE = 200 * 1024 * 1024
-
 
 @pytest.fixture(scope="module")
 def ps_cluster():
-    """A head with the driver and the replicas (`replica`), and two PS nodes (`ps`)."""
-    from ray.cluster_utils import Cluster
+    """A head with the driver and the replicas (`replica`), and two PS nodes (`ps`): the
+    cluster `distinception bench nodes` measures on."""
+    from distinception.bench.nodes import fake_cluster
 
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 2,
-            "resources": {"replica": 2},
-            "object_store_memory": STORE,
-            "include_dashboard": False,
-        },
-    )
-    nodes = [
-        cluster.add_node(num_cpus=1, resources={"ps": 8}, object_store_memory=STORE)
-        for _ in range(2)
-    ]
-    ray.init(address=cluster.address, log_to_driver=False)
-    try:
+    with fake_cluster() as (cluster, nodes):
         yield cluster, nodes
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
 
 
 def _node_of(actor) -> str:
