@@ -293,7 +293,7 @@ def run_nodes(
         measured | modelled,
         "replicas",
         "images/s",
-        f"{recipe} model, shards on PS nodes of a three-node Ray cluster on one machine",
+        f"{recipe} model, a three-node Ray cluster on one machine",
     )
     lines = [
         *header(cmd, info),

@@ -92,6 +92,10 @@ EXAMPLES: dict[str, list[str]] = {
         "distinception bench updates --recipe digits --replicas 1,2 --updates previous,default,dc "
         "--seeds 3 --set data.path=~/.cache/distinception/digits",
     ],
+    "bench nodes": [
+        "distinception bench nodes --quick",
+        "distinception bench nodes --replicas 1,2,4,8 --seconds 40",
+    ],
     "bench gpu": ["distinception bench gpu --batch 64 --steps 60"],
     "plan": [
         "distinception plan --cluster cluster/aws.yaml --link-gbps 10,25",
