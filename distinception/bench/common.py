@@ -1,5 +1,6 @@
 """What every benchmark shares: the machine description, a private local Ray, the local training
-step the baselines run, evaluation of a plain model, markdown tables and small PNG plots."""
+step the baselines run, evaluation of a plain model and markdown tables (plots are in
+`distinception/plots.py`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 import torch
 
 from distinception.config import AveragerConfig, ConfigError, JobConfig, from_dict
@@ -138,58 +138,3 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> lis
 
     out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     return out + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def bar_chart(path: str, groups: dict[str, dict[str, float]], ylabel: str, title: str) -> str:
-    """Grouped bars: one group per scenario, one bar per system."""
-    plt = _pyplot()
-    systems = list(next(iter(groups.values())))
-    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=90)
-    width = 0.8 / len(systems)
-    for j, name in enumerate(systems):
-        xs = [i + j * width for i in range(len(groups))]
-        vals = [g.get(name, np.nan) for g in groups.values()]
-        bars = ax.bar(xs, vals, width, label=name)
-        ax.bar_label(bars, fmt="%.0f", fontsize=7)
-    ax.set_xticks([i + width * (len(systems) - 1) / 2 for i in range(len(groups))])
-    ax.set_xticklabels(list(groups))
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-def line_plot(
-    path: str,
-    series: dict[str, list[tuple[float, float]]],
-    xlabel: str,
-    ylabel: str,
-    title: str,
-) -> str:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=90)
-    for name, pts in series.items():
-        if pts:
-            xs, ys = zip(*pts, strict=True)
-            ax.plot(xs, ys, marker=".", label=name)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path

@@ -24,7 +24,6 @@ from distinception.bench.common import (
     LocalTrainer,
     fit_cpus,
     header,
-    line_plot,
     local_ray,
     machine,
     markdown_table,
@@ -34,6 +33,7 @@ from distinception.bench.common import (
 from distinception.config import ConfigError, JobConfig, apply_overrides, from_dict
 from distinception.data.generated import resolve_data
 from distinception.model.archs import describe_model
+from distinception.plots import line_plot
 from distinception.recipes import get_recipe
 
 POLYAK, RAW, DDP, LOCAL = "async PS, Polyak", "async PS, raw", "sync DDP", "local"

@@ -31,9 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from distinception.bench.common import header, line_plot, machine, markdown_table
+from distinception.bench.common import header, machine, markdown_table
 from distinception.bench.throughput import run_ps, steady_rates
 from distinception.config import JobConfig, from_dict
+from distinception.plots import line_plot
 from distinception.recipes import get_recipe
 
 STORE_BYTES = 400 * 1024 * 1024

@@ -13,12 +13,12 @@ from distinception import api
 from distinception.bench.common import (
     fit_cpus,
     header,
-    line_plot,
     local_ray,
     machine,
     markdown_table,
 )
 from distinception.config import apply_overrides, from_dict
+from distinception.plots import line_plot
 from distinception.ps import histogram_quantile
 from distinception.recipes import get_recipe
 

@@ -20,7 +20,6 @@ import torch
 from distinception import api
 from distinception.bench.common import (
     LocalTrainer,
-    bar_chart,
     fit_cpus,
     header,
     local_ray,
@@ -31,6 +30,7 @@ from distinception.bench.common import (
 from distinception.config import JobConfig, from_dict
 from distinception.data.generated import resolve_data
 from distinception.model.archs import describe_model
+from distinception.plots import bar_chart
 from distinception.recipes import get_recipe
 
 PS, DOCS, DDP, LOCAL = "parameter server", "Ray docs pattern", "Ray Train DDP", "local loop"

@@ -19,7 +19,6 @@ from typing import Any
 
 from distinception import api
 from distinception.bench.common import (
-    bar_chart,
     fit_cpus,
     header,
     local_ray,
@@ -30,6 +29,7 @@ from distinception.bench.convergence import interval95
 from distinception.config import ConfigError, apply_overrides, from_dict, nest
 from distinception.data.generated import resolve_data
 from distinception.model.archs import describe_model
+from distinception.plots import bar_chart
 from distinception.recipes import get_recipe
 
 #: Named update rules: config values (dotted keys) over the recipe's. "default" is the recipe as
