@@ -76,6 +76,9 @@ def _plan(args: argparse.Namespace) -> int:
             plans.append(plan_replicas(profile, n, base, cores, args.target))
     out["plans"] = [p.row() for p in plans]
     text = [format_plans(plans, profile)]
+    if args.plot:
+        _plot(args.plot, out["plans"], profile.name, args.target)
+        text += ["", f"plot: {args.plot}"]
     if spec:
         out["cluster"] = spec.__dict__ | {"holds": []}
         text += [
@@ -101,6 +104,26 @@ def _plan(args: argparse.Namespace) -> int:
             )
     print(json.dumps(out, indent=2) if args.json else "\n".join(text))
     return 0
+
+
+def _plot(path: str, rows: list[dict[str, Any]], profile: str, target: float) -> None:
+    """PS nodes needed against replicas, one line per link speed (the table beside it says where
+    pushing every k steps was needed)."""
+    from distinception.plots import line_plot
+
+    series: dict[str, list[tuple[float, float]]] = {}
+    for row in rows:
+        series.setdefault(f"{row['link_gbps']:g} Gb/s", []).append(
+            (row["replicas"], row["ps_nodes"])
+        )
+    line_plot(
+        path,
+        series,
+        "replicas",
+        "PS nodes needed",
+        f"{profile}: the fewest PS nodes at {target:.0%} of ideal images/s",
+        logx=True,
+    )
 
 
 def add_parsers(sub: Any) -> None:
@@ -164,4 +187,5 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--restart-s", type=float, default=60.0)
     p.add_argument("--averager-interval-s", type=float, default=10.0)
     p.add_argument("--json", action="store_true", help="one machine-readable JSON object")
+    p.add_argument("--plot", metavar="PNG", help="also draw PS nodes needed against replicas")
     p.set_defaults(func=cmd_plan)

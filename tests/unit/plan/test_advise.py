@@ -164,20 +164,32 @@ def test_plan_rejects_bad_arguments_in_one_line(argv, message):
     assert message in proc.stderr and proc.stderr.strip().count("\n") <= 1, proc.stderr
 
 
-def test_planning_loads_neither_torch_nor_ray_nor_mlflow():
-    """A plan runs on any laptop, in seconds: only `--calibrate` needs torch."""
+def test_planning_loads_neither_torch_nor_ray_nor_mlflow(tmp_path):
+    """A plan runs on any laptop, in seconds, and draws its plot: only `--calibrate` needs
+    torch."""
     import subprocess
     import sys
 
     code = (
         "import sys\n"
+        "from distinception.cli.plan import _plot\n"
         "from distinception.plan.advise import plan_replicas\n"
         "from distinception.plan.profiles import load_profile\n"
         "from distinception.plan.sim import Setup\n"
-        "plan_replicas(load_profile('h100-paper'), 16, Setup(replicas=16), 8)\n"
+        "plan = plan_replicas(load_profile('h100-paper'), 16, Setup(replicas=16), 8)\n"
+        f"_plot({str(tmp_path / 'plan.png')!r}, [plan.row()], 'h100-paper', 0.9)\n"
         "print(sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules))\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert proc.stdout.strip() == "[]", proc.stdout
+    assert (tmp_path / "plan.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plan_plot_draws_ps_nodes_against_replicas_per_link(tmp_path):
+    plot = tmp_path / "plan.png"
+    args = ("--replicas", "8,16", "--link-gbps", "10,100", "--plot", str(plot))
+    proc = distinception("plan", *args, timeout=120)
+    assert f"plot: {plot}" in proc.stdout
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size < 300_000
