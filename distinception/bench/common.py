@@ -56,13 +56,14 @@ def local_ray(num_cpus: int = 2) -> Iterator[str]:
             None,
             num_cpus=num_cpus,
             _temp_dir=tmp,
-            runtime_env={"env_vars": {"PYTHONPATH": _source_root()}},
+            runtime_env={"env_vars": {"PYTHONPATH": source_root()}},
         ),
     ):
         yield tmp
 
 
-def _source_root() -> str:
+def source_root() -> str:
+    """This checkout on PYTHONPATH, for the actors of a Ray started here."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     return os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
 

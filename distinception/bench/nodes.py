@@ -12,11 +12,13 @@ this machine's cores.
     wire; beside it a memcpy of the same fp32 bytes and Ray's own floor, one object of the
     same bytes fetched from and sent to an actor on a PS node.
 (2) Throughput: training jobs with N replicas against shards on one PS node, then spread over
-    two: images/s, updates/s, the staleness the shards measured, and each replica's busy time
-    per step.
-(3) The model: `plan`'s simulator with the costs measured here (the replica's busy time per
-    step from each run, the shard's apply from `plan --calibrate`'s measurement, the link from
-    Ray's floor in (1)) predicts each run of (2); the table shows where it errs.
+    two: images/s, updates/s, the staleness the shards measured, and each replica's busy and
+    waiting time per step.
+(3) The model: `plan`'s simulator predicts each run of (2) from costs measured here: the run's
+    busy time per step, the shard's apply as `plan --calibrate` measures it, and a link (a
+    latency per message and a bandwidth) fitted through Ray's cross-node transfer of one
+    object of a job's message and of the faithful vector. The table shows where it errs, and
+    the fitted costs are written as a profile `distinception plan --profile` reads.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from distinception.bench.common import header, machine, markdown_table
+from distinception.bench.common import header, machine, markdown_table, source_root
 from distinception.bench.throughput import run_ps, steady_rates
 from distinception.config import JobConfig, from_dict
 from distinception.plots import line_plot
@@ -51,8 +53,6 @@ def fake_cluster(ps_nodes: int = PS_NODES, head_cpus: int = 2) -> Iterator[tuple
     afterwards. Yields the `ray.cluster_utils.Cluster` and its PS nodes."""
     import ray
     from ray.cluster_utils import Cluster
-
-    from distinception.bench.common import _source_root
 
     cluster = Cluster(
         initialize_head=True,
@@ -75,7 +75,7 @@ def fake_cluster(ps_nodes: int = PS_NODES, head_cpus: int = 2) -> Iterator[tuple
         ray.init(
             address=cluster.address,
             log_to_driver=False,
-            runtime_env={"env_vars": {"PYTHONPATH": _source_root()}},
+            runtime_env={"env_vars": {"PYTHONPATH": source_root()}},
         )
         yield cluster, nodes
     finally:
