@@ -36,7 +36,9 @@ import numpy as np
 from distinception.bench.common import header, machine, markdown_table, source_root
 from distinception.bench.throughput import run_ps, steady_rates
 from distinception.config import JobConfig, from_dict
+from distinception.plan.sim import Profile, Setup, simulate
 from distinception.plots import line_plot
+from distinception.ps import histogram_mean
 from distinception.recipes import get_recipe
 
 STORE_BYTES = 400 * 1024 * 1024
@@ -162,32 +164,19 @@ def job_config(recipe: str, replicas: int, layout: str, head_cpus: int = 2) -> J
     )
 
 
-def busy_per_step(result: Any) -> float:
-    """A replica's own time per step (data, compute, handing the push over: everything but
-    waiting for weights), over every call of every replica."""
+def per_step(result: Any) -> tuple[float, float]:
+    """(busy, waiting) seconds of a replica per step, over every call of every replica. Busy is
+    everything but waiting for weights: data, compute, handing the push over."""
     totals = [s["totals"] for s in result.replica_stats.values()]
-    busy = sum(t["wall_s"] - t.get("pull_wait_s", 0.0) for t in totals)
-    return busy / max(1, sum(t["steps"] for t in totals))
-
-
-def wait_per_step(result: Any) -> float:
-    """A replica's time per step waiting for weights, over every call of every replica."""
-    totals = [s["totals"] for s in result.replica_stats.values()]
+    steps = max(1, sum(t["steps"] for t in totals))
     waited = sum(t.get("pull_wait_s", 0.0) for t in totals)
-    return waited / max(1, sum(t["steps"] for t in totals))
-
-
-def mean_staleness(hist: dict) -> float:
-    applied = sum(hist.values())
-    return sum(int(k) * v for k, v in hist.items()) / applied if applied else 0.0
+    return (sum(t["wall_s"] for t in totals) - waited) / steps, waited / steps
 
 
 def predict(
-    profile: Any, cfg: JobConfig, step_s: float, ps_nodes: int, link_gbps: float
+    profile: Profile, cfg: JobConfig, step_s: float, ps_nodes: int, link_gbps: float
 ) -> dict[str, float]:
     """The simulator's images/s and mean staleness for one measured run."""
-    from distinception.plan.sim import Setup, simulate
-
     setup = Setup(
         replicas=cfg.ps.num_replicas,
         shards=cfg.ps.num_shards,
@@ -220,11 +209,8 @@ def run_nodes(
     t0 = time.perf_counter()
     with fake_cluster():
         trips = round_trips(repeats, dtypes)
-        runs = {
-            (layout, n): run_ps(job_config(recipe, n, layout), seconds)["result"]
-            for layout in LAYOUTS
-            for n in replicas
-        }
+        configs = {(at, n): job_config(recipe, n, at) for at in LAYOUTS for n in replicas}
+        runs = {key: run_ps(cfg, seconds)["result"] for key, cfg in configs.items()}
         base = job_config(recipe, 1, "1 PS node")
         profile = calibrate(base, name=f"{recipe}-fake-cluster")
         # One message of a job: a shard's slice of the gradient or of the weights.
@@ -261,13 +247,13 @@ def run_nodes(
         )
     run_rows, measured, modelled = [], {}, {}
     batch = base.data.batch_size
+    steps = {key: per_step(result) for key, result in runs.items()}
     for (layout, n), result in runs.items():
-        cfg = job_config(recipe, n, layout)
         images, updates = steady_rates(result)
-        stale = mean_staleness(result.staleness_hist)
-        step_s = busy_per_step(result)
+        stale = histogram_mean(result.staleness_hist)
+        step_s, wait_s = steps[layout, n]
         ps_nodes = 1 if layout == "1 PS node" else PS_NODES
-        model = predict(profile, cfg, step_s, ps_nodes, link_gbps)
+        model = predict(profile, configs[layout, n], step_s, ps_nodes, link_gbps)
         run_rows.append(
             [
                 layout,
@@ -275,7 +261,7 @@ def run_nodes(
                 f"{images:.0f}",
                 f"{updates:.1f}",
                 f"{1e3 * step_s:.0f}",
-                f"{1e3 * wait_per_step(result):.0f}",
+                f"{1e3 * wait_s:.0f}",
                 f"{1e3 * max(0.0, n * batch / model['images_per_s'] - step_s):.0f}",
                 f"{stale:.2f}",
                 f"{model['images_per_s']:.0f}",
@@ -287,8 +273,8 @@ def run_nodes(
         measured.setdefault(f"measured, {layout}", []).append((n, images))
         modelled.setdefault(f"model, {layout}", []).append((n, model["images_per_s"]))
     os.makedirs(out_dir, exist_ok=True)
-    single = next(r for (_, n), r in runs.items() if n == min(replicas))
-    save_profile(replace(profile, step_s=round(busy_per_step(single), 6)), f"{out_dir}/{PROFILE}")
+    single = next(busy for (_, n), (busy, _) in steps.items() if n == min(replicas))
+    save_profile(replace(profile, step_s=round(single, 6)), f"{out_dir}/{PROFILE}")
     png = line_plot(
         os.path.join(out_dir, "nodes.png"),
         measured | modelled,

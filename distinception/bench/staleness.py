@@ -19,7 +19,7 @@ from distinception.bench.common import (
 )
 from distinception.config import apply_overrides, from_dict
 from distinception.plots import line_plot
-from distinception.ps import histogram_quantile
+from distinception.ps import histogram_mean, histogram_quantile
 from distinception.recipes import get_recipe
 
 
@@ -71,7 +71,7 @@ def run_staleness(
     for (n, policy), res in results.items():
         hist = {int(k): v for k, v in res.staleness_hist.items()}
         applied = sum(hist.values())
-        mean = sum(k * v for k, v in hist.items()) / applied if applied else 0.0
+        mean = histogram_mean(hist)
         refused = sum(res.refused.values())
         rows.append(
             [

@@ -30,6 +30,7 @@ from distinception.config import ConfigError, apply_overrides, from_dict, nest
 from distinception.data.generated import resolve_data
 from distinception.model.archs import describe_model
 from distinception.plots import bar_chart
+from distinception.ps import histogram_mean
 from distinception.recipes import get_recipe
 
 #: Named update rules: config values (dotted keys) over the recipe's. "default" is the recipe as
@@ -114,7 +115,7 @@ def run_updates(
     for (n, name), runs in results.items():
         raw = [r.final["raw_top1_error"] for r in runs]
         pol = [r.final["polyak_top1_error"] for r in runs]
-        stale = [_mean_staleness(r.staleness_hist) for r in runs]
+        stale = [histogram_mean(r.staleness_hist) for r in runs]
         last = [next((h for h in reversed(r.history) if "momentum" in h), {}) for r in runs]
         momentum = [h.get("momentum", float("nan")) for h in last]
         dc = max((h.get("dc_bytes", 0.0) for h in last), default=0.0)
@@ -178,8 +179,3 @@ def run_updates(
     with open(os.path.join(out_dir, "updates.md"), "w") as f:
         f.write(text + "\n")
     return {"text": text, "results": results, "png": png}
-
-
-def _mean_staleness(hist: dict[int, int]) -> float:
-    total = sum(hist.values())
-    return sum(int(k) * v for k, v in hist.items()) / total if total else 0.0

@@ -16,7 +16,12 @@ parts to compare them with other systems on equal terms.
 
 from distinception.ps.averager import AveragerCore
 from distinception.ps.replica import ReplicaCore, build_flat_model, straggle
-from distinception.ps.shard import build_optimizer, histogram_quantile, lr_factor
+from distinception.ps.shard import (
+    build_optimizer,
+    histogram_mean,
+    histogram_quantile,
+    lr_factor,
+)
 from distinception.ps.transport import RPC_TIMEOUT_S, ShardChannel, shm
 
 __all__ = [
@@ -26,6 +31,7 @@ __all__ = [
     "ShardChannel",
     "build_flat_model",
     "build_optimizer",
+    "histogram_mean",
     "histogram_quantile",
     "lr_factor",
     "shm",

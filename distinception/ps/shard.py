@@ -305,6 +305,13 @@ class ShardCore:
             self.dc.record(self.version, self.flat)
 
 
+def histogram_mean(hist: dict[int, int]) -> float:
+    """The mean of a {value: count} histogram (0 for an empty one); keys may be strings, as a
+    histogram read back from JSON has them."""
+    total = sum(hist.values())
+    return sum(int(k) * v for k, v in hist.items()) / total if total else 0.0
+
+
 def histogram_quantile(hist: dict[int, int], q: float) -> float:
     """The q-quantile of a {value: count} histogram (0 for an empty one)."""
     total = sum(hist.values())

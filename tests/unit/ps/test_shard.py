@@ -6,7 +6,7 @@ import torch
 from distinception.config import OptimConfig, PSConfig
 from distinception.ps.layout import ParamLayout
 from distinception.ps.policies import StalenessPolicy
-from distinception.ps.shard import ShardCore, histogram_quantile, lr_factor
+from distinception.ps.shard import ShardCore, histogram_mean, histogram_quantile, lr_factor
 
 
 def _layout() -> ParamLayout:
@@ -132,3 +132,9 @@ def test_histogram_quantile():
     assert histogram_quantile({0: 40, 1: 55, 7: 5}, 0.5) == 1.0
     assert histogram_quantile({0: 50, 1: 45, 7: 5}, 0.99) == 7.0
     assert not math.isnan(histogram_quantile({3: 1}, 0.95))
+
+
+def test_histogram_mean_reads_string_keys_as_json_gives_them():
+    assert histogram_mean({}) == 0.0
+    assert histogram_mean({0: 1, 2: 3}) == 1.5
+    assert histogram_mean({"0": 1, "2": 3}) == 1.5
