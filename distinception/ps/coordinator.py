@@ -145,7 +145,6 @@ class Coordinator:
             )
             for i, (a, b) in enumerate(self.ranges)
         ]
-        ray.get([s.ready.remote() for s in self.shards], timeout=RPC_TIMEOUT_S)
 
     def _ckpt_uri(self, name: str) -> str:
         return checkpoint_uri(self.checkpoint_dir or "", name)
@@ -174,8 +173,13 @@ class Coordinator:
         self.faults.update(progress.faults)
 
     def _start(self) -> None:
-        """Start the shards and the averager (from the checkpoint when resuming); tell the
-        callbacks what the job is."""
+        """Start the shards, the averager (from the checkpoint when resuming) and the first
+        replicas; tell the callbacks what the job is.
+
+        Every actor is created before any is waited for, and the callbacks are told while they
+        are built: each actor spends its first seconds importing torch and building its model,
+        and one after another that was most of a short job. The replicas get no call until
+        `_run` starts the clock."""
         cfg = self.cfg
         self.data_path, self.num_classes, self.train_examples = resolve_data(cfg)
         if self.resume:
@@ -192,7 +196,7 @@ class Coordinator:
                 resume=self.resume,
             )
         )
-        ray.get(self.averager.start.remote(), timeout=RPC_TIMEOUT_S)
+        self.scheduler.start()
         info = {
             "params": self.layout.total,
             "num_classes": self.num_classes,
@@ -203,6 +207,10 @@ class Coordinator:
             "run_id": self.run_id,
         }
         self.run_id = self.callbacks.on_start(cfg, info) or self.run_id
+        ray.get(
+            [s.ready.remote() for s in self.shards] + [self.averager.start.remote()],
+            timeout=RPC_TIMEOUT_S,
+        )
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self, address: str | None = None) -> TrainResult:
@@ -227,8 +235,8 @@ class Coordinator:
         self._start()
         budget = cfg.run.example_budget(self.train_examples) or 2**62
         replicas = self.scheduler
-        replicas.start()
         replicas.wait_built()
+        replicas.begin()
         t_start = time.perf_counter()
         evaluator, checkpointer, stats = self._clocked_parts(t_start)
         progress = ProgressBar(cfg.run.progress, budget, self.examples)

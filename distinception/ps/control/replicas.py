@@ -64,7 +64,8 @@ class ReplicaScheduler:
 
     # -- starting ------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the first replicas: one while a fresh job warms up, else all of them."""
+        """Create the first replicas: one while a fresh job warms up, else all of them. They
+        get no call until `begin`, so they can be built while the shards are."""
         ps = self.cfg.ps
         self.warm = ps.warm_start_updates if self.examples == 0 else 0
         self.n_active = 1 if self.warm else ps.num_replicas
@@ -72,6 +73,9 @@ class ReplicaScheduler:
             self.replicas = self._first_elastic_replicas(self.n_active)
         else:
             self.replicas = {i: self._new(i) for i in range(self.n_active)}
+
+    def begin(self) -> None:
+        """Queue the first replicas' first calls."""
         for i in self.replicas:
             self._queue(i)
 

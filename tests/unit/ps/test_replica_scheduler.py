@@ -40,6 +40,7 @@ def scheduler(warm: int) -> tuple[ReplicaScheduler, list[int]]:
 def test_a_warm_start_runs_one_replica_until_every_shard_has_its_updates():
     replicas, spawned = scheduler(warm=5)
     replicas.start()
+    replicas.begin()
     assert spawned == [0] and len(replicas.pending) == QUEUED
     replicas.end_warm_start([5, 4])  # one shard short
     assert spawned == [0]
@@ -50,6 +51,7 @@ def test_a_warm_start_runs_one_replica_until_every_shard_has_its_updates():
 def test_replicas_held_back_by_a_warm_start_are_not_started_once_the_job_stops():
     replicas, spawned = scheduler(warm=5)
     replicas.start()
+    replicas.begin()
     replicas.stop()
     replicas.end_warm_start([9, 9])
     assert spawned == [0] and len(replicas.pending) == QUEUED
@@ -58,6 +60,9 @@ def test_replicas_held_back_by_a_warm_start_are_not_started_once_the_job_stops()
 def test_without_a_warm_start_every_replica_starts_at_once():
     replicas, spawned = scheduler(warm=0)
     replicas.start()
+    # Created, to be built beside the shards, but no call before the job's clock starts.
+    assert spawned == [0, 1, 2] and not replicas.pending
+    replicas.begin()
     assert spawned == [0, 1, 2] and len(replicas.pending) == 3 * QUEUED
 
 
@@ -104,6 +109,7 @@ def _collect(monkeypatch, outcomes: list[object]) -> tuple[Counter, list[int]]:
 
     replicas, _ = scheduler(warm=0)
     replicas.start()
+    replicas.begin()
     sought: list[int] = []
     for actor in replicas.replicas.values():
         actor.seek = Seek(sought, actor.slot)
@@ -148,6 +154,7 @@ def _end_of_job(monkeypatch, answers: dict[int, object], down: set[int] = frozen
 
     replicas, spawned = scheduler(warm=0)
     replicas.start()
+    replicas.begin()
     replicas.stop()
     replicas.pending.clear()
     replicas.down |= set(down)
