@@ -23,13 +23,9 @@ def load_config(
 ) -> JobConfig:
     """A job as the command line builds it: a named recipe, then a YAML file over it, then
     `section.key=value` overrides, each validated as it is applied."""
-    from distinception.config import apply_overrides, load_yaml
-    from distinception.recipes import get_recipe
+    from distinception.recipes import load_job
 
-    cfg = get_recipe(recipe)
-    if config:
-        cfg = load_yaml(config, base=cfg)
-    return apply_overrides(cfg, list(overrides))
+    return load_job(recipe, config, overrides)
 
 
 def train(

@@ -9,7 +9,7 @@ and needs real data; `cluster` is `paper` spread over many replicas.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from distinception.config import (
     AUGMENT_PRESETS,
@@ -23,6 +23,8 @@ from distinception.config import (
     PlacementConfig,
     PSConfig,
     RunConfig,
+    apply_overrides,
+    load_yaml,
 )
 
 #: Caffe's training crop: a 224 square out of the 256-resized image, as a share of its area.
@@ -148,3 +150,15 @@ def get_recipe(name: str) -> JobConfig:
     if name not in RECIPES:
         raise ConfigError(f"--recipe={name!r}: expected one of " + ", ".join(RECIPES))
     return RECIPES[name]()
+
+
+def load_job(
+    recipe: str = "demo", config: str | None = None, overrides: Sequence[str] = ()
+) -> JobConfig:
+    """A job as the command line builds it: a named recipe, then a YAML file over it, then
+    `section.key=value` overrides, each validated as it is applied. It lives beside the recipes,
+    not with training, so that building, printing or refusing a config loads no torch."""
+    cfg = get_recipe(recipe)
+    if config:
+        cfg = load_yaml(config, base=cfg)
+    return apply_overrides(cfg, list(overrides))

@@ -29,16 +29,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    """The errors that are the user's to fix, reported in one line. A data set's errors
+    (`DataError`) are `ConfigError`s: naming them here would import the data room, and torch
+    with it, on every mistaken command line."""
     from distinception.config import ConfigError
 
-    errors: list[type[BaseException]] = [ConfigError, FileNotFoundError]
-    try:
-        from distinception.data.shards import DataError
-
-        errors.append(DataError)
-    except ImportError:  # pragma: no cover - data room not importable
-        pass
-    return tuple(errors)
+    return (ConfigError, FileNotFoundError)
 
 
 #: One or two examples at the end of each command's --help.

@@ -8,10 +8,10 @@ from typing import Any
 
 
 def _job_config(args: argparse.Namespace):
-    from distinception.api import load_config
     from distinception.config import from_dict
+    from distinception.recipes import load_job
 
-    cfg = load_config(args.recipe, args.config, args.set or [])
+    cfg = load_job(args.recipe, args.config, args.set or [])
     if args.checkpoint_dir:
         cfg = from_dict({"run": {"checkpoint_dir": args.checkpoint_dir}}, cfg)
     if getattr(args, "register_as", None):
@@ -20,8 +20,6 @@ def _job_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from distinception.training import format_report, train
-
     if args.resume and (args.config or args.set):
         from distinception.config import ConfigError
 
@@ -30,6 +28,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
+    # Training's room (torch, Ray, MLflow) loads only for a job: a mistaken or printed config
+    # answers at once.
+    from distinception.training import format_report, train
+
     result = train(cfg, address=args.address, resume=args.resume)
     if args.resume:
         from distinception.ps.coordinator import load_progress_config

@@ -97,6 +97,25 @@ def test_a_renamed_key_typed_on_the_command_line_works_and_says_its_new_name():
     assert proc.stderr == ""
 
 
+def test_a_printed_or_refused_config_answers_without_loading_torch_ray_or_mlflow():
+    """Those load with a job, not for a command line that only builds a config or is wrong:
+    loading them took 3-5 s of every such answer."""
+    code = (
+        "import sys\n"
+        "from distinception.cli import main\n"
+        "assert main(['train', '--recipe', 'tiny', '--print-config']) == 0\n"
+        "assert main(['train', '--set', 'ps.num_replicas=0']) == 2\n"
+        "assert main(['plan', '--target', '1.5']) == 2\n"
+        "print(sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert proc.stdout.splitlines()[-1] == "[]", proc.stdout[-500:]
+    assert "ps.num_replicas=0: expected an integer >= 1" in proc.stderr
+    assert "--target=1.5: expected a share in (0, 1]" in proc.stderr
+
+
 def test_parser_defaults_to_demo():
     assert build_parser().parse_args(["train"]).recipe == "demo"
 
