@@ -11,21 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 from distinception.config import JobConfig
 from distinception.ps.callbacks import Callback, TrainResult
+from distinception.recipes import load_config
 
 if TYPE_CHECKING:
     from distinception.tune.ensemble import EnsembleResult
     from distinception.tune.space import SearchSpace
     from distinception.tune.sweep import SweepResult
-
-
-def load_config(
-    recipe: str = "demo", config: str | None = None, overrides: Sequence[str] = ()
-) -> JobConfig:
-    """A job as the command line builds it: a named recipe, then a YAML file over it, then
-    `section.key=value` overrides, each validated as it is applied."""
-    from distinception.recipes import load_job
-
-    return load_job(recipe, config, overrides)
 
 
 def train(

@@ -152,7 +152,7 @@ def get_recipe(name: str) -> JobConfig:
     return RECIPES[name]()
 
 
-def load_job(
+def load_config(
     recipe: str = "demo", config: str | None = None, overrides: Sequence[str] = ()
 ) -> JobConfig:
     """A job as the command line builds it: a named recipe, then a YAML file over it, then

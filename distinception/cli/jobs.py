@@ -9,9 +9,9 @@ from typing import Any
 
 def _job_config(args: argparse.Namespace):
     from distinception.config import from_dict
-    from distinception.recipes import load_job
+    from distinception.recipes import load_config
 
-    cfg = load_job(args.recipe, args.config, args.set or [])
+    cfg = load_config(args.recipe, args.config, args.set or [])
     if args.checkpoint_dir:
         cfg = from_dict({"run": {"checkpoint_dir": args.checkpoint_dir}}, cfg)
     if getattr(args, "register_as", None):
