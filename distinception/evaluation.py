@@ -43,16 +43,11 @@ def evaluate_target(
     import time
 
     import distinception.tracking as tracking
-    from distinception.config import ConfigError
-    from distinception.data.crops import SCHEMES
+    from distinception.config import CROP_SCHEMES, check_crops
     from distinception.data.generated import shards_path
     from distinception.data.loader import eval_batches
 
-    for s in schemes:
-        if s not in SCHEMES:
-            raise ConfigError(f"--crops item {s!r}: expected one of {', '.join(SCHEMES)}")
-    if not schemes:
-        raise ConfigError("--crops: expected at least one of " + ", ".join(SCHEMES))
+    schemes = check_crops(schemes)
     kind, run_id, members = _resolve(target, uri)
     cfg = tracking.run_config(uri, tracking.model_run_id(uri, members[0]))
     path = data_path or shards_path(cfg.data)
@@ -61,7 +56,7 @@ def evaluate_target(
     models = [tracking.load_model(m, uri) for m in members]
     by_scheme = {}
     for scheme in dict.fromkeys(schemes):
-        crops = SCHEMES[scheme]
+        crops = CROP_SCHEMES[scheme]
         batches = eval_batches(
             path,
             split=split,

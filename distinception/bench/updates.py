@@ -26,41 +26,13 @@ from distinception.bench.common import (
     markdown_table,
 )
 from distinception.bench.convergence import interval95
+from distinception.bench.update_rules import UPDATES, parse_updates
 from distinception.config import ConfigError, apply_overrides, from_dict, nest
 from distinception.data.generated import resolve_data
 from distinception.model.archs import describe_model
 from distinception.plots import bar_chart
 from distinception.ps import histogram_mean
 from distinception.recipes import get_recipe
-
-#: Named update rules: config values (dotted keys) over the recipe's. "default" is the recipe as
-#: it is.
-UPDATES: dict[str, dict[str, Any]] = {
-    "default": {},
-    # What the parameter server did before momentum correction and the lag rule: Downpour with
-    # the full explicit momentum, and one step of lag even for a lone replica.
-    "previous": {"ps.momentum_correction": "none", "ps.max_lag": 1},
-    "no-lag": {"ps.max_lag": 0},
-    "lag": {"ps.max_lag": 1},
-    "dc": {"ps.delay_compensation": 2.0},
-    "dc-only": {"ps.momentum_correction": "none", "ps.max_lag": 1, "ps.delay_compensation": 2.0},
-    "dc-constant": {"ps.delay_compensation": 0.04, "ps.dc_adaptive": False},
-    "scale": {"ps.momentum_correction": "none", "ps.max_lag": 1, "ps.staleness": "scale"},
-    "scale+mc": {"ps.staleness": "scale"},
-    "bound:1": {"ps.momentum_correction": "none", "ps.staleness": "bound:1"},
-    "bound:1+mc": {"ps.staleness": "bound:1"},
-    "warm-start": {"ps.momentum_correction": "none", "ps.max_lag": 1, "ps.warm_start_updates": 60},
-    "adagrad": {"ps.momentum_correction": "none", "ps.max_lag": 1, "optim.optimizer": "adagrad"},
-}
-
-
-def _parse(names: tuple[str, ...]) -> tuple[str, ...]:
-    bad = [n for n in names if n not in UPDATES]
-    if bad or not names:
-        raise ConfigError(
-            f"--updates={','.join(names)!r}: expected a comma list of " + ", ".join(UPDATES)
-        )
-    return names
 
 
 def run_updates(
@@ -73,7 +45,7 @@ def run_updates(
     overrides: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Every (replicas, update, seed); writes updates.md and updates.png (mean Polyak error)."""
-    updates = _parse(updates)
+    updates = parse_updates(updates)
     if not replicas or min(replicas) < 1:
         raise ConfigError(f"--replicas={replicas}: expected integers >= 1")
     recipe = recipe or ("tiny" if quick else "demo")

@@ -1,7 +1,7 @@
 """`bench ...`: the benchmark commands' arguments, checked before any benchmark runs.
 
-Only argparse is imported here, so `distinception --help` stays fast; each benchmark loads
-when it runs."""
+Only argparse and the plain names of the update rules are imported here, so `distinception
+--help` stays fast; each benchmark loads, with torch and Ray, once its arguments are good."""
 
 from __future__ import annotations
 
@@ -45,14 +45,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(format_gpu(r))
         return 0
     if args.bench_command == "updates":
-        from distinception.bench.updates import run_updates
+        from distinception.bench.update_rules import parse_updates
 
         counts = _counts(args.replicas)
+        updates = parse_updates(tuple(u for u in args.updates.split(",") if u))
         if args.seeds < 1:
             raise ConfigError(f"--seeds={args.seeds}: expected an integer >= 1")
+        from distinception.bench.updates import run_updates
+
         res = run_updates(
             replicas=counts,
-            updates=tuple(u for u in args.updates.split(",") if u),
+            updates=updates,
             seeds=args.seeds,
             quick=args.quick,
             out_dir=args.out,
@@ -62,14 +65,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(res["text"])
         return 0
     if args.bench_command == "nodes":
-        from distinception.bench.nodes import run_nodes
         from distinception.recipes import get_recipe
 
+        counts = _counts(args.replicas)
         if args.seconds is not None and args.seconds <= 0:
             raise ConfigError(f"--seconds={args.seconds}: expected a number > 0")
         get_recipe(args.recipe)  # a bad name fails here, before a cluster starts
+        from distinception.bench.nodes import run_nodes
+
         res = run_nodes(
-            replicas=_counts(args.replicas),
+            replicas=counts,
             quick=args.quick,
             out_dir=args.out,
             recipe=args.recipe,
@@ -79,17 +84,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     if args.replicas < 1:
         raise ConfigError(f"--replicas={args.replicas}: expected an integer >= 1")
-    if args.bench_command == "throughput":
-        from distinception.bench.throughput import run_throughput as run
-    elif args.bench_command == "convergence":
-        from distinception.bench.convergence import run_convergence as run
-    else:
-        from distinception.bench.staleness import run_staleness
-
-        def run(replicas: int, quick: bool, out_dir: str, **extra: Any) -> dict:
-            counts = tuple(sorted({1, replicas, 2 * replicas}))
-            return run_staleness(replicas=counts, quick=quick, out_dir=out_dir, **extra)
-
     extra: dict[str, Any] = {}
     if args.bench_command == "throughput":
         for flag in ("seconds", "steps"):
@@ -136,6 +130,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "lrs": _lrs(args.lrs),
             "straggler": args.straggler,
         }
+    # The benchmark, with torch and Ray, loads once its arguments are known to be good.
+    if args.bench_command == "throughput":
+        from distinception.bench.throughput import run_throughput as run
+    elif args.bench_command == "convergence":
+        from distinception.bench.convergence import run_convergence as run
+    else:
+        from distinception.bench.staleness import run_staleness
+
+        def run(replicas: int, quick: bool, out_dir: str, **extra: Any) -> dict:
+            counts = tuple(sorted({1, replicas, 2 * replicas}))
+            return run_staleness(replicas=counts, quick=quick, out_dir=out_dir, **extra)
+
     print(run(replicas=args.replicas, quick=args.quick, out_dir=args.out, **extra)["text"])
     return 0
 
@@ -243,11 +249,12 @@ def add_parsers(sub: Any) -> None:
         help="the async update rules side by side (error, staleness, momentum, DC memory)",
     )
     p.add_argument("--replicas", default="1,2", help="comma list of replica counts (default 1,2)")
+    from distinception.bench.update_rules import UPDATES
+
     p.add_argument(
         "--updates",
         default="previous,default,dc",
-        help="comma list of: default, previous, no-lag, lag, dc, dc-only, dc-constant, scale, "
-        "scale+mc, bound:1, bound:1+mc, warm-start, adagrad (default previous,default,dc)",
+        help=f"comma list of: {', '.join(UPDATES)} (default previous,default,dc)",
     )
     p.add_argument("--seeds", type=int, default=3, help="runs per cell (default 3)")
     p.add_argument("--quick", action="store_true", help="the tiny recipe, 1,500 examples a run")

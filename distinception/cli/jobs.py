@@ -48,10 +48,11 @@ def _fixed_keys(args: argparse.Namespace) -> list[str]:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from distinception.tune.space import build_space
-    from distinception.tune.sweep import format_ranked, sweep
 
     cfg = _job_config(args)
     space = build_space(args.space or [], fixed=_fixed_keys(args))
+    from distinception.tune.sweep import format_ranked, sweep  # Ray Tune: once the line is good
+
     print(
         f"sweep {cfg.name}: {space.trials(args.samples)} trials over {space.describe()}",
         flush=True,
@@ -99,13 +100,16 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import os
 
+    from distinception.config import check_crops
+
+    schemes = check_crops(s.strip() for s in args.crops.split(",") if s.strip())
     from distinception.evaluation import evaluate_target, format_report
     from distinception.tracking import default_tracking_uri
 
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
     report = evaluate_target(
         args.target,
-        [s.strip() for s in args.crops.split(",") if s.strip()],
+        schemes,
         uri=uri,
         split=args.split,
         limit=args.limit,

@@ -35,6 +35,7 @@ from distinception.config.ps import (
 )
 from distinception.config.sections import (
     AUGMENT_PRESETS,
+    CROP_SCHEMES,
     GOOGLENET,
     INTERPOLATIONS,
     SHUFFLES,
@@ -46,11 +47,13 @@ from distinception.config.sections import (
     ModelConfig,
     RunConfig,
     TrackingConfig,
+    check_crops,
 )
 
 __all__ = [
     "AUGMENT_PRESETS",
     "COMPUTE_DTYPES",
+    "CROP_SCHEMES",
     "GOOGLENET",
     "INTERPOLATIONS",
     "MOMENTUM_CORRECTION",
@@ -76,6 +79,7 @@ __all__ = [
     "TrackingConfig",
     "TransportConfig",
     "apply_overrides",
+    "check_crops",
     "current_key",
     "from_dict",
     "load_section",

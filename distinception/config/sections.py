@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from distinception.config.checks import _check, _choice, _fail
+from distinception.config.checks import ConfigError, _check, _choice, _fail
 from distinception.config.ps import (
     AveragerConfig,
     OptimConfig,
@@ -28,6 +28,20 @@ SHUFFLES = ("rows", "blocks")
 GOOGLENET = "googlenet"
 TORCHVISION = "torchvision"
 ARCH_FORMS = f"{GOOGLENET}, {TORCHVISION}:NAME or package.module:function"
+#: Test-time crop schemes (Table 3's 1, 10 and 144 crops) and the crops each takes of an image.
+CROP_SCHEMES = {"center": 1, "ten": 10, "paper144": 144}
+
+
+def check_crops(schemes: Iterable[str]) -> list[str]:
+    """`--crops` names checked where torch is not loaded, so a mistaken `evaluate` line is
+    refused before any model or image is."""
+    schemes = list(schemes)
+    for s in schemes:
+        if s not in CROP_SCHEMES:
+            raise ConfigError(f"--crops item {s!r}: expected one of {', '.join(CROP_SCHEMES)}")
+    if not schemes:
+        raise ConfigError("--crops: expected at least one of " + ", ".join(CROP_SCHEMES))
+    return schemes
 
 
 def _check_arch(arch: str) -> None:

@@ -19,10 +19,10 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from distinception.config import CROP_SCHEMES as SCHEMES
 from distinception.data.augment import eval_resize
 from distinception.data.shards import DataError
 
-SCHEMES = {"center": 1, "ten": 10, "paper144": 144}
 PAPER_SHORT_SIDES = (256, 288, 320, 352)
 
 
