@@ -20,6 +20,18 @@ import time
 from typing import Any
 
 from distinception import api
+from distinception.bench.choices import (
+    DDP,
+    DDP_SPLIT,
+    LOCAL,
+    POLYAK,
+    PREV_POLYAK,
+    PREV_RAW,
+    RAW,
+    SYSTEMS,
+    UPDATES,
+    parse_systems,
+)
 from distinception.bench.common import (
     LocalTrainer,
     fit_cpus,
@@ -30,27 +42,11 @@ from distinception.bench.common import (
     open_stream,
     top1_error,
 )
-from distinception.config import ConfigError, JobConfig, apply_overrides, from_dict
+from distinception.config import JobConfig, apply_overrides, from_dict, nest
 from distinception.data.generated import resolve_data
 from distinception.model.archs import describe_model
 from distinception.plots import line_plot
 from distinception.recipes import get_recipe
-
-POLYAK, RAW, DDP, LOCAL = "async PS, Polyak", "async PS, raw", "sync DDP", "local"
-PREV_POLYAK, PREV_RAW = "async PS previous update, Polyak", "async PS previous update, raw"
-#: The update the parameter server used before momentum compensation and the lag rule.
-PREVIOUS_UPDATE = {"ps": {"momentum_correction": "none", "max_lag": 1}}
-#: Which systems `systems` may name, and the series each adds.
-SYSTEMS = {
-    "ps": (POLYAK, RAW),
-    "ps-previous": (PREV_POLYAK, PREV_RAW),
-    "ddp": ("sync DDP",),
-    "ddp-split": ("sync DDP, split batch",),
-    "local": ("local",),
-}
-#: DDP with the per-worker batch divided by the workers: every update averages as many examples
-#: as one of the PS's or the local loop's, which separates asynchrony from update size.
-DDP_SPLIT = "sync DDP, split batch"
 
 
 def _ps(cfg: JobConfig, budget: int, eval_s: float, straggler: float) -> dict[str, Any]:
@@ -256,11 +252,7 @@ def run_convergence(
     error, or 0.5 without a local loop), averaged over the seeds that reached it."""
     from distinception.bench.ddp import run_ddp
 
-    unknown = [name for name in systems if name not in SYSTEMS]
-    if unknown or not systems:
-        raise ConfigError(
-            f"--systems={','.join(systems)!r}: expected a comma list of " + ", ".join(SYSTEMS)
-        )
+    systems = parse_systems(systems)
     given_recipe, given_target = recipe, target  # for the command line in the table
     recipe = recipe or ("tiny" if quick else "demo")
     base = fit_cpus(apply_overrides(get_recipe(recipe), overrides), replicas)
@@ -295,7 +287,7 @@ def run_convergence(
         if name == "ps":
             return _ps(cfg, budget, eval_s, straggler)
         if name == "ps-previous":
-            ps = _ps(from_dict(PREVIOUS_UPDATE, cfg), budget, eval_s, straggler)
+            ps = _ps(from_dict(nest(UPDATES["previous"]), cfg), budget, eval_s, straggler)
             return {PREV_POLYAK: ps[POLYAK], PREV_RAW: ps[RAW]}
         if name == "ddp":
             return {DDP: ddp(cfg)}

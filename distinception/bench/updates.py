@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from distinception import api
+from distinception.bench.choices import UPDATES, parse_updates
 from distinception.bench.common import (
     fit_cpus,
     header,
@@ -26,7 +27,6 @@ from distinception.bench.common import (
     markdown_table,
 )
 from distinception.bench.convergence import interval95
-from distinception.bench.update_rules import UPDATES, parse_updates
 from distinception.config import ConfigError, apply_overrides, from_dict, nest
 from distinception.data.generated import resolve_data
 from distinception.model.archs import describe_model

@@ -1,6 +1,6 @@
 """`bench ...`: the benchmark commands' arguments, checked before any benchmark runs.
 
-Only argparse and the plain names of the update rules are imported here, so `distinception
+Only argparse and the plain names in `bench.choices` are imported here, so `distinception
 --help` stays fast; each benchmark loads, with torch and Ray, once its arguments are good."""
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(format_gpu(r))
         return 0
     if args.bench_command == "updates":
-        from distinception.bench.update_rules import parse_updates
+        from distinception.bench.choices import parse_updates
 
         counts = _counts(args.replicas)
         updates = parse_updates(tuple(u for u in args.updates.split(",") if u))
@@ -120,11 +120,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise ConfigError(f"--target={args.target}: expected an error rate in (0, 1)")
         if not 1 <= args.straggler <= 100:
             raise ConfigError(f"--straggler={args.straggler:g}: expected a number in [1, 100]")
+        from distinception.bench.choices import parse_systems
+
         extra = {
             "budget": args.budget,
             "seeds": args.seeds,
             "overrides": tuple(args.set or []),
-            "systems": tuple(s for s in args.systems.split(",") if s),
+            "systems": parse_systems(tuple(s for s in args.systems.split(",") if s)),
             "target": args.target,
             "recipe": args.recipe,
             "lrs": _lrs(args.lrs),
@@ -148,6 +150,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: Any) -> None:
     """Add `bench` and its subcommands to the main command's subparsers `sub`."""
+    from distinception.bench.choices import SYSTEMS, UPDATES
+
     bench = sub.add_parser(
         "bench", help="measure against the alternatives (results as in BENCHMARKS.md)"
     ).add_subparsers(dest="bench_command", required=True, metavar="SUBCOMMAND")
@@ -218,8 +222,8 @@ def add_parsers(sub: Any) -> None:
             )
             p.add_argument(
                 "--systems",
-                default="ps,ps-previous,ddp,ddp-split,local",
-                help="comma list of ps, ps-previous, ddp, ddp-split, local (default all)",
+                default=",".join(SYSTEMS),
+                help=f"comma list of {', '.join(SYSTEMS)} (default all)",
             )
             p.add_argument(
                 "--lrs",
@@ -249,8 +253,6 @@ def add_parsers(sub: Any) -> None:
         help="the async update rules side by side (error, staleness, momentum, DC memory)",
     )
     p.add_argument("--replicas", default="1,2", help="comma list of replica counts (default 1,2)")
-    from distinception.bench.update_rules import UPDATES
-
     p.add_argument(
         "--updates",
         default="previous,default,dc",

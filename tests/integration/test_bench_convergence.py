@@ -13,14 +13,8 @@ pytestmark = pytest.mark.integration
 
 
 def test_convergence_writes_tables_and_plots(tmp_path):
-    from distinception.bench.convergence import (
-        DDP_SPLIT,
-        POLYAK,
-        PREV_POLYAK,
-        PREV_RAW,
-        RAW,
-        run_convergence,
-    )
+    from distinception.bench.choices import DDP_SPLIT, POLYAK, PREV_POLYAK, PREV_RAW, RAW
+    from distinception.bench.convergence import run_convergence
 
     conv = run_convergence(
         replicas=2,

@@ -106,6 +106,7 @@ REFUSED = {
     ("evaluate", "abc", "--crops", "center,five"): "--crops item 'five': expected one of center",
     ("bench", "updates", "--updates", "fast"): "--updates='fast': expected a comma list of",
     ("bench", "nodes", "--replicas", "0"): "--replicas='0': expected a comma list of integers",
+    ("bench", "convergence", "--systems", "ps,dp"): "--systems='ps,dp': expected a comma list",
     ("bench", "staleness", "--policies", "bound:x"): "--policies: staleness='bound:x': expected",
 }
 
@@ -136,7 +137,7 @@ def test_parser_defaults_to_demo():
 
 
 def test_bench_updates_help_names_every_update(capsys):
-    from distinception.bench.update_rules import UPDATES
+    from distinception.bench.choices import UPDATES
 
     with pytest.raises(SystemExit):
         main(["bench", "updates", "--help"])

@@ -1,6 +1,7 @@
-"""The named asynchronous update rules `bench updates` compares: config values over a recipe's.
+"""What a `bench` command line may name: the systems `bench convergence` compares and the
+asynchronous update rules of `bench updates`.
 
-Plain data, apart from the benchmark, so a command line naming a rule that does not exist is
+Plain data, apart from the benchmarks, so a command line naming one that does not exist is
 refused, and `--help` lists them, without loading torch or Ray."""
 
 from __future__ import annotations
@@ -35,5 +36,30 @@ def parse_updates(names: tuple[str, ...]) -> tuple[str, ...]:
     if bad or not names:
         raise ConfigError(
             f"--updates={','.join(names)!r}: expected a comma list of " + ", ".join(UPDATES)
+        )
+    return names
+
+
+#: The series `bench convergence` draws.
+POLYAK, RAW, DDP, LOCAL = "async PS, Polyak", "async PS, raw", "sync DDP", "local"
+PREV_POLYAK, PREV_RAW = "async PS previous update, Polyak", "async PS previous update, raw"
+#: DDP with the per-worker batch divided by the workers: every update averages as many examples
+#: as one of the PS's or the local loop's, which separates asynchrony from update size.
+DDP_SPLIT = "sync DDP, split batch"
+#: Which systems `systems` may name, and the series each adds.
+SYSTEMS = {
+    "ps": (POLYAK, RAW),
+    "ps-previous": (PREV_POLYAK, PREV_RAW),
+    "ddp": (DDP,),
+    "ddp-split": (DDP_SPLIT,),
+    "local": (LOCAL,),
+}
+
+
+def parse_systems(names: tuple[str, ...]) -> tuple[str, ...]:
+    unknown = [name for name in names if name not in SYSTEMS]
+    if unknown or not names:
+        raise ConfigError(
+            f"--systems={','.join(names)!r}: expected a comma list of " + ", ".join(SYSTEMS)
         )
     return names
