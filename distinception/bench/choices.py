@@ -32,12 +32,7 @@ UPDATES: dict[str, dict[str, Any]] = {
 
 
 def parse_updates(names: tuple[str, ...]) -> tuple[str, ...]:
-    bad = [n for n in names if n not in UPDATES]
-    if bad or not names:
-        raise ConfigError(
-            f"--updates={','.join(names)!r}: expected a comma list of " + ", ".join(UPDATES)
-        )
-    return names
+    return _known("--updates", names, UPDATES)
 
 
 #: The series `bench convergence` draws.
@@ -57,9 +52,11 @@ SYSTEMS = {
 
 
 def parse_systems(names: tuple[str, ...]) -> tuple[str, ...]:
-    unknown = [name for name in names if name not in SYSTEMS]
-    if unknown or not names:
-        raise ConfigError(
-            f"--systems={','.join(names)!r}: expected a comma list of " + ", ".join(SYSTEMS)
-        )
+    return _known("--systems", names, SYSTEMS)
+
+
+def _known(flag: str, names: tuple[str, ...], known: dict[str, Any]) -> tuple[str, ...]:
+    if not names or any(name not in known for name in names):
+        expected = ", ".join(known)
+        raise ConfigError(f"{flag}={','.join(names)!r}: expected a comma list of {expected}")
     return names
