@@ -1,17 +1,19 @@
 """`bench ...`: the benchmark commands' arguments, checked before any benchmark runs.
 
-Only argparse and the plain names in `bench.choices` are imported here, so `distinception
---help` stays fast; each benchmark loads, with torch and Ray, once its arguments are good."""
+Only argparse, the config checks and the plain names in `bench.choices` are imported here, so
+`distinception --help` stays fast; each benchmark loads, with torch and Ray, once its arguments
+are good."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+from distinception.bench.choices import SYSTEMS, UPDATES, parse_systems, parse_updates
+from distinception.config import ConfigError, parse_staleness
+
 
 def _lrs(text: str) -> tuple[float, ...]:
-    from distinception.config import ConfigError
-
     try:
         lrs = tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
@@ -22,8 +24,6 @@ def _lrs(text: str) -> tuple[float, ...]:
 
 
 def _counts(text: str) -> tuple[int, ...]:
-    from distinception.config import ConfigError
-
     try:
         counts = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
@@ -34,8 +34,6 @@ def _counts(text: str) -> tuple[int, ...]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from distinception.config import ConfigError
-
     if args.bench_command == "gpu":
         from distinception.bench.gpu import format_gpu, run_gpu
 
@@ -45,8 +43,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(format_gpu(r))
         return 0
     if args.bench_command == "updates":
-        from distinception.bench.choices import parse_updates
-
         counts = _counts(args.replicas)
         updates = parse_updates(tuple(u for u in args.updates.split(",") if u))
         if args.seeds < 1:
@@ -92,8 +88,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 raise ConfigError(f"--{flag}={value}: expected a number > 0")
         extra = {"recipe": args.recipe or "demo", "seconds": args.seconds, "steps": args.steps}
     if args.bench_command == "staleness":
-        from distinception.config import parse_staleness
-
         policies = tuple(p for p in args.policies.split(",") if p)
         for policy in policies:
             try:
@@ -120,8 +114,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise ConfigError(f"--target={args.target}: expected an error rate in (0, 1)")
         if not 1 <= args.straggler <= 100:
             raise ConfigError(f"--straggler={args.straggler:g}: expected a number in [1, 100]")
-        from distinception.bench.choices import parse_systems
-
         extra = {
             "budget": args.budget,
             "seeds": args.seeds,
@@ -150,8 +142,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: Any) -> None:
     """Add `bench` and its subcommands to the main command's subparsers `sub`."""
-    from distinception.bench.choices import SYSTEMS, UPDATES
-
     bench = sub.add_parser(
         "bench", help="measure against the alternatives (results as in BENCHMARKS.md)"
     ).add_subparsers(dest="bench_command", required=True, metavar="SUBCOMMAND")
