@@ -9,11 +9,13 @@ from typing import Any
 
 def cmd_model_summary(args: argparse.Namespace) -> int:
     from distinception.config import ModelConfig
-    from distinception.model.accounting import format_summary, summarize_model
 
     cfg = ModelConfig(
         arch=args.arch, variant=args.variant, width=args.width, input_size=args.input_size
     )
+    # Imported once the config is checked: it loads torch, 2-3 s a mistaken name need not wait.
+    from distinception.model.accounting import format_summary, summarize_model
+
     summary = summarize_model(cfg, num_classes=args.num_classes)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0

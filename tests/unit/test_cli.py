@@ -108,6 +108,7 @@ REFUSED = {
     ("bench", "nodes", "--replicas", "0"): "--replicas='0': expected a comma list of integers",
     ("bench", "convergence", "--systems", "ps,dp"): "--systems='ps,dp': expected a comma list",
     ("bench", "staleness", "--policies", "bound:x"): "--policies: staleness='bound:x': expected",
+    ("model", "summary", "--arch", "nope"): "arch='nope': expected googlenet, torchvision:NAME",
 }
 
 
