@@ -14,6 +14,7 @@ real run.
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import time
@@ -114,6 +115,17 @@ def interval95(values: list[float]) -> float:
     from scipy.stats import t
 
     return float(t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5)
+
+
+def _save_curves(out_dir: str, curves: dict[str, list[list[tuple[float, int, float]]]]) -> None:
+    """Keep every (seconds, examples, error) point after each run, so a long benchmark that is
+    stopped still leaves what it measured, and figures the table does not show (another
+    target, another point on the curve) can be read from it afterwards."""
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = os.path.join(out_dir, "curves.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump({k: v for k, v in curves.items() if v}, f)
+    os.replace(tmp, os.path.join(out_dir, "curves.json"))
 
 
 def to_target(curve: list[tuple[float, int, float]], target: float) -> tuple[float, int] | None:
@@ -311,6 +323,7 @@ def run_convergence(
                     cfg = from_dict({"optim": {"lr": best_lr[name]}}, cfg)
                 for series, curve in run_system(name, cfg).items():
                     curves[series].append(curve)
+                _save_curves(out_dir, curves)
     wall = time.perf_counter() - t_start
 
     if target is None:

@@ -3,6 +3,7 @@ Tune grid that picks each system's learning rate. Checks what is written, never 
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -41,6 +42,9 @@ def test_convergence_writes_tables_and_plots(tmp_path):
         assert runs[0][-1][1] >= 600  # every system used (about) the whole budget
     for path in conv["pngs"]:
         png(path)
+    # Every measured point is kept, so a long run's figures can be read again afterwards.
+    saved = json.loads((tmp_path / "curves.json").read_text())
+    assert saved == {k: [[list(p) for p in run] for run in v] for k, v in conv["curves"].items()}
 
 
 def test_bench_convergence_picks_each_systems_lr_from_a_tune_grid(tmp_path, mlflow_uri):
