@@ -270,14 +270,15 @@ LEFT_CHANCE = 0.8
 
 
 def learning_curves(
-    path: str, seeds: int, budget: int, points: int, two_branch: bool = False
+    path: str, seeds: int, budget: int, points: int, two_branch: bool = False, size: int = 0
 ) -> list[list[tuple[int, float]]]:
     """(examples seen, val top-1 error) of a plain loop at the demo's settings, per seed.
 
     The step is the demo's own (`LocalTrainer`: the `demo` recipe's model, crops, optimizer,
     decay groups and schedule, counted in examples) on all of this machine's cores, and the
     error is scored as the averager scores raw weights (center crop, BatchNorm statistics
-    recomputed). `two_branch` builds every Inception module as `TwoBranchInception`."""
+    recomputed). `two_branch` builds every Inception module as `TwoBranchInception`. `size`
+    (default: the demo's) is the model's input, for a set generated at that size."""
     from contextlib import nullcontext
     from unittest import mock
 
@@ -289,7 +290,16 @@ def learning_curves(
     manifest = open_manifest(path)
     runs = []
     for seed in range(seeds):
-        cfg = from_dict({"run": {"seed": seed}, "data": {"path": path}}, get_recipe("demo"))
+        demo = get_recipe("demo")
+        px = size or demo.model.input_size
+        cfg = from_dict(
+            {
+                "run": {"seed": seed},
+                "data": {"path": path, "image_size": px},
+                "model": {"input_size": px},
+            },
+            demo,
+        )
         swap = (
             mock.patch.object(googlenet, "Inception", TwoBranchInception)
             if two_branch
@@ -353,6 +363,13 @@ def main() -> None:
     )
     parser.add_argument("--points", type=int, default=10, help="evaluations per --learn run")
     parser.add_argument(
+        "--size",
+        type=int,
+        default=DataConfig().image_size,
+        help="side of the built-in set for --linear/--learn/--ablate, and the model's input"
+        " (default: the demo's)",
+    )
+    parser.add_argument(
         "--s3",
         type=int,
         default=0,
@@ -361,6 +378,8 @@ def main() -> None:
     )
     parser.add_argument("--out", default="", help="also write the markdown report here")
     args = parser.parse_args()
+    if args.size < 32:
+        parser.error(f"--size {args.size}: expected an integer >= 32 (the model's smallest input)")
     torch.set_num_threads(1)
     secs = 2.0 if args.quick else 8.0
     lines: list[str] = []
@@ -371,8 +390,9 @@ def main() -> None:
 
     work = tempfile.mkdtemp(prefix="bench-data-")
     per = 20 if args.quick else 100
-    small = os.path.join(work, "s64")
-    generate_dataset(small, classes=10, per_class=per, val_per_class=2, size=64)
+    small_size = 64  # the demo's, for the data-path rows
+    small = os.path.join(work, f"s{small_size}")
+    generate_dataset(small, classes=10, per_class=per, val_per_class=2, size=small_size)
     large = os.path.join(work, "s256")
     generate_dataset(large, classes=10, per_class=per // 4, val_per_class=1, size=256)
 
@@ -394,17 +414,23 @@ def main() -> None:
     start = time.perf_counter()
     cfg = DataConfig()
     gen_dir = os.path.join(work, "default")
+    if args.quick and args.size != small_size:
+        # the quick measurements of the built-in set read a small set at --size
+        small_learn = os.path.join(work, f"s{args.size}")
+        generate_dataset(small_learn, classes=10, per_class=per, val_per_class=2, size=args.size)
+    else:
+        small_learn = small
     if not args.quick:
         generate_dataset(
             gen_dir,
             classes=cfg.classes,
             per_class=cfg.per_class,
             val_per_class=cfg.val_per_class,
-            size=cfg.image_size,
+            size=args.size,
         )
         emit(
             f"Generating the default built-in set ({cfg.classes} classes x"
-            f" ({cfg.per_class} + {cfg.val_per_class}) images, {cfg.image_size} px JPEG):"
+            f" ({cfg.per_class} + {cfg.val_per_class}) images, {args.size} px JPEG):"
             f" {time.perf_counter() - start:.1f} s on one core"
         )
         emit()
@@ -491,7 +517,7 @@ def main() -> None:
             stop()
 
     if args.linear:
-        path = gen_dir if not args.quick else small
+        path = gen_dir if not args.quick else small_learn
         emit("Linear classifiers on standardised raw pixels of the built-in set (chance 0.10):")
         emit()
         emit("| classifier | train acc | val acc |")
@@ -503,12 +529,13 @@ def main() -> None:
     if args.learn > 0 or args.ablate > 0:
         from distinception.recipes import get_recipe
 
-        path = gen_dir if not args.quick else small
+        path = gen_dir if not args.quick else small_learn
         demo = get_recipe("demo")
         budget = args.budget or int(demo.run.epochs * open_manifest(path).counts["train"])
+        px = args.size
         emit(
             f"Learning curves: the demo's plain loop (`LocalTrainer`, recipe `demo`: bn GoogLeNet"
-            f" w{demo.model.width} @{demo.model.input_size}, batch {demo.data.batch_size}, SGD lr"
+            f" w{demo.model.width} @{px}, batch {demo.data.batch_size}, SGD lr"
             f" {demo.optim.lr} momentum {demo.optim.momentum}, {demo.optim.lr_decay} per"
             f" {demo.optim.lr_decay_epochs:g} epoch), {budget:,} examples, {os.cpu_count() or 1}"
             f" threads; top-1 error % on the validation split at every {100 // args.points}% of"
@@ -524,7 +551,7 @@ def main() -> None:
             ("two-branch", args.ablate, True),
         ):
             if seeds:
-                runs = learning_curves(path, seeds, budget, args.points, two_branch)
+                runs = learning_curves(path, seeds, budget, args.points, two_branch, px)
                 for row in curve_rows(name, runs, budget):
                     emit(row)
         emit()

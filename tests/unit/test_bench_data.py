@@ -52,7 +52,7 @@ def test_curve_rows_report_when_each_seed_left_chance_and_the_spread():
 
 def test_learning_curves_as_a_user_types_it(tmp_path):
     out = tmp_path / "builtin.md"
-    cmd = "bench/bench_data.py --quick --learn 1 --ablate 1 --budget 128 --points 2"
+    cmd = "bench/bench_data.py --quick --learn 1 --ablate 1 --budget 128 --points 2 --size 48"
     proc = subprocess.run(
         [sys.executable, *cmd.split(), "--out", str(out)],
         cwd=ROOT,
@@ -65,6 +65,41 @@ def test_learning_curves_as_a_user_types_it(tmp_path):
     text = out.read_text()
     assert "| GoogLeNet | 0 |" in text and "| two-branch | 0 |" in text
     assert text.count("mean ± sd") == 2 and "128 examples" in text
+    assert "w0.25 @48," in text
+
+
+def test_learning_curves_train_and_score_at_the_size_asked_for(tmp_path):
+    """`--size` measures the set at another side: the loop's model input and the set's images
+    are both that size, not the demo's 64 px."""
+    import bench_data
+
+    from distinception.data.generated import generate_dataset
+
+    path = str(tmp_path / "s48")
+    generate_dataset(path, classes=3, per_class=2, val_per_class=1, size=48)
+    seen = []
+
+    def fake_curve(cfg, *args, **kwargs):
+        seen.append((cfg.model.input_size, cfg.data.image_size, cfg.data.path))
+        return [(1.0, 32, 0.5)]
+
+    with mock.patch("distinception.bench.convergence.local_curve", fake_curve):
+        runs = bench_data.learning_curves(path, 2, 32, 1, size=48)
+    assert runs == [[(32, 0.5)], [(32, 0.5)]]
+    assert seen == [(48, 48, path)] * 2
+
+
+def test_a_size_below_the_models_smallest_input_is_refused():
+    proc = subprocess.run(
+        [sys.executable, "bench/bench_data.py", "--size", "16"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 2
+    assert "--size 16: expected an integer >= 32" in proc.stderr
 
 
 def test_the_s3_rows_stream_the_same_set_from_a_bucket(tmp_path):
