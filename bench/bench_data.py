@@ -288,10 +288,10 @@ def learning_curves(
     from distinception.recipes import get_recipe
 
     manifest = open_manifest(path)
+    demo = get_recipe("demo")
+    px = size or demo.model.input_size
     runs = []
     for seed in range(seeds):
-        demo = get_recipe("demo")
-        px = size or demo.model.input_size
         cfg = from_dict(
             {
                 "run": {"seed": seed},
@@ -414,12 +414,13 @@ def main() -> None:
     start = time.perf_counter()
     cfg = DataConfig()
     gen_dir = os.path.join(work, "default")
-    if args.quick and args.size != small_size:
-        # the quick measurements of the built-in set read a small set at --size
-        small_learn = os.path.join(work, f"s{args.size}")
-        generate_dataset(small_learn, classes=10, per_class=per, val_per_class=2, size=args.size)
-    else:
-        small_learn = small
+    # The set that --linear/--learn/--ablate measure: the default one, or a small one at --size.
+    measured = gen_dir
+    if args.quick:
+        measured = small
+        if args.size != small_size:
+            measured = os.path.join(work, f"s{args.size}")
+            generate_dataset(measured, classes=10, per_class=per, val_per_class=2, size=args.size)
     if not args.quick:
         generate_dataset(
             gen_dir,
@@ -517,7 +518,7 @@ def main() -> None:
             stop()
 
     if args.linear:
-        path = gen_dir if not args.quick else small_learn
+        path = measured
         emit("Linear classifiers on standardised raw pixels of the built-in set (chance 0.10):")
         emit()
         emit("| classifier | train acc | val acc |")
@@ -529,13 +530,12 @@ def main() -> None:
     if args.learn > 0 or args.ablate > 0:
         from distinception.recipes import get_recipe
 
-        path = gen_dir if not args.quick else small_learn
+        path = measured
         demo = get_recipe("demo")
         budget = args.budget or int(demo.run.epochs * open_manifest(path).counts["train"])
-        px = args.size
         emit(
             f"Learning curves: the demo's plain loop (`LocalTrainer`, recipe `demo`: bn GoogLeNet"
-            f" w{demo.model.width} @{px}, batch {demo.data.batch_size}, SGD lr"
+            f" w{demo.model.width} @{args.size}, batch {demo.data.batch_size}, SGD lr"
             f" {demo.optim.lr} momentum {demo.optim.momentum}, {demo.optim.lr_decay} per"
             f" {demo.optim.lr_decay_epochs:g} epoch), {budget:,} examples, {os.cpu_count() or 1}"
             f" threads; top-1 error % on the validation split at every {100 // args.points}% of"
@@ -551,7 +551,7 @@ def main() -> None:
             ("two-branch", args.ablate, True),
         ):
             if seeds:
-                runs = learning_curves(path, seeds, budget, args.points, two_branch, px)
+                runs = learning_curves(path, seeds, budget, args.points, two_branch, args.size)
                 for row in curve_rows(name, runs, budget):
                     emit(row)
         emit()
