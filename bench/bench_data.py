@@ -415,13 +415,13 @@ def main() -> None:
     cfg = DataConfig()
     gen_dir = os.path.join(work, "default")
     # The set that --linear/--learn/--ablate measure: the default one, or a small one at --size.
-    measured = gen_dir
     if args.quick:
         measured = small
         if args.size != small_size:
             measured = os.path.join(work, f"s{args.size}")
             generate_dataset(measured, classes=10, per_class=per, val_per_class=2, size=args.size)
-    if not args.quick:
+    else:
+        measured = gen_dir
         generate_dataset(
             gen_dir,
             classes=cfg.classes,
