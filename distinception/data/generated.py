@@ -26,6 +26,8 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -63,7 +65,7 @@ def class_names(classes: int) -> list[str]:
     return [f"{SHAPES[c % len(SHAPES)]}-{TEXTURES[c % len(TEXTURES)]}" for c in range(classes)]
 
 
-def _shape_mask(kind: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+def shape_mask(kind: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Inside test of a shape of radius 1 centred at the origin (v points down)."""
     name = SHAPES[kind]
     if name == "disc":
@@ -87,7 +89,7 @@ def _shape_mask(kind: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     raise AssertionError(name)
 
 
-def _texture(kind: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+def texture_mask(kind: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Where colour B shows through colour A; u, v are in texture periods."""
     name = TEXTURES[kind]
     if name == "solid":
@@ -106,7 +108,7 @@ def _texture(kind: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     raise AssertionError(name)
 
 
-class _Canvas:
+class Canvas:
     """A float RGB image at SUPERSAMPLE x the output size; objects paint into bounding boxes
     only, which keeps a small distractor as cheap as its few pixels."""
 
@@ -159,7 +161,7 @@ def _colour(rng: np.random.Generator, away_from: np.ndarray | None = None) -> np
     return (1.0 - away_from).astype(np.float32) if away_from is not None else c
 
 
-def _background(cv: _Canvas) -> np.ndarray:
+def _background(cv: Canvas) -> np.ndarray:
     """Two-colour gradient plus a few low-frequency waves: cluttered but object-free."""
     rng, n = cv.rng, cv.n
     a, b = _colour(rng), _colour(rng)
@@ -178,7 +180,7 @@ def _background(cv: _Canvas) -> np.ndarray:
     return (a + b) / 2
 
 
-def _clutter(cv: _Canvas, count: int) -> None:
+def _clutter(cv: Canvas, count: int) -> None:
     """Distractors that share the targets' parts but never a whole (shape, texture) target:
     outlined shapes of every kind, strokes, soft blobs and unshaped textured patches."""
     rng, size = cv.rng, cv.size
@@ -195,8 +197,8 @@ def _clutter(cv: _Canvas, count: int) -> None:
         if kind == "outline":  # of a target shape: shape without its fill
             shape = int(rng.integers(len(SHAPES)))
             width = rng.uniform(0.06, 0.15)
-            outer = _shape_mask(shape, u, v)
-            inner = _shape_mask(shape, u / (1 - width), v / (1 - width))
+            outer = shape_mask(shape, u, v)
+            inner = shape_mask(shape, u / (1 - width), v / (1 - width))
             cv.paint(box, outer & ~inner, colour)
         elif kind == "stroke":
             thickness = rng.uniform(0.04, 0.12)
@@ -208,15 +210,34 @@ def _clutter(cv: _Canvas, count: int) -> None:
             texture = int(rng.integers(1, len(TEXTURES)))
             period = rng.uniform(0.25, 0.6)
             wobble = 0.75 + 0.2 * np.sin(3 * np.arctan2(v, u) + rng.uniform(0, 6.3))
-            patch = (u * u + v * v <= wobble * wobble) & _texture(texture, u / period, v / period)
+            inside = u * u + v * v <= wobble * wobble
+            patch = inside & texture_mask(texture, u / period, v / period)
             cv.paint(box, patch, colour)
 
 
-def render(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    """One image of class `label` as uint8 [3, size, size]."""
-    cv = _Canvas(size, rng)
+class Target(NamedTuple):
+    """Where the target lies: its frame on the canvas (`Canvas.local`), its radius in pixels, and
+    two colours that stand out from the ground and from each other by brightness."""
+
+    box: tuple[slice, slice]
+    u: np.ndarray
+    v: np.ndarray
+    radius: float
+    a: np.ndarray
+    b: np.ndarray
+
+
+def scene(
+    size: int,
+    rng: np.random.Generator,
+    paint_target: Callable[[Canvas, Target, np.random.Generator], None],
+) -> np.ndarray:
+    """An image around one target as uint8 [3, size, size]: a cluttered ground, the target
+    (painted by `paint_target`) at a random place, scale and tilt, occluded in part by more
+    clutter, then uneven lighting, a colour cast and sensor noise. The built-in set's classes
+    (`render`) and any variant of them share every nuisance of the scene."""
+    cv = Canvas(size, rng)
     ground = _background(cv)
-    shape, texture = label % len(SHAPES), label % len(TEXTURES)
     diameter = size * math.exp(rng.uniform(*np.log(TARGET_DIAMETER)))
     radius = diameter / 2
     # Clutter behind and in front of the target, so occlusion is partial and varied.
@@ -231,11 +252,7 @@ def render(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
     box, u, v = frame
     a = _colour(rng, away_from=ground)
     b = _colour(rng, away_from=a)
-    periods = rng.uniform(*TEXTURE_PERIODS)  # scales with the target
-    inside = _shape_mask(shape, u, v)
-    pattern = _texture(texture, u * periods / 2, v * periods / 2)
-    cv.paint(box, inside & ~pattern, a)
-    cv.paint(box, inside & pattern, b)
+    paint_target(cv, Target(box, u, v, radius, a, b), rng)
     _clutter(cv, min(n_clutter - behind, 2))
     img = cv.finish()
     # Illumination: a smooth gain gradient and a colour cast, then sensor noise.
@@ -246,6 +263,21 @@ def render(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
     img = img * gain[..., None] * cast + rng.normal(0, 0.02, img.shape).astype(np.float32)
     out = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return np.ascontiguousarray(out.transpose(2, 0, 1))
+
+
+def render(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """One image of class `label` as uint8 [3, size, size]: a shape filled with a texture whose
+    period scales with the shape."""
+    shape, texture = label % len(SHAPES), label % len(TEXTURES)
+
+    def paint(cv: Canvas, t: Target, rng: np.random.Generator) -> None:
+        periods = rng.uniform(*TEXTURE_PERIODS)
+        inside = shape_mask(shape, t.u, t.v)
+        pattern = texture_mask(texture, t.u * periods / 2, t.v * periods / 2)
+        cv.paint(t.box, inside & ~pattern, t.a)
+        cv.paint(t.box, inside & pattern, t.b)
+
+    return scene(size, rng, paint)
 
 
 def _encode(img: np.ndarray) -> bytes:
