@@ -14,11 +14,15 @@ built-in set asks of a model: a linear classifier on raw pixels; the demo's plai
 several seeds (when it leaves chance, how far the final error spreads); and the same loop with
 every Inception module cut to its 1x1 and 3x3 branches at the same width.
 
+With --set two-scale they measure a variant of the built-in set instead, whose classes are a
+coarse and a fine texture on one target (`render_two_scale`).
+
 With --s3 it times the training stream from local files against the same sets in a bucket of
 an S3 server started on 127.0.0.1.
 
     python bench/bench_data.py [--quick] [--linear] [--learn SEEDS] [--ablate SEEDS]
-        [--budget EXAMPLES] [--points N] [--s3 ROUNDS] [--out results.md]
+        [--budget EXAMPLES] [--points N] [--size PX] [--set builtin|two-scale] [--s3 ROUNDS]
+        [--out results.md]
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from unittest import mock
 
 import numpy as np
 import pyarrow
@@ -41,7 +46,18 @@ import torchvision
 from torch import nn
 
 from distinception.config import AUGMENT_PRESETS, SHUFFLES, DataConfig, ModelConfig
-from distinception.data.generated import generate_dataset
+from distinception.data import generated
+from distinception.data.generated import (
+    SHAPES,
+    TEXTURE_PERIODS,
+    TEXTURES,
+    Canvas,
+    Target,
+    generate_dataset,
+    scene,
+    shape_mask,
+    texture_mask,
+)
 from distinception.data.loader import RowReader, TrainStream, decode, eval_batches
 from distinception.data.shards import iter_batches, open_manifest
 from distinception.model.googlenet import ConvUnit, InceptionSpec, build_googlenet
@@ -265,6 +281,46 @@ class TwoBranchInception(nn.Module):
         return torch.cat([self.conv1x1(x), self.conv3x3(self.conv3x3_reduce(x))], 1)
 
 
+#: The two-scale set's factors. 5 and 2 are coprime, so class c = (coarse c mod 5, fine c mod 2)
+#: is a distinct pair for every c below 10, and neither factor alone names the class.
+TWO_SCALE_COARSE = ("stripes", "checker", "dots", "rings", "grid")
+TWO_SCALE_FINE = ("stripes", "dots")
+#: The fine texture's period in pixels at a 64 px side (it scales with the side, not the target).
+TWO_SCALE_FINE_PERIOD = (4.0, 6.0)
+
+
+def render_two_scale(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """An image of a variant of the built-in set made for parallel kernels of different sizes.
+
+    The class is a pair of textures on one target: a coarse one whose period scales with the
+    target (as in the built-in set: 9-29 px at 64 px) and a fine one of 4-6 px laid over the
+    coarse texture's first colour; the shape is random. Telling the class takes both scales at
+    the same place, while the clutter (`scene`'s) shows textures at every scale alone. If
+    parallel 3x3 and 5x5 kernels are what such cues need, the two-branch model falls behind
+    here."""
+    coarse = TEXTURES.index(TWO_SCALE_COARSE[label % len(TWO_SCALE_COARSE)])
+    fine = TEXTURES.index(TWO_SCALE_FINE[label % len(TWO_SCALE_FINE)])
+
+    def paint(cv: Canvas, t: Target, rng: np.random.Generator) -> None:
+        inside = shape_mask(int(rng.integers(len(SHAPES))), t.u, t.v)
+        periods = rng.uniform(*TEXTURE_PERIODS)
+        pattern = texture_mask(coarse, t.u * periods / 2, t.v * periods / 2)
+        per_radius = t.radius / (rng.uniform(*TWO_SCALE_FINE_PERIOD) * size / 64)
+        du, dv = rng.uniform(0.0, 1.0, 2)
+        detail = texture_mask(fine, t.u * per_radius + du, t.v * per_radius + dv)
+        # The fine texture's colour: the first colour a quarter of the way to the other end.
+        a2 = np.clip(t.a + (0.25 if t.a.mean() < 0.5 else -0.25), 0.0, 1.0).astype(np.float32)
+        cv.paint(t.box, inside & ~pattern & ~detail, t.a)
+        cv.paint(t.box, inside & ~pattern & detail, a2)
+        cv.paint(t.box, inside & pattern, t.b)
+
+    return scene(size, rng, paint)
+
+
+#: What --set generates: the built-in set, or its two-scale variant.
+SETS = {"builtin": generated.render, "two-scale": render_two_scale}
+
+
 #: A plain loop has left chance once its top-1 error is at most this (twice chance accuracy).
 LEFT_CHANCE = 0.8
 
@@ -280,7 +336,6 @@ def learning_curves(
     recomputed). `two_branch` builds every Inception module as `TwoBranchInception`. `size`
     (default: the demo's) is the model's input, for a set generated at that size."""
     from contextlib import nullcontext
-    from unittest import mock
 
     from distinception.bench.convergence import local_curve
     from distinception.config import from_dict
@@ -376,6 +431,13 @@ def main() -> None:
         help="rounds of the training stream from local files against the same sets in a bucket "
         "of an S3 server on 127.0.0.1 (moto's, a dev dependency)",
     )
+    parser.add_argument(
+        "--set",
+        choices=sorted(SETS),
+        default="builtin",
+        help="what --linear/--learn/--ablate measure: the built-in set, or its variant whose"
+        " classes are a coarse and a fine texture on one target",
+    )
     parser.add_argument("--out", default="", help="also write the markdown report here")
     args = parser.parse_args()
     if args.size < 32:
@@ -414,27 +476,31 @@ def main() -> None:
     start = time.perf_counter()
     cfg = DataConfig()
     gen_dir = os.path.join(work, "default")
-    # The set that --linear/--learn/--ablate measure: the default one, or a small one at --size.
-    if args.quick:
-        measured = small
-        if args.size != small_size:
-            measured = os.path.join(work, f"s{args.size}")
-            generate_dataset(measured, classes=10, per_class=per, val_per_class=2, size=args.size)
-    else:
-        measured = gen_dir
-        generate_dataset(
-            gen_dir,
-            classes=cfg.classes,
-            per_class=cfg.per_class,
-            val_per_class=cfg.val_per_class,
-            size=args.size,
-        )
-        emit(
-            f"Generating the default built-in set ({cfg.classes} classes x"
-            f" ({cfg.per_class} + {cfg.val_per_class}) images, {args.size} px JPEG):"
-            f" {time.perf_counter() - start:.1f} s on one core"
-        )
-        emit()
+    # The set that --linear/--learn/--ablate measure: the default one, or a small one with
+    # --quick, at --size, drawn as --set says.
+    with mock.patch.object(generated, "render", SETS[args.set]):
+        if args.quick:
+            measured = small
+            if args.size != small_size or args.set != "builtin":
+                measured = os.path.join(work, f"{args.set}-s{args.size}")
+                generate_dataset(
+                    measured, classes=10, per_class=per, val_per_class=2, size=args.size
+                )
+        else:
+            measured = gen_dir
+            generate_dataset(
+                gen_dir,
+                classes=cfg.classes,
+                per_class=cfg.per_class,
+                val_per_class=cfg.val_per_class,
+                size=args.size,
+            )
+            emit(
+                f"Generating the default {args.set} set ({cfg.classes} classes x"
+                f" ({cfg.per_class} + {cfg.val_per_class}) images, {args.size} px JPEG):"
+                f" {time.perf_counter() - start:.1f} s on one core"
+            )
+            emit()
 
     small_model = ModelConfig(variant="bn", width=0.25, input_size=64)
     paper_model = ModelConfig(variant="faithful", width=1.0, input_size=224)
@@ -534,8 +600,9 @@ def main() -> None:
         demo = get_recipe("demo")
         budget = args.budget or int(demo.run.epochs * open_manifest(path).counts["train"])
         emit(
-            f"Learning curves: the demo's plain loop (`LocalTrainer`, recipe `demo`: bn GoogLeNet"
-            f" w{demo.model.width} @{args.size}, batch {demo.data.batch_size}, SGD lr"
+            f"Learning curves, {args.set} set: the demo's plain loop (`LocalTrainer`, recipe"
+            f" `demo`: bn GoogLeNet w{demo.model.width} @{args.size}, batch"
+            f" {demo.data.batch_size}, SGD lr"
             f" {demo.optim.lr} momentum {demo.optim.momentum}, {demo.optim.lr_decay} per"
             f" {demo.optim.lr_decay_epochs:g} epoch), {budget:,} examples, {os.cpu_count() or 1}"
             f" threads; top-1 error % on the validation split at every {100 // args.points}% of"

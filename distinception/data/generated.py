@@ -10,10 +10,11 @@ large one, and telling the shape needs the whole object; distractors from 4 px t
 image repeat the same parts (outlines of every shape, textured patches without a target's
 outline, strokes, soft blobs). That is the situation Inception's parallel 1x1/3x3/5x5 branches
 and its depth are built for (though a model with only 1x1 and 3x3 branches ends level or
-ahead, at 64, 128 and 224 px: BENCHMARKS.md, "The built-in set"). Colours (tinted greys: an
-object stands out from its ground by brightness), rotation, lighting gradients, colour casts
-and sensor noise are random, so neither colour, position nor any single patch gives the class
-away: a linear classifier on raw pixels stays near chance (BENCHMARKS.md has the figures).
+ahead, at 64, 128 and 224 px, and on a variant whose classes pair a coarse and a fine texture:
+BENCHMARKS.md, "The built-in set"). Colours (tinted greys: an object stands out from its
+ground by brightness), rotation, lighting gradients, colour casts and sensor noise are random,
+so neither colour, position nor any single patch gives the class away: a linear classifier on
+raw pixels stays near chance (BENCHMARKS.md has the figures).
 
 Generation is seeded per image (seed, split, index), so the bytes are the same for the same
 parameters on any machine with the same JPEG encoder, in any order.

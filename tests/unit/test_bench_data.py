@@ -17,7 +17,14 @@ from distinception.model import googlenet
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_data import LEFT_CHANCE, TwoBranchInception, curve_rows  # noqa: E402
+from bench_data import (  # noqa: E402
+    LEFT_CHANCE,
+    TWO_SCALE_COARSE,
+    TWO_SCALE_FINE,
+    TwoBranchInception,
+    curve_rows,
+    render_two_scale,
+)
 
 
 def test_two_branch_model_drops_the_5x5_and_pool_branches_at_the_same_width():
@@ -87,6 +94,42 @@ def test_learning_curves_train_and_score_at_the_size_asked_for(tmp_path):
         runs = bench_data.learning_curves(path, 2, 32, 1, size=48)
     assert runs == [[(32, 0.5)], [(32, 0.5)]]
     assert seen == [(48, 48, path)] * 2
+
+
+def test_the_two_scale_class_is_a_pair_that_neither_texture_names_alone():
+    import numpy as np
+
+    pairs = [(TWO_SCALE_COARSE[c % 5], TWO_SCALE_FINE[c % 2]) for c in range(10)]
+    assert len(set(pairs)) == 10
+    for coarse in TWO_SCALE_COARSE:
+        assert sum(p[0] == coarse for p in pairs) == 2
+    for fine in TWO_SCALE_FINE:
+        assert sum(p[1] == fine for p in pairs) == 5
+    # The same draw for three classes: 0 and 5 differ in the fine texture only, 0 and 6 in the
+    # coarse one only, and each change shows in the picture on an equal share of the pixels at
+    # most (the target); the scene around it is the same.
+    imgs = [render_two_scale(c, 64, np.random.default_rng(3)).astype(int) for c in (0, 5, 6)]
+    again = render_two_scale(0, 64, np.random.default_rng(3)).astype(int)
+    assert (again == imgs[0]).all()
+    for other in imgs[1:]:
+        changed = (np.abs(other - imgs[0]).max(axis=0) > 30).mean()
+        assert 0.01 < changed < 0.6
+
+
+def test_the_two_scale_set_as_a_user_types_it(tmp_path):
+    out = tmp_path / "two-scale.md"
+    cmd = "bench/bench_data.py --quick --set two-scale --learn 1 --budget 64 --points 1"
+    proc = subprocess.run(
+        [sys.executable, *cmd.split(), "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert "Learning curves, two-scale set:" in text and "| GoogLeNet | 0 |" in text
 
 
 def test_a_size_below_the_models_smallest_input_is_refused():
