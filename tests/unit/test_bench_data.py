@@ -58,8 +58,11 @@ def test_curve_rows_report_when_each_seed_left_chance_and_the_spread():
 
 
 def test_learning_curves_as_a_user_types_it(tmp_path):
-    out = tmp_path / "builtin.md"
-    cmd = "bench/bench_data.py --quick --learn 1 --ablate 1 --budget 128 --points 2 --size 48"
+    cmd = (
+        "bench/bench_data.py --quick --set two-scale --learn 1 --ablate 1 --budget 128"
+        " --points 2 --size 48"
+    )
+    out = tmp_path / "two-scale.md"
     proc = subprocess.run(
         [sys.executable, *cmd.split(), "--out", str(out)],
         cwd=ROOT,
@@ -70,6 +73,7 @@ def test_learning_curves_as_a_user_types_it(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
+    assert "Learning curves, two-scale set:" in text
     assert "| GoogLeNet | 0 |" in text and "| two-branch | 0 |" in text
     assert text.count("mean ± sd") == 2 and "128 examples" in text
     assert "w0.25 @48," in text
@@ -114,22 +118,6 @@ def test_the_two_scale_class_is_a_pair_that_neither_texture_names_alone():
     for other in imgs[1:]:
         changed = (np.abs(other - imgs[0]).max(axis=0) > 30).mean()
         assert 0.01 < changed < 0.6
-
-
-def test_the_two_scale_set_as_a_user_types_it(tmp_path):
-    out = tmp_path / "two-scale.md"
-    cmd = "bench/bench_data.py --quick --set two-scale --learn 1 --budget 64 --points 1"
-    proc = subprocess.run(
-        [sys.executable, *cmd.split(), "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    text = out.read_text()
-    assert "Learning curves, two-scale set:" in text and "| GoogLeNet | 0 |" in text
 
 
 def test_a_size_below_the_models_smallest_input_is_refused():
