@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from unittest import mock
 
+import numpy as np
 import torch
 
 from distinception.config import ModelConfig
@@ -101,8 +102,6 @@ def test_learning_curves_train_and_score_at_the_size_asked_for(tmp_path):
 
 
 def test_the_two_scale_class_is_a_pair_that_neither_texture_names_alone():
-    import numpy as np
-
     pairs = [(TWO_SCALE_COARSE[c % 5], TWO_SCALE_FINE[c % 2]) for c in range(10)]
     assert len(set(pairs)) == 10
     for coarse in TWO_SCALE_COARSE:
@@ -110,8 +109,8 @@ def test_the_two_scale_class_is_a_pair_that_neither_texture_names_alone():
     for fine in TWO_SCALE_FINE:
         assert sum(p[1] == fine for p in pairs) == 5
     # The same draw for three classes: 0 and 5 differ in the fine texture only, 0 and 6 in the
-    # coarse one only, and each change shows in the picture on an equal share of the pixels at
-    # most (the target); the scene around it is the same.
+    # coarse one only. Each change shows on the target, and only there: the scene around it is
+    # the same.
     imgs = [render_two_scale(c, 64, np.random.default_rng(3)).astype(int) for c in (0, 5, 6)]
     again = render_two_scale(0, 64, np.random.default_rng(3)).astype(int)
     assert (again == imgs[0]).all()
