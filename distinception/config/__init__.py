@@ -31,6 +31,7 @@ from distinception.config.ps import (
     PlacementConfig,
     PSConfig,
     TransportConfig,
+    parse_momentum_correction,
     parse_staleness,
 )
 from distinception.config.sections import (
@@ -85,5 +86,6 @@ __all__ = [
     "load_section",
     "load_yaml",
     "nest",
+    "parse_momentum_correction",
     "parse_staleness",
 ]

@@ -17,7 +17,7 @@ POLYAK_MODES = ("uniform", "ema", "off")
 TRANSFER_DTYPES = ("float32", "bfloat16")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 TRANSPORTS = ("auto", "object_store")
-MOMENTUM_CORRECTION = ("auto", "none")
+MOMENTUM_CORRECTION = ("auto", "none", "partial:F")
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,9 @@ class PSConfig:
     staleness: str = "none"
     #: Momentum compensation for asynchrony: "auto" lowers each shard's explicit momentum by
     #: the implicit momentum its measured staleness adds (s / (s + 1), Mitliagkas et al. 2016),
-    #: so the total stays `optim.momentum`; "none" keeps it as it is. Applies to the optimizers
-    #: with a momentum term (sgd, rmsprop); adam/adamw/adagrad are left alone.
+    #: so the total stays `optim.momentum`; "none" keeps it as it is; "partial:F" takes off the
+    #: share F in [0, 1] of that implicit momentum (auto = partial:1, none = partial:0). Applies
+    #: to the optimizers with a momentum term (sgd, rmsprop); adam/adamw/adagrad are left alone.
     momentum_correction: str = "auto"
     #: Delay compensation (DC-ASGD, Zheng et al. 2017): lambda of g + lambda g*g*(w_now -
     #: w_pulled), 0 = off. `dc_adaptive` divides lambda by a running RMS of the gradient (their
@@ -99,7 +100,7 @@ class PSConfig:
         _check(self.n_fetch >= 1, "n_fetch", self.n_fetch, "an integer >= 1")
         _check(self.n_push >= 1, "n_push", self.n_push, "an integer >= 1")
         parse_staleness(self.staleness)
-        _choice("momentum_correction", self.momentum_correction, MOMENTUM_CORRECTION)
+        parse_momentum_correction(self.momentum_correction)
         _check(
             self.delay_compensation >= 0,
             "delay_compensation",
@@ -124,6 +125,23 @@ def parse_staleness(spec: str) -> tuple[str, int]:
     if kind == "bound" and k.isdigit():
         return "bound", int(k)
     _fail("staleness", spec, "none, scale or bound:K with K an integer >= 0")
+    raise AssertionError  # unreachable
+
+
+def parse_momentum_correction(spec: str) -> float:
+    """The share of the measured implicit momentum a shard takes off its explicit momentum:
+    `auto` 1, `none` 0, `partial:F` F (a number in [0, 1])."""
+    if spec in ("auto", "none"):
+        return 1.0 if spec == "auto" else 0.0
+    kind, _, share = str(spec).partition(":")
+    if kind == "partial":
+        try:
+            value = float(share)
+        except ValueError:
+            value = math.nan
+        if 0.0 <= value <= 1.0:
+            return value
+    _fail("momentum_correction", spec, "auto, none or partial:F with F a number in [0, 1]")
     raise AssertionError  # unreachable
 
 

@@ -46,13 +46,15 @@ def implicit_momentum(staleness: float) -> float:
     return s / (s + 1.0)
 
 
-def explicit_momentum(target: float, staleness: float) -> float:
+def explicit_momentum(target: float, staleness: float, share: float = 1.0) -> float:
     """The optimizer momentum that keeps the total (explicit + implicit) at `target`.
 
     Explicit and implicit momentum add up (Mitliagkas et al. 2016, Section 4; Hadjis et al.
     2016 tune the explicit part down the same way), so a shard whose updates arrive with mean
-    staleness s lowers its own momentum by s / (s + 1), never below 0."""
-    return min(target, max(0.0, target - implicit_momentum(staleness)))
+    staleness s lowers its own momentum by s / (s + 1), never below 0. `share` < 1 takes off
+    only that part of it: the full correction also shrinks the steady step lr / (1 - momentum),
+    which some problems need and others train slower for (BENCHMARKS.md, "Async parity")."""
+    return min(target, max(0.0, target - share * implicit_momentum(staleness)))
 
 
 class StalenessMeter:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from distinception.config import OptimConfig, PSConfig
+from distinception.config import OptimConfig, PSConfig, parse_momentum_correction
 from distinception.ps.layout import ParamLayout
 from distinception.ps.policies import (
     DelayCompensation,
@@ -129,9 +129,8 @@ class ShardCore:
         # Async-aware updates: momentum lowered by the staleness measured here, and DC-ASGD's
         # correction against the weights each gradient was computed on.
         self.meter = StalenessMeter()
-        self.tune_momentum = (
-            ps.momentum_correction == "auto" and "momentum" in self.optimizer.defaults
-        )
+        self.correction = parse_momentum_correction(ps.momentum_correction)
+        self.tune_momentum = self.correction > 0 and "momentum" in self.optimizer.defaults
         self.dc: DelayCompensation | None = None
         if ps.dc_versions:
             self.dc = DelayCompensation(ps.delay_compensation, ps.dc_versions, ps.dc_adaptive)
@@ -151,7 +150,7 @@ class ShardCore:
 
     @property
     def momentum(self) -> float:
-        """The momentum in use (lowered from `optim.momentum` under `momentum_correction=auto`)."""
+        """The momentum in use (lowered from `optim.momentum` by `momentum_correction`)."""
         return float(self.optimizer.param_groups[0].get("momentum", 0.0))
 
     def apply(
@@ -209,7 +208,7 @@ class ShardCore:
             self._bind(self.grad)
         self.meter.add(staleness)
         if self.tune_momentum:
-            momentum = explicit_momentum(self.optim.momentum, self.meter.mean)
+            momentum = explicit_momentum(self.optim.momentum, self.meter.mean, self.correction)
             for group in self.optimizer.param_groups:
                 group["momentum"] = momentum
         with self._writing():

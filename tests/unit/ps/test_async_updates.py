@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from distinception.config import ConfigError, OptimConfig, PSConfig
+from distinception.config import ConfigError, OptimConfig, PSConfig, parse_momentum_correction
 from distinception.ps.layout import ParamLayout
 from distinception.ps.policies import (
     DelayCompensation,
@@ -38,6 +38,21 @@ def test_explicit_momentum_keeps_the_total_and_never_goes_negative():
     assert explicit_momentum(0.0, 1) == 0.0
 
 
+def test_a_partial_correction_takes_off_its_share_of_the_implicit_momentum():
+    assert explicit_momentum(0.9, 1, share=0.5) == pytest.approx(0.65)  # 0.9 - 0.5 x 0.5
+    assert explicit_momentum(0.9, 3, share=0.5) == pytest.approx(0.525)  # 0.9 - 0.5 x 0.75
+    assert explicit_momentum(0.9, 3, share=0.0) == pytest.approx(0.9)
+    assert explicit_momentum(0.9, 3, share=1.0) == explicit_momentum(0.9, 3)
+    assert explicit_momentum(0.3, 20, share=0.5) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("spec", "share"), [("auto", 1.0), ("none", 0.0), ("partial:0.5", 0.5), ("partial:1", 1.0)]
+)
+def test_momentum_correction_names_its_share(spec, share):
+    assert parse_momentum_correction(spec) == share
+
+
 def test_staleness_meter_is_a_bias_corrected_running_mean():
     m = StalenessMeter(decay=0.5)
     assert m.mean == 0.0
@@ -61,6 +76,13 @@ def test_shard_lowers_its_momentum_from_the_staleness_it_measures():
         s.apply(g, s.version - 1, examples=1, fingerprint=s.fingerprint)
     assert s.momentum == pytest.approx(0.4, abs=0.01)
     assert s.stats()["mean_staleness"] == pytest.approx(1.0, abs=0.02)
+
+
+def test_shard_under_a_partial_correction_lowers_its_momentum_by_that_share():
+    s = _shard(lr=0.1, momentum=0.9, momentum_correction="partial:0.5")
+    for _ in range(400):  # every push one version stale: implicit momentum 0.5
+        s.apply(torch.ones(15), s.version - 1, examples=1, fingerprint=s.fingerprint)
+    assert s.momentum == pytest.approx(0.65, abs=0.01)
 
 
 def test_momentum_compensation_off_keeps_the_configured_momentum():
@@ -153,7 +175,13 @@ def test_lag_auto_is_zero_alone_and_under_a_bound():
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("momentum_correction", "maybe", "momentum_correction='maybe': expected one of auto, none"),
+        (
+            "momentum_correction",
+            "maybe",
+            "momentum_correction='maybe': expected auto, none or partial:F with F a number in",
+        ),
+        ("momentum_correction", "partial:1.5", "momentum_correction='partial:1.5': expected"),
+        ("momentum_correction", "partial:x", "momentum_correction='partial:x': expected"),
         ("delay_compensation", -1.0, "delay_compensation=-1.0: expected a number >= 0"),
         ("max_lag", -2, "max_lag=-2: expected an integer >= -1"),
     ],
