@@ -17,8 +17,9 @@ UPDATES: dict[str, dict[str, Any]] = {
     # What the parameter server did before momentum correction and the lag rule: Downpour with
     # the full explicit momentum, and one step of lag even for a lone replica.
     "previous": {"ps.momentum_correction": "none", "ps.max_lag": 1},
-    # Half the correction: the explicit momentum lowered by half the implicit momentum measured.
-    "half-mc": {"ps.momentum_correction": "partial:0.5"},
+    # The whole correction: the explicit momentum lowered by all the implicit momentum measured
+    # (the default takes off half).
+    "full-mc": {"ps.momentum_correction": "full"},
     "no-lag": {"ps.max_lag": 0},
     "lag": {"ps.max_lag": 1},
     "dc": {"ps.delay_compensation": 2.0},

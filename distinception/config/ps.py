@@ -17,7 +17,7 @@ POLYAK_MODES = ("uniform", "ema", "off")
 TRANSFER_DTYPES = ("float32", "bfloat16")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 TRANSPORTS = ("auto", "object_store")
-MOMENTUM_CORRECTION = ("auto", "none", "partial:F")
+MOMENTUM_CORRECTION = ("partial:F", "full", "none")
 
 
 @dataclass(frozen=True)
@@ -60,12 +60,14 @@ class PSConfig:
     n_fetch: int = 1
     n_push: int = 1
     staleness: str = "none"
-    #: Momentum compensation for asynchrony: "auto" lowers each shard's explicit momentum by
-    #: the implicit momentum its measured staleness adds (s / (s + 1), Mitliagkas et al. 2016),
-    #: so the total stays `optim.momentum`; "none" keeps it as it is; "partial:F" takes off the
-    #: share F in [0, 1] of that implicit momentum (auto = partial:1, none = partial:0). Applies
-    #: to the optimizers with a momentum term (sgd, rmsprop); adam/adamw/adagrad are left alone.
-    momentum_correction: str = "auto"
+    #: Momentum compensation for asynchrony: each shard lowers its explicit momentum by a share
+    #: of the implicit momentum its measured staleness adds (s / (s + 1), Mitliagkas et al.
+    #: 2016). "full" takes all of it off, so the total stays `optim.momentum` ("auto" is its
+    #: earlier name); "none" keeps the momentum as it is; "partial:F" takes off the share F in
+    #: [0, 1]. The default, half, trained best of the three on both benchmark sets at 2 and 4
+    #: replicas (BENCHMARKS.md, "Async parity"). Applies to the optimizers with a momentum term
+    #: (sgd, rmsprop); adam/adamw/adagrad are left alone.
+    momentum_correction: str = "partial:0.5"
     #: Delay compensation (DC-ASGD, Zheng et al. 2017): lambda of g + lambda g*g*(w_now -
     #: w_pulled), 0 = off. `dc_adaptive` divides lambda by a running RMS of the gradient (their
     #: DC-ASGD-a); each shard keeps `dc_history` past versions of its slice (0 = 2 x replicas
@@ -130,9 +132,9 @@ def parse_staleness(spec: str) -> tuple[str, int]:
 
 def parse_momentum_correction(spec: str) -> float:
     """The share of the measured implicit momentum a shard takes off its explicit momentum:
-    `auto` 1, `none` 0, `partial:F` F (a number in [0, 1])."""
-    if spec in ("auto", "none"):
-        return 1.0 if spec == "auto" else 0.0
+    `full` (or `auto`) 1, `none` 0, `partial:F` F (a number in [0, 1])."""
+    if spec in ("full", "auto", "none"):
+        return 0.0 if spec == "none" else 1.0
     kind, _, share = str(spec).partition(":")
     if kind == "partial":
         try:
@@ -141,7 +143,7 @@ def parse_momentum_correction(spec: str) -> float:
             value = math.nan
         if 0.0 <= value <= 1.0:
             return value
-    _fail("momentum_correction", spec, "auto, none or partial:F with F a number in [0, 1]")
+    _fail("momentum_correction", spec, "partial:F with F a number in [0, 1], full or none")
     raise AssertionError  # unreachable
 
 

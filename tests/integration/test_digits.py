@@ -84,7 +84,7 @@ def _train_digits(digits: str, mlflow_uri: str, cwd, *sets: str):
 def test_default_async_update_trains_the_digits_like_a_plain_loop(digits, mlflow_uri, tmp_path):
     proc, run = _train_digits(digits, mlflow_uri, tmp_path, "tracking.log_model=false")
     metrics = run.data.metrics
-    assert run.data.params["ps.momentum_correction"] == "auto"
+    assert run.data.params["ps.momentum_correction"] == "partial:0.5"
     assert metrics["val/polyak_top1_error"] <= POLYAK_BOUND, proc.stdout
     assert metrics["val/raw_top1_error"] <= RAW_BOUND, proc.stdout
     # Two replicas, one step of lag: the shards measured staleness and lowered their momentum.

@@ -47,7 +47,8 @@ def test_a_partial_correction_takes_off_its_share_of_the_implicit_momentum():
 
 
 @pytest.mark.parametrize(
-    ("spec", "share"), [("auto", 1.0), ("none", 0.0), ("partial:0.5", 0.5), ("partial:1", 1.0)]
+    ("spec", "share"),
+    [("full", 1.0), ("auto", 1.0), ("none", 0.0), ("partial:0.5", 0.5), ("partial:1", 1.0)],
 )
 def test_momentum_correction_names_its_share(spec, share):
     assert parse_momentum_correction(spec) == share
@@ -178,7 +179,7 @@ def test_lag_auto_is_zero_alone_and_under_a_bound():
         (
             "momentum_correction",
             "maybe",
-            "momentum_correction='maybe': expected auto, none or partial:F with F a number in",
+            "momentum_correction='maybe': expected partial:F with F a number in",
         ),
         ("momentum_correction", "partial:1.5", "momentum_correction='partial:1.5': expected"),
         ("momentum_correction", "partial:x", "momentum_correction='partial:x': expected"),
