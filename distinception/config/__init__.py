@@ -21,7 +21,6 @@ from distinception.config.loader import (
 )
 from distinception.config.ps import (
     COMPUTE_DTYPES,
-    MOMENTUM_CORRECTION,
     OPTIMIZERS,
     POLYAK_MODES,
     TRANSFER_DTYPES,
@@ -57,7 +56,6 @@ __all__ = [
     "CROP_SCHEMES",
     "GOOGLENET",
     "INTERPOLATIONS",
-    "MOMENTUM_CORRECTION",
     "MOVED",
     "OPTIMIZERS",
     "POLYAK_MODES",

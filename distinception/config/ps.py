@@ -17,7 +17,6 @@ POLYAK_MODES = ("uniform", "ema", "off")
 TRANSFER_DTYPES = ("float32", "bfloat16")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 TRANSPORTS = ("auto", "object_store")
-MOMENTUM_CORRECTION = ("partial:F", "full", "none")
 
 
 @dataclass(frozen=True)
