@@ -17,9 +17,10 @@ UPDATES: dict[str, dict[str, Any]] = {
     # What the parameter server did before momentum correction and the lag rule: Downpour with
     # the full explicit momentum, and one step of lag even for a lone replica.
     "previous": {"ps.momentum_correction": "none", "ps.max_lag": 1},
-    # The whole correction: the explicit momentum lowered by all the implicit momentum measured
-    # (the default takes off half).
+    # The whole correction (the platform's default): the explicit momentum lowered by all the
+    # implicit momentum measured; and half of it (the demo recipe's).
     "full-mc": {"ps.momentum_correction": "full"},
+    "half-mc": {"ps.momentum_correction": "partial:0.5"},
     "no-lag": {"ps.max_lag": 0},
     "lag": {"ps.max_lag": 1},
     "dc": {"ps.delay_compensation": 2.0},

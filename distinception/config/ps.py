@@ -63,10 +63,12 @@ class PSConfig:
     #: of the implicit momentum its measured staleness adds (s / (s + 1), Mitliagkas et al.
     #: 2016). "full" takes all of it off, so the total stays `optim.momentum` ("auto" is its
     #: earlier name); "none" keeps the momentum as it is; "partial:F" takes off the share F in
-    #: [0, 1]. The default, half, is the one of the three within a point of the best on both
-    #: benchmark sets at 2 and 4 replicas (BENCHMARKS.md, "Async parity"). Applies to the
-    #: optimizers with a momentum term (sgd, rmsprop); adam/adamw/adagrad are left alone.
-    momentum_correction: str = "partial:0.5"
+    #: [0, 1]. The default, full, is the one that trained with a plain loop's lr on every
+    #: model and set measured; half ends lower on the built-in set with GoogLeNet (the `demo`
+    #: recipe takes it) but ResNet-18 swings off under it (BENCHMARKS.md, "Async parity").
+    #: Applies to the optimizers with a momentum term (sgd, rmsprop); adam/adamw/adagrad are
+    #: left alone.
+    momentum_correction: str = "full"
     #: Delay compensation (DC-ASGD, Zheng et al. 2017): lambda of g + lambda g*g*(w_now -
     #: w_pulled), 0 = off. `dc_adaptive` divides lambda by a running RMS of the gradient (their
     #: DC-ASGD-a); each shard keeps `dc_history` past versions of its slice (0 = 2 x replicas

@@ -84,7 +84,7 @@ def _train_digits(digits: str, mlflow_uri: str, cwd, *sets: str):
 def test_default_async_update_trains_the_digits_like_a_plain_loop(digits, mlflow_uri, tmp_path):
     proc, run = _train_digits(digits, mlflow_uri, tmp_path, "tracking.log_model=false")
     metrics = run.data.metrics
-    assert run.data.params["ps.momentum_correction"] == "partial:0.5"
+    assert run.data.params["ps.momentum_correction"] == "full"
     assert metrics["val/polyak_top1_error"] <= POLYAK_BOUND, proc.stdout
     assert metrics["val/raw_top1_error"] <= RAW_BOUND, proc.stdout
     # Two replicas, one step of lag: the shards measured staleness and lowered their momentum.
@@ -107,8 +107,9 @@ def test_a_torchvision_resnet_trains_the_digits_as_typed(digits, mlflow_uri, tmp
     assert run.data.params["model.arch"] == "torchvision:resnet18"
     # 10 classes, chance 0.9. At lr 0.05, as for GoogLeNet, ResNet-18's first epochs swing: after
     # 2 epochs one run ended at 7.2% raw error, another (the machine busier) at 47.9%. After 5,
-    # four runs, two at a time, ended at 2.2-4.2% Polyak and 2.8-5.6% raw (2026-12-03). A
-    # quarter of the images wrong fails.
+    # four runs, two at a time, ended at 2.2-4.2% Polyak and 2.8-5.6% raw (2026-12-03), and
+    # 2.5-5.6% on 2026-12-05, where under the demo's half correction the same four seeds ended
+    # at 9.5-41% (two above this bound). A quarter of the images wrong fails.
     assert run.data.metrics["val/final_polyak_top1_error"] <= 0.25, proc.stdout
     assert run.data.metrics["val/final_raw_top1_error"] <= 0.25, proc.stdout
     # The logged Polyak model, scored on 1 and 10 crops as `distinception evaluate` does.
