@@ -21,6 +21,8 @@ UPDATES: dict[str, dict[str, Any]] = {
     # implicit momentum measured; and half of it (the demo recipe's).
     "full-mc": {"ps.momentum_correction": "full"},
     "half-mc": {"ps.momentum_correction": "partial:0.5"},
+    # The share moved by the total momentum the shard measures (YellowFin's closed loop).
+    "loop-mc": {"ps.momentum_correction": "closed-loop"},
     "no-lag": {"ps.max_lag": 0},
     "lag": {"ps.max_lag": 1},
     "dc": {"ps.delay_compensation": 2.0},

@@ -63,7 +63,10 @@ class PSConfig:
     #: of the implicit momentum its measured staleness adds (s / (s + 1), Mitliagkas et al.
     #: 2016). "full" takes all of it off, so the total stays `optim.momentum` ("auto" is its
     #: earlier name); "none" keeps the momentum as it is; "partial:F" takes off the share F in
-    #: [0, 1]. The default, full, is the one that trained with a plain loop's lr on every
+    #: [0, 1]; "closed-loop" starts at full and moves the share until the total momentum the
+    #: shard measures is `optim.momentum` (YellowFin's closed loop, Zhang & Mitliagkas 2017;
+    #: best of all on GoogLeNet/built-in, behind full on ResNet-18).
+    #: The default, full, is the one that trained with a plain loop's lr on every
     #: model and set measured; half ends lower on the built-in set with GoogLeNet (the `demo`
     #: recipe takes it) but ResNet-18 swings off under it (BENCHMARKS.md, "Async parity").
     #: Applies to the optimizers with a momentum term (sgd, rmsprop); adam/adamw/adagrad are
@@ -131,11 +134,15 @@ def parse_staleness(spec: str) -> tuple[str, int]:
     raise AssertionError  # unreachable
 
 
-def parse_momentum_correction(spec: str) -> float:
-    """The share of the measured implicit momentum a shard takes off its explicit momentum:
-    `full` (or `auto`) 1, `none` 0, `partial:F` F (a number in [0, 1])."""
+def parse_momentum_correction(spec: str) -> tuple[str, float]:
+    """(kind, share): the share of the measured implicit momentum a shard takes off its
+    explicit momentum, `fixed` at `full` (or `auto`) 1, `none` 0 or `partial:F` F (a number in
+    [0, 1]); or `closed-loop`, a share that starts at 1 and follows the total momentum the
+    shard measures (`policies.MomentumLoop`)."""
     if spec in ("full", "auto", "none"):
-        return 0.0 if spec == "none" else 1.0
+        return "fixed", 0.0 if spec == "none" else 1.0
+    if spec == "closed-loop":
+        return "closed-loop", 1.0
     kind, _, share = str(spec).partition(":")
     if kind == "partial":
         try:
@@ -143,8 +150,12 @@ def parse_momentum_correction(spec: str) -> float:
         except ValueError:
             value = math.nan
         if 0.0 <= value <= 1.0:
-            return value
-    _fail("momentum_correction", spec, "partial:F with F a number in [0, 1], full or none")
+            return "fixed", value
+    _fail(
+        "momentum_correction",
+        spec,
+        "partial:F with F a number in [0, 1], full, none or closed-loop",
+    )
     raise AssertionError  # unreachable
 
 

@@ -21,6 +21,7 @@ from distinception.config import OptimConfig, PSConfig, parse_momentum_correctio
 from distinception.ps.layout import ParamLayout
 from distinception.ps.policies import (
     DelayCompensation,
+    MomentumLoop,
     StalenessMeter,
     StalenessPolicy,
     explicit_momentum,
@@ -126,11 +127,22 @@ class ShardCore:
         self.version = 0
         #: Which life of the shard actor this is (a new uuid at every restart; "" outside Ray).
         self.incarnation = ""
-        # Async-aware updates: momentum lowered by the staleness measured here, and DC-ASGD's
-        # correction against the weights each gradient was computed on.
+        # Async-aware updates: momentum lowered by the staleness measured here (by a fixed
+        # share, or one the closed loop moves), and DC-ASGD's correction against the weights
+        # each gradient was computed on.
         self.meter = StalenessMeter()
-        self.correction = parse_momentum_correction(ps.momentum_correction)
-        self.tune_momentum = self.correction > 0 and "momentum" in self.optimizer.defaults
+        kind, self.correction = parse_momentum_correction(ps.momentum_correction)
+        has_momentum = "momentum" in self.optimizer.defaults
+        self.loop: MomentumLoop | None = None
+        if kind == "closed-loop" and has_momentum:
+            decay = torch.zeros(self.size)
+            for a, b, use_decay in layout.decay_mask(start, stop):
+                decay[a:b] = optim.weight_decay if use_decay else 0.0
+            # Sampled weights are small (16 KB a version), so keep versions well past the
+            # staleness the replicas cause (pushes staler than that go unmeasured).
+            self.loop = MomentumLoop(optim.momentum, 4 * ps.num_replicas + 4, decay, seed=index)
+            self.loop.record(0, self.flat, self.lr)
+        self.tune_momentum = has_momentum and (self.correction > 0 or self.loop is not None)
         self.dc: DelayCompensation | None = None
         if ps.dc_versions:
             self.dc = DelayCompensation(ps.delay_compensation, ps.dc_versions, ps.dc_adaptive)
@@ -192,6 +204,11 @@ class ShardCore:
             # it; a larger one comes from a replica that did not, and is scaled down here.
             scale *= clip / norm
             self.clipped += 1
+        if self.loop is not None:
+            # Measured on the gradient as pushed: the step a synchronous update would have taken.
+            measured = self.loop.measure(grad, base_version, self.momentum)
+            if measured is not None:
+                self.correction = self.loop.update(measured)
         if self.dc is not None:
             if grad.dtype != self.grad.dtype:  # a bf16 push: widen once, then correct in place
                 self.grad.copy_(grad)
@@ -217,6 +234,8 @@ class ShardCore:
             self._publish()
         if self.dc is not None:
             self.dc.record(self.version, self.flat)
+        if self.loop is not None:
+            self.loop.record(self.version, self.flat, self.lr)
         self.examples += int(examples)
         self.scheduler.step()
         self.staleness_hist[staleness] += 1
@@ -252,11 +271,14 @@ class ShardCore:
             "refused": dict(self.refused),
             "clipped": self.clipped,
             "momentum": self.momentum,
+            "momentum_share": self.correction,
             "mean_staleness": self.meter.mean,
             "dc_bytes": self.dc.nbytes if self.dc is not None else 0,
             "staleness_hist": dict(self.staleness_hist),
             "recent_hist": dict(self.recent_hist),
         }
+        if self.loop is not None:
+            out["momentum_total"] = self.loop.total.mean
         if reset_recent:
             self.recent_hist = Counter()
         return out
@@ -275,6 +297,7 @@ class ShardCore:
             "staleness_hist": dict(self.staleness_hist),
             "refused": dict(self.refused),
             "meter": self.meter.state_dict(),
+            "loop": self.loop.state_dict() if self.loop is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -302,6 +325,11 @@ class ShardCore:
         if self.dc is not None:
             self.dc.versions.clear()
             self.dc.record(self.version, self.flat)
+        if self.loop is not None:
+            if state.get("loop"):
+                self.loop.load_state_dict(state["loop"])
+                self.correction = self.loop.share
+            self.loop.restart(self.version, self.flat, self.lr)
 
 
 def histogram_mean(hist: dict[int, int]) -> float:

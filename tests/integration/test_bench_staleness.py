@@ -52,7 +52,7 @@ def test_bench_updates_as_a_user_types_it(tmp_path):
     assert cells["previous"][6] == "0.90"
     staleness = float(cells["default"][5])
     assert staleness > 0.5
-    share = parse_momentum_correction(get_recipe("tiny").ps.momentum_correction)
+    _, share = parse_momentum_correction(get_recipe("tiny").ps.momentum_correction)
     expected = explicit_momentum(0.9, staleness, share=share)
     assert abs(float(cells["default"][6]) - expected) < 0.06, (cells["default"], expected)
     png(str(tmp_path / "updates.png"))

@@ -130,10 +130,14 @@ class StatsCollector:
             "lr": float(infos[0]["lr"]),
             # The momentum shards use after async compensation, and DC-ASGD's memory.
             "momentum": sum(float(x.get("momentum", 0.0)) for x in infos) / len(infos),
+            "momentum_share": sum(float(x.get("momentum_share", 0.0)) for x in infos) / len(infos),
             "dc_bytes": float(sum(int(x.get("dc_bytes", 0)) for x in infos)),
             "version": float(min(versions)),
             "refused": float(sum(sum(x["refused"].values()) for x in infos)),
         }
+        totals = [float(x["momentum_total"]) for x in infos if "momentum_total" in x]
+        if totals:  # the total (explicit + implicit) momentum the closed loop measures
+            metrics["momentum_total"] = sum(totals) / len(totals)
         if self.losses:
             metrics["loss"] = sum(self.losses) / len(self.losses)
         store = object_store_bytes()

@@ -47,11 +47,18 @@ def test_a_partial_correction_takes_off_its_share_of_the_implicit_momentum():
 
 
 @pytest.mark.parametrize(
-    ("spec", "share"),
-    [("full", 1.0), ("auto", 1.0), ("none", 0.0), ("partial:0.5", 0.5), ("partial:1", 1.0)],
+    ("spec", "parsed"),
+    [
+        ("full", ("fixed", 1.0)),
+        ("auto", ("fixed", 1.0)),
+        ("none", ("fixed", 0.0)),
+        ("partial:0.5", ("fixed", 0.5)),
+        ("partial:1", ("fixed", 1.0)),
+        ("closed-loop", ("closed-loop", 1.0)),
+    ],
 )
-def test_momentum_correction_names_its_share(spec, share):
-    assert parse_momentum_correction(spec) == share
+def test_momentum_correction_names_its_share(spec, parsed):
+    assert parse_momentum_correction(spec) == parsed
 
 
 def test_staleness_meter_is_a_bias_corrected_running_mean():
