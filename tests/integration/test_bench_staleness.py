@@ -33,17 +33,18 @@ def test_bench_staleness_as_a_user_types_it(tmp_path):
 
 
 def test_bench_updates_as_a_user_types_it(tmp_path):
-    """The quickest form of `distinception bench updates`: two update rules, one seed; on one
+    """The quickest form of `distinception bench updates`: three update rules, one seed; on one
     shard (the momentum each shard ends with is what is read)."""
     distinception(
-        *("bench", "updates", "--quick", "--replicas", "2", "--updates", "previous,default"),
+        *("bench", "updates", "--quick", "--replicas", "2"),
+        *("--updates", "previous,default,loop-mc"),
         *("--seeds", "1", "--set", "ps.num_shards=1", "--out", str(tmp_path)),
     )
     table = (tmp_path / "updates.md").read_text()
     rows = {
         line.split("|")[2].strip(): line for line in table.splitlines() if line.startswith("| 2 ")
     }
-    assert set(rows) == {"previous", "default"}
+    assert set(rows) == {"previous", "default", "loop-mc"}
     cells = {name: [c.strip() for c in row.split("|")[1:-1]] for name, row in rows.items()}
     # The previous update keeps the full momentum; the default (the recipe's share of the
     # correction) lowers it from the staleness two replicas with one step of lag measure: about
@@ -55,4 +56,10 @@ def test_bench_updates_as_a_user_types_it(tmp_path):
     _, share = parse_momentum_correction(get_recipe("tiny").ps.momentum_correction)
     expected = explicit_momentum(0.9, staleness, share=share)
     assert abs(float(cells["default"][6]) - expected) < 0.06, (cells["default"], expected)
+    # The closed loop starts at the full correction; measuring little beyond the explicit
+    # momentum on these steps, it takes off less of the implicit one push by push, so it ends
+    # well above where the full correction would hold the momentum (and below 0.9).
+    staleness = float(cells["loop-mc"][5])
+    full = explicit_momentum(0.9, staleness)
+    assert full + 0.1 < float(cells["loop-mc"][6]) < 0.9, (cells["loop-mc"], full)
     png(str(tmp_path / "updates.png"))
