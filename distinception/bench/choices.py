@@ -18,10 +18,11 @@ UPDATES: dict[str, dict[str, Any]] = {
     # the full explicit momentum, and one step of lag even for a lone replica.
     "previous": {"ps.momentum_correction": "none", "ps.max_lag": 1},
     # The whole correction (the platform's default): the explicit momentum lowered by all the
-    # implicit momentum measured; and half of it (the demo recipe's).
+    # implicit momentum measured; and half of it.
     "full-mc": {"ps.momentum_correction": "full"},
     "half-mc": {"ps.momentum_correction": "partial:0.5"},
-    # The share moved by the total momentum the shard measures (YellowFin's closed loop).
+    # The share moved by the total momentum the shard measures (YellowFin's closed loop; the
+    # demo recipe's).
     "loop-mc": {"ps.momentum_correction": "closed-loop"},
     "no-lag": {"ps.max_lag": 0},
     "lag": {"ps.max_lag": 1},
