@@ -103,9 +103,10 @@ def format_ranked(rows: list[dict[str, Any]], metric: str, keys: list[str]) -> s
     head = ["rank", "trial", "status", metric, "examples", *keys]
     table = [head] + [[cell(r.get(h)) for h in head] for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in table
-    )
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in table]
+    # Why each failed trial failed, where the user reads the table (ranked.json keeps it too).
+    lines += [f"trial {r['trial']} failed: {r['error']}" for r in rows if r["status"] == "failed"]
+    return "\n".join(lines)
 
 
 def sweep(

@@ -124,7 +124,7 @@ def test_two_trial_sweep_ranks_writes_best_yaml_and_nests_runs(swept, tiny_data,
     out, result = swept
     # Ranked: every trial accounted for, the best first, and its job trains as it is.
     assert len(result.ranked) == 2
-    assert {r["status"] for r in result.ranked} <= {"finished", "stopped"}
+    assert {r["status"] for r in result.ranked} <= {"finished", "stopped"}, out[-3000:]
     assert result.ranked[0]["status"] == "finished"
     best = load_yaml(result.best_yaml)
     assert best.augment.area_min == pytest.approx(result.ranked[0]["augment.area_min"])
