@@ -9,6 +9,11 @@ from pathlib import Path
 
 import pytest
 from quadrants import write_quadrant_set
+from worker_crashes import (  # noqa: F401  (hooks: pytest finds them by name)
+    pytest_sessionstart,
+    pytest_testnodedown,
+    pytest_xdist_make_scheduler,
+)
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -1,0 +1,161 @@
+"""What the suite does when one of its worker processes dies mid-test.
+
+A test worker is a Ray driver, an MLflow client and a torch process at once; when one dies
+(killed for memory, or exited by a native library) the run must still end, name the test it
+died in, and say what the machine looked like, so that CI shows a failure with a cause rather
+than a timeout with none.
+
+Two things here, both hooks that `conftest.py` takes in:
+
+- `LoadFileAfterCrash`, the `--dist loadfile` scheduler with the crash path mended. pytest-xdist
+  3.8's version puts every file the dead worker was ever given back in the queue, finished ones
+  included; a finished file goes out as an empty batch that never completes, and once the
+  queue's tail is all such batches every worker waits for work that never comes (the run hangs
+  until CI kills it). It also hands the test that killed the worker to the replacement to kill
+  again, and can leave a replacement holding a single test it will not start until it is sent
+  another. Here only unfinished files go back, without the test that crashed (already reported
+  failed), and a worker is always left with two tests or told to stop.
+- `pytest_testnodedown`: when a worker dies, the controller prints the kernel's count of
+  processes killed for memory (against the count at the start), the memory left, the largest
+  processes, and the end of the Ray driver log of any driver that died with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from xdist.scheduler import LoadFileScheduling
+
+#: Where Ray keeps the sessions that a job (or a test) starts without a temp dir of its own.
+_RAY_TMP = Path("/tmp/ray")
+_OOM_AT_START: list[int] = []
+
+
+class LoadFileAfterCrash(LoadFileScheduling):
+    """xdist's `loadfile`, except after a worker dies (see the module's docstring)."""
+
+    def remove_node(self, node: Any) -> str | None:
+        workload = self.assigned_work.pop(node)
+        unfinished = {scope: unit for scope, unit in workload.items() if not all(unit.values())}
+        if not unfinished:
+            return None  # a normal shutdown: all it was given is done
+        self.registered_collections.pop(node, None)  # its replacement registers afresh
+        # A worker runs its files in the order given and their tests in order: the first test
+        # not done is the one it died in.
+        crashed = next(
+            nodeid for unit in unfinished.values() for nodeid, done in unit.items() if not done
+        )
+        for unit in unfinished.values():
+            if crashed in unit:
+                unit[crashed] = True  # reported failed by the controller; not run again
+        self.workqueue.update({s: u for s, u in unfinished.items() if not all(u.values())})
+        for other in self.assigned_work:
+            self._reschedule(other)
+        return crashed
+
+    def _reschedule(self, node: Any) -> None:
+        if node not in self.registered_collections:
+            return  # a replacement still collecting: scheduled once its collection is in
+        super()._reschedule(node)
+        # A worker holds back its last test until it is sent another or told to stop (it
+        # needs the next test to tear down the right fixtures): never leave it one.
+        while not node.shutting_down and self._pending_of(self.assigned_work[node]) < 2:
+            if not self.workqueue:
+                node.shutdown()
+                break
+            self._assign_work_unit(node)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> LoadFileAfterCrash | None:
+    if config.getvalue("dist") != "loadfile":
+        return None
+    return LoadFileAfterCrash(config, log)
+
+
+def _oom_kills() -> int:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/vmstat").read_text().splitlines():
+            if line.startswith("oom_kill "):
+                return int(line.split()[1])
+    return -1
+
+
+def _mem_available_mib() -> int:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) // 1024
+    return -1
+
+
+def _largest_processes(count: int = 6) -> list[str]:
+    rows = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            rss_kib = next(
+                int(line.split()[1])
+                for line in (entry / "status").read_text().splitlines()
+                if line.startswith("VmRSS:")
+            )
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, StopIteration):
+            continue
+        rows.append((rss_kib, f"{rss_kib // 1024:>6} MiB  pid {entry.name:>7}  {cmd[:110]}"))
+    return [row for _, row in sorted(rows, reverse=True)[:count]]
+
+
+def _dead_driver_logs(roots: list[Path], within_s: float = 120) -> list[Path]:
+    """Ray driver logs (`python-core-driver-<job>_<pid>.log`) written in the last `within_s`
+    seconds by a process that is gone."""
+    found = []
+    now = time.time()
+    for root in roots:
+        for log in root.glob("**/logs/python-core-driver-*.log"):
+            pid = log.stem.rsplit("_", 1)[-1]
+            with contextlib.suppress(OSError, ValueError):
+                if now - log.stat().st_mtime < within_s and not Path(f"/proc/{int(pid)}").exists():
+                    found.append(log)
+    return sorted(found, key=lambda p: p.stat().st_mtime)[-2:]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput"):  # the controller (or a run without workers)
+        _OOM_AT_START[:] = [_oom_kills()]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object | None) -> None:
+    if error is None:
+        return  # finished normally
+    before = _OOM_AT_START[0] if _OOM_AT_START else -1
+    lines = [
+        f"worker {node.gateway.id} died ({error}): processes killed for memory since the start: "
+        f"{_oom_kills() - before if before >= 0 else 'unknown'}; memory available: "
+        f"{_mem_available_mib()} MiB; largest processes:",
+        *(f"    {row}" for row in _largest_processes()),
+    ]
+    roots = [_RAY_TMP]
+    factory = getattr(node.config, "_tmp_path_factory", None)  # where xdist puts workers' temps
+    if factory is not None:
+        roots.append(factory.getbasetemp())
+    for log in _dead_driver_logs(roots):
+        # Ray's log lines read `[time LEVEL pid tid] file:line: message`; errors and fatals only.
+        errors = [
+            line
+            for line in log.read_text(errors="replace").splitlines()
+            if line.split("] ", 1)[0].split(" ")[2:3] in (["E"], ["F"], ["C"])
+        ]
+        if errors:
+            lines.append(f"  errors in the Ray driver log {log} (last 12):")
+            lines.extend("    " + line for line in errors[-12:])
+    reporter = node.config.pluginmanager.get_plugin("terminalreporter")
+    for line in lines:
+        if reporter is not None:
+            reporter.write_line(line)
