@@ -64,11 +64,11 @@ class PSConfig:
     #: 2016). "full" takes all of it off, so the total stays `optim.momentum` ("auto" is its
     #: earlier name); "none" keeps the momentum as it is; "partial:F" takes off the share F in
     #: [0, 1]; "closed-loop" starts at full and moves the share until the total momentum the
-    #: shard measures is `optim.momentum` (YellowFin's closed loop, Zhang & Mitliagkas 2017;
-    #: best of all on GoogLeNet/built-in, behind full on ResNet-18).
-    #: The default, full, is the one that trained with a plain loop's lr on every
-    #: model and set measured; half ends lower on the built-in set with GoogLeNet (the `demo`
-    #: recipe takes it) but ResNet-18 swings off under it (BENCHMARKS.md, "Async parity").
+    #: shard measures is `optim.momentum` (YellowFin's closed loop, Zhang & Mitliagkas 2017).
+    #: The default, full, is the one that trained with a plain loop's lr on every model and set
+    #: measured. The closed loop ends lowest of all on the built-in set with GoogLeNet (the
+    #: `demo` recipe takes it) but 2.5 points behind full with ResNet-18 on the digits; half
+    #: lets ResNet-18 swing off (BENCHMARKS.md, "Async parity").
     #: Applies to the optimizers with a momentum term (sgd, rmsprop); adam/adamw/adagrad are
     #: left alone.
     momentum_correction: str = "full"
