@@ -17,7 +17,7 @@ Two things here, both hooks that `conftest.py` takes in:
   failed), and a worker is always left with two tests or told to stop.
 - `pytest_testnodedown`: when a worker dies, the controller prints the kernel's count of
   processes killed for memory (against the count at the start), the memory left, the largest
-  processes, and the end of the Ray driver log of any driver that died with it.
+  processes, and the error lines of the Ray driver log of any driver that died with it.
 """
 
 from __future__ import annotations
@@ -46,12 +46,13 @@ class LoadFileAfterCrash(LoadFileScheduling):
         self.registered_collections.pop(node, None)  # its replacement registers afresh
         # A worker runs its files in the order given and their tests in order: the first test
         # not done is the one it died in.
-        crashed = next(
-            nodeid for unit in unfinished.values() for nodeid, done in unit.items() if not done
+        unit, crashed = next(
+            (unit, nodeid)
+            for unit in unfinished.values()
+            for nodeid, done in unit.items()
+            if not done
         )
-        for unit in unfinished.values():
-            if crashed in unit:
-                unit[crashed] = True  # reported failed by the controller; not run again
+        unit[crashed] = True  # reported failed by the controller; not run again
         self.workqueue.update({s: u for s, u in unfinished.items() if not all(u.values())})
         for other in self.assigned_work:
             self._reschedule(other)
@@ -77,20 +78,18 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> LoadFileAfte
     return LoadFileAfterCrash(config, log)
 
 
-def _oom_kills() -> int:
+def _proc_number(path: str, key: str) -> int:
+    """The number after `key` in a /proc table such as /proc/vmstat or /proc/meminfo; -1 if
+    absent."""
     with contextlib.suppress(OSError):
-        for line in Path("/proc/vmstat").read_text().splitlines():
-            if line.startswith("oom_kill "):
+        for line in Path(path).read_text().splitlines():
+            if line.split(maxsplit=1)[:1] == [key]:
                 return int(line.split()[1])
     return -1
 
 
-def _mem_available_mib() -> int:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) // 1024
-    return -1
+def _oom_kills() -> int:
+    return _proc_number("/proc/vmstat", "oom_kill")
 
 
 def _largest_processes(count: int = 6) -> list[str]:
@@ -120,9 +119,10 @@ def _dead_driver_logs(roots: list[Path], within_s: float = 120) -> list[Path]:
         for log in root.glob("**/logs/python-core-driver-*.log"):
             pid = log.stem.rsplit("_", 1)[-1]
             with contextlib.suppress(OSError, ValueError):
-                if now - log.stat().st_mtime < within_s and not Path(f"/proc/{int(pid)}").exists():
-                    found.append(log)
-    return sorted(found, key=lambda p: p.stat().st_mtime)[-2:]
+                mtime = log.stat().st_mtime
+                if now - mtime < within_s and not Path(f"/proc/{int(pid)}").exists():
+                    found.append((mtime, log))
+    return [log for _, log in sorted(found)[-2:]]
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -138,7 +138,7 @@ def pytest_testnodedown(node: Any, error: object | None) -> None:
     lines = [
         f"worker {node.gateway.id} died ({error}): processes killed for memory since the start: "
         f"{_oom_kills() - before if before >= 0 else 'unknown'}; memory available: "
-        f"{_mem_available_mib()} MiB; largest processes:",
+        f"{_proc_number('/proc/meminfo', 'MemAvailable:') // 1024} MiB; largest processes:",
         *(f"    {row}" for row in _largest_processes()),
     ]
     roots = [_RAY_TMP]
@@ -156,6 +156,6 @@ def pytest_testnodedown(node: Any, error: object | None) -> None:
             lines.append(f"  errors in the Ray driver log {log} (last 12):")
             lines.extend("    " + line for line in errors[-12:])
     reporter = node.config.pluginmanager.get_plugin("terminalreporter")
-    for line in lines:
-        if reporter is not None:
+    if reporter is not None:
+        for line in lines:
             reporter.write_line(line)
