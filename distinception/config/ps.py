@@ -67,8 +67,9 @@ class PSConfig:
     #: shard measures is `optim.momentum` (YellowFin's closed loop, Zhang & Mitliagkas 2017).
     #: The default, full, is the one that trained with a plain loop's lr on every model and set
     #: measured. The closed loop ends lowest of all on the built-in set with GoogLeNet (the
-    #: `demo` recipe takes it) but 2.5 points behind full with ResNet-18 on the digits; half
-    #: lets ResNet-18 swing off (BENCHMARKS.md, "Async parity").
+    #: `demo` recipe takes it) but 2.5 points behind full with ResNet-18 on the digits, and
+    #: slower to 5% error than full on the digits at 4 replicas; half lets ResNet-18 swing off
+    #: (BENCHMARKS.md, "Async parity").
     #: Applies to the optimizers with a momentum term (sgd, rmsprop); adam/adamw/adagrad are
     #: left alone.
     momentum_correction: str = "full"
