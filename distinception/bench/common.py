@@ -123,13 +123,18 @@ class LocalTrainer:
 
 
 def top1_error(cfg: JobConfig, data: str, num_classes: int, flat: torch.Tensor) -> float:
-    """Top-1 error of plain weights, scored exactly as the averager scores the raw PS weights."""
+    """Top-1 error of plain weights, scored exactly as the averager scores the raw PS weights.
+
+    The local loop and DDP's rank 0 score in the process that trains: building the scoring
+    model draws from torch's global generator, which dropout also draws from, so the score runs
+    on a forked generator. Otherwise where a run is scored would change how it trains."""
     from distinception.data.loader import bn_batches, val_batches
     from distinception.ps import AveragerCore
 
-    core = AveragerCore(cfg.model, AveragerConfig(polyak="off"), num_classes)
-    core.observe(0, flat)
-    res = core.evaluate(lambda: val_batches(cfg, data), lambda: bn_batches(cfg, data))
+    with torch.random.fork_rng(devices=[]):
+        core = AveragerCore(cfg.model, AveragerConfig(polyak="off"), num_classes)
+        core.observe(0, flat)
+        res = core.evaluate(lambda: val_batches(cfg, data), lambda: bn_batches(cfg, data))
     return float(res["raw_top1_error"])
 
 
