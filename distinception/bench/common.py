@@ -28,10 +28,21 @@ def machine() -> dict[str, str]:
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{os.cpu_count()} cores ({platform.processor() or platform.machine()}), "
-        f"{mem:.0f} GiB RAM, GPU: {gpu}; load average {os.getloadavg()[0]:.1f} at start",
+        f"{mem:.0f} GiB RAM, GPU: {gpu}; torch's CPU kernels "
+        f"{torch.backends.cpu.get_cpu_capability()}; load average {os.getloadavg()[0]:.1f} at "
+        "start",
         "versions": f"Python {sys.version.split()[0]}, torch {torch.__version__}, "
         f"ray {ray.__version__}",
     }
+
+
+def describe_data(path: str) -> str:
+    """A table's name for its data set: where it is and a digest of its bytes. Runs on the same
+    code repeat only on the same bytes and the same CPU kernels (`machine`), and a set generated
+    again on another machine may differ in its bytes."""
+    from distinception.data.shards import open_manifest
+
+    return f"`{path}` (bytes {open_manifest(path).digest()})"
 
 
 def header(command: str, info: dict[str, str]) -> list[str]:

@@ -35,6 +35,7 @@ from distinception.bench.choices import (
 )
 from distinception.bench.common import (
     LocalTrainer,
+    describe_data,
     fit_cpus,
     header,
     local_ray,
@@ -374,7 +375,7 @@ def run_convergence(
     lines = [
         *header(cmd, info),
         f"Model `{base.name}` ({describe_model(base.model)}, "
-        f"{base.model.input_size} px, {num_classes} classes, data `{data}`), batch "
+        f"{base.model.input_size} px, {num_classes} classes, data {describe_data(data)}), batch "
         f"{base.data.batch_size}, lr {base.optim.lr}, momentum {base.optim.momentum}; {replicas} "
         f"replicas/workers; budget {budget:,} examples per run; {seeds} seeds; whole run "
         f"{wall:.0f} s. Examples per update: PS and local {base.data.batch_size}, {DDP} "

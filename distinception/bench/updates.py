@@ -20,6 +20,7 @@ from typing import Any
 from distinception import api
 from distinception.bench.choices import UPDATES, parse_updates
 from distinception.bench.common import (
+    describe_data,
     fit_cpus,
     header,
     local_ray,
@@ -122,7 +123,7 @@ def run_updates(
     lines = [
         *header(cmd, info),
         f"Recipe `{recipe}` ({describe_model(base.model)}, "
-        f"{base.model.input_size} px, {num_classes} classes, data `{data}`), batch "
+        f"{base.model.input_size} px, {num_classes} classes, data {describe_data(data)}), batch "
         f"{base.data.batch_size}, lr {base.optim.lr}, momentum {base.optim.momentum}, budget "
         f"{base.run.epochs or base.run.max_examples} "
         f"{'epochs' if base.run.epochs else 'examples'} per run; whole run {wall:.0f} s. "
