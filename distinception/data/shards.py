@@ -103,9 +103,9 @@ class Manifest:
         """12 hex digits of a SHA-256 over every shard's bytes, in manifest order.
 
         Two data sets generated from one config on different machines can differ in their bytes
-        (float rounding in the painting, the JPEG encoder's SIMD path), and a run trained on
-        them does not repeat exactly: benchmark tables print this so such runs can be told
-        apart. It reads the whole data set once."""
+        (the built-in set painted by numpy without AVX2 does), and a run trained on them does
+        not repeat exactly: benchmark tables print this so such runs can be told apart. It
+        reads the whole data set once."""
         import hashlib
 
         fs, root = self.filesystem()
