@@ -36,13 +36,21 @@ def machine() -> dict[str, str]:
     }
 
 
+#: The largest data set a table hashes: reading it again must stay small beside the runs.
+HASHED_BYTES = 2 << 30
+
+
 def describe_data(path: str) -> str:
-    """A table's name for its data set: where it is and a digest of its bytes. Runs on the same
-    code repeat only on the same bytes and the same CPU kernels (`machine`), and a set generated
-    again on another machine may differ in its bytes."""
+    """A table's name for its data set: where it is and, up to `HASHED_BYTES`, a digest of its
+    bytes. Runs on the same code repeat only on the same bytes and the same CPU kernels
+    (`machine`), and a set generated again on another machine may differ in its bytes."""
     from distinception.data.shards import open_manifest
 
-    return f"`{path}` (bytes {open_manifest(path).digest()})"
+    manifest = open_manifest(path)
+    size = sum(f.bytes for files in manifest.files.values() for f in files)
+    if size > HASHED_BYTES:
+        return f"`{path}` ({size / 2**30:.1f} GiB, not hashed)"
+    return f"`{path}` (bytes {manifest.digest()})"
 
 
 def header(command: str, info: dict[str, str]) -> list[str]:

@@ -19,3 +19,19 @@ def test_to_target_is_the_first_evaluation_at_or_below_it():
     assert to_target(curve, 0.4) == (20.0, 2000)
     assert to_target(curve, 0.25) == (30.0, 3000)
     assert to_target(curve, 0.1) is None
+
+
+def test_a_table_names_its_data_by_a_digest_unless_it_is_too_large_to_read_again(
+    tmp_path, monkeypatch
+):
+    from distinception.bench import common
+    from distinception.data.shards import DatasetWriter, open_manifest
+
+    path = str(tmp_path / "set")
+    with DatasetWriter(path, ["a", "b"]) as writer:
+        for i in range(6):
+            writer.write("train", f"img{i}".encode(), i % 2, f"k{i}")
+    digest = open_manifest(path).digest()
+    assert common.describe_data(path) == f"`{path}` (bytes {digest})"
+    monkeypatch.setattr(common, "HASHED_BYTES", 100)
+    assert common.describe_data(path) == f"`{path}` (0.0 GiB, not hashed)"
