@@ -86,3 +86,46 @@ def test_gpu_metrics_reach_the_run_where_a_gpu_is(tmp_path, monkeypatch):
     hooks._unwatch_system()
     metrics = client.get_run(hooks.run_id).data.metrics
     assert any(k.startswith("system/gpu_0_") for k in metrics), sorted(metrics)
+
+
+def test_runs_that_link_one_data_set_at_once_all_get_it(tmp_path, mlflow_uri):
+    """A sweep's trials start together and link the same data set: MLflow's store inserts a
+    missing set in two steps, so without the retry some of them failed on its unique key
+    (a sweep trial in CI; here 7 to 11 of 40 before the change)."""
+    import threading
+
+    from mlflow.tracking import MlflowClient
+
+    from distinception.data.shards import DatasetWriter
+    from distinception.tracking.job import dataset_input, log_dataset_input
+
+    data = str(tmp_path / "set")
+    with DatasetWriter(data, ["a", "b"]) as writer:
+        for i in range(4):
+            writer.write("train", f"img{i}".encode(), i % 2, f"k{i}")
+    dataset = dataset_input(data)
+    client = MlflowClient(mlflow_uri)
+    errors: list[BaseException] = []
+    runs = []
+    for round_ in range(5):  # a new experiment each time: the set is missing from it again
+        experiment = client.create_experiment(f"linking-{round_}")
+        ids = [client.create_run(experiment).info.run_id for _ in range(8)]
+        runs += ids
+        start = threading.Barrier(len(ids))
+
+        def link(run_id: str, start: threading.Barrier = start) -> None:
+            start.wait()
+            try:
+                log_dataset_input(MlflowClient(mlflow_uri), run_id, dataset)
+            except BaseException as err:  # counted, then reported below
+                errors.append(err)
+
+        threads = [threading.Thread(target=link, args=(r,)) for r in ids]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, f"{len(errors)} of {len(runs)} failed: {str(errors[0])[:200]}"
+    for run_id in runs:
+        (linked,) = client.get_run(run_id).inputs.dataset_inputs
+        assert linked.dataset.digest == dataset.dataset.digest
