@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from distinception.config import JobConfig
@@ -35,7 +36,10 @@ def ui_command(uri: str) -> str:
 
 
 def setup(cfg: JobConfig) -> str:
-    """Point MLflow at the store and make sure the experiment exists; returns its id."""
+    """Point MLflow at the store and make sure the experiment exists; returns its id.
+
+    Jobs started together on a new store can all find the experiment missing; the ones whose
+    creation then fails on its unique name take the one that won."""
     uri = tracking_uri(cfg)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -47,4 +51,10 @@ def setup(cfg: JobConfig) -> str:
     artifacts = None
     if uri.startswith("sqlite:///"):
         artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
-    return client.create_experiment(cfg.tracking.experiment, artifact_location=artifacts)
+    try:
+        return client.create_experiment(cfg.tracking.experiment, artifact_location=artifacts)
+    except MlflowException:
+        exp = client.get_experiment_by_name(cfg.tracking.experiment)
+        if exp is None:
+            raise
+        return exp.experiment_id

@@ -129,3 +129,35 @@ def test_runs_that_link_one_data_set_at_once_all_get_it(tmp_path, mlflow_uri):
     for run_id in runs:
         (linked,) = client.get_run(run_id).inputs.dataset_inputs
         assert linked.dataset.digest == dataset.dataset.digest
+
+
+def test_jobs_started_together_on_a_new_store_share_one_experiment(tmp_path):
+    """Each job looks its experiment up and creates it when missing: started together, all
+    but one find it missing and then fail to create it, unless they take the one that won."""
+    import threading
+
+    from distinception.tracking.store import setup
+
+    for round_ in range(5):
+        uri = f"sqlite:///{tmp_path}/store-{round_}/mlflow.db"
+        cfg = from_dict({"tracking": {"tracking_uri": uri}}, get_recipe("tiny"))
+        setup(cfg)  # the tables made once, as the session's first job makes them
+        cfg = from_dict({"tracking": {"experiment": "together"}}, cfg)
+        start = threading.Barrier(8)
+        ids: list[str] = []
+        errors: list[BaseException] = []
+
+        def job(start: threading.Barrier = start, cfg=cfg, ids=ids, errors=errors) -> None:
+            start.wait()
+            try:
+                ids.append(setup(cfg))
+            except BaseException as err:  # counted, then reported below
+                errors.append(err)
+
+        threads = [threading.Thread(target=job) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, f"{len(errors)} of 8 failed: {str(errors[0])[:200]}"
+        assert len(set(ids)) == 1, ids
