@@ -47,9 +47,8 @@ def describe_data(path: str) -> str:
     from distinception.data.shards import open_manifest
 
     manifest = open_manifest(path)
-    size = sum(f.bytes for files in manifest.files.values() for f in files)
-    if size > HASHED_BYTES:
-        return f"`{path}` ({size / 2**30:.1f} GiB, not hashed)"
+    if manifest.nbytes > HASHED_BYTES:
+        return f"`{path}` ({manifest.nbytes / 2**30:.1f} GiB, not hashed)"
     return f"`{path}` (bytes {manifest.digest()})"
 
 

@@ -99,6 +99,11 @@ class Manifest:
             raise DataError(f"split={split!r}: not in {redact(self.path)!r}; it has {have}")
         return self.files[split]
 
+    @property
+    def nbytes(self) -> int:
+        """The bytes of all its shards, as the manifest lists them."""
+        return sum(f.bytes for files in self.files.values() for f in files)
+
     def digest(self) -> str:
         """12 hex digits of a SHA-256 over every shard's bytes, in manifest order.
 

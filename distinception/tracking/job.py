@@ -15,6 +15,7 @@ from typing import Any
 
 import mlflow
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from distinception.config import GOOGLENET, JobConfig
@@ -129,8 +130,6 @@ def log_dataset_input(client: MlflowClient, run_id: str, dataset: Any, tries: in
     sweep that start together can both insert it, and all but one fail on the table's unique
     key (measured: 7 to 11 of 40 runs, linking one data set 8 at a time). The loser's
     transaction is rolled back whole, and on the next try the set exists and is only linked."""
-    from mlflow.exceptions import MlflowException
-
     for attempt in range(tries):
         try:
             client.log_inputs(run_id, datasets=[dataset])
