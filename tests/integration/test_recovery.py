@@ -84,23 +84,25 @@ def test_a_replica_killed_after_the_last_call_of_the_job_is_counted_and_sought_b
     ray_local, easy_data, mlflow_uri
 ):
     """Every call is in when replica 1 dies: no call fails and its restarted life answers
-    none, so only the job's end can find the death. It is counted, and sought back to the data
-    position it last reported, as a death seen mid-run is."""
+    none, so only the job's end can find the death. The job ends while Ray is still restarting
+    it (its calls fail at once then): it is asked again until its new life answers, counted,
+    and sought back to the data position it last reported, as a death seen mid-run is."""
     cfg = tiny_cfg(easy_data, mlflow_uri, run={"max_examples": 1500})
 
-    def restarted(actor) -> bool:
+    def down(actor) -> bool:
         try:
-            return ray.get(actor.__ray_call__.remote(lambda self: self.restarted), timeout=60)
+            ray.get(actor.ready.remote(), timeout=60)
         except ray.exceptions.RayActorError:
-            return False  # still coming back
+            return True
+        return False
 
     class KilledAtTheEnd(Coordinator):
         def _finish(self, seconds, checkpointer):
             self.at_kill = dict(self.positions[1])
             ray.kill(self.replicas[1], no_restart=False)
-            deadline = time.monotonic() + 120
-            while not restarted(self.replicas[1]) and time.monotonic() < deadline:
-                time.sleep(0.5)
+            deadline = time.monotonic() + 60
+            while not down(self.replicas[1]) and time.monotonic() < deadline:
+                time.sleep(0.1)  # until the kill has landed, not until the restart is done
             return super()._finish(seconds, checkpointer)
 
     coordinator = KilledAtTheEnd(cfg, [MlflowCallback(cfg)])

@@ -209,6 +209,9 @@ def test_seeded_replica_shard_and_averager_kills_in_one_run(
     assert all(f.fired_at is not None for f in hooks.plan), hooks.plan
     assert result.examples >= budget
     assert result.faults["replica_failures"] >= 1
+    # Ray restarted the killed replica (it had restarts left) and its new life was sought
+    # back: not replaced by a fresh actor, which would waste the restart.
+    assert result.faults.get("replica_replaced", 0) == 0, result.faults
     assert result.faults["shard_restarts"] >= 1
     shard = next(f for f in hooks.plan if f.target == "shard")
     # The restarted shard came back from its newest checkpoint (or a save made after it), not

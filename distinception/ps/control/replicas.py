@@ -2,14 +2,16 @@
 
 Each replica always has a second call queued behind the one it runs, so it never waits for the
 driver; each call is sized to about `CALL_SECONDS` of work, so the driver reacts to faults and
-budgets quickly. A replica that dies is sought back to the data position it last reported, or
-replaced there when Ray has no restarts left; in an elastic job its slot is freed instead and
-the pool fills it when capacity returns. Positions and stats are kept per slot because that is
-what a restart, a replacement and a checkpoint need.
+budgets quickly. A replica that dies is sought back to the data position it last reported once
+Ray has restarted it, or replaced there when Ray has no restarts left; in an elastic job its
+slot is freed instead and the pool fills it when capacity returns. Waiting for a restart never
+holds the driver: the other replicas' calls are collected and queued meanwhile. Positions and
+stats are kept per slot because that is what a restart, a replacement and a checkpoint need.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -17,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
 from distinception.config import ConfigError, JobConfig
 from distinception.ps.actors import RPC_TIMEOUT_S
@@ -35,6 +37,9 @@ QUEUED = 2
 FIRST_STEPS = 2
 #: How long `start` waits for the first replicas to be built before it lets the clock run anyway.
 STARTUP_WAIT_S = 300.0
+#: Seconds between asks to a replica that Ray is restarting: its calls fail at once until its
+#: new life is up, a few seconds later.
+RETRY_S = 0.5
 
 #: Creates the replica actor for a slot, starting at the given data position (None: its start).
 Spawn = Callable[[int, dict | None], Any]
@@ -61,6 +66,10 @@ class ReplicaScheduler:
         #: Slots whose current failure is counted: a replica's death can surface as failed calls,
         #: as a call of its restarted life, or both, and is counted once.
         self.down: set[int] = set()
+        #: Seeks in flight, by call, and the slots being sought back: slot -> (the time to ask
+        #: again if no seek is in flight, the time after which it is replaced instead).
+        self.seeks: dict[ray.ObjectRef, int] = {}
+        self.recovering: dict[int, tuple[float, float]] = {}
 
     # -- starting ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -110,7 +119,9 @@ class ReplicaScheduler:
         return self.spawn(slot, self.positions.get(slot))
 
     def _queue(self, i: int) -> None:
-        for _ in range(QUEUED):
+        """Fill slot `i`'s queue up to `QUEUED` calls."""
+        queued = sum(1 for slot in self.pending.values() if slot == i)
+        for _ in range(QUEUED - queued):
             self.pending[self.replicas[i].train.remote(FIRST_STEPS)] = i
 
     def _first_elastic_replicas(self, target: int) -> dict[int, Any]:
@@ -148,15 +159,22 @@ class ReplicaScheduler:
     # -- running -------------------------------------------------------------------------------
     @property
     def running(self) -> bool:
-        """Calls are in flight, or an elastic job that is not stopping waits for replicas."""
-        return bool(self.pending) or (self.pool is not None and not self.stopping)
+        """Calls are in flight, a replica is being sought back, or an elastic job that is not
+        stopping waits for replicas."""
+        return (
+            bool(self.pending)
+            or bool(self.recovering)
+            or (self.pool is not None and not self.stopping)
+        )
 
     def wait(self, timeout: float = 0.5) -> list[ray.ObjectRef]:
-        """The next finished call, if one finishes within `timeout`."""
-        if self.pending:
-            ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=timeout)
+        """The next finished call or seek, if one finishes within `timeout`."""
+        refs = [*self.pending, *self.seeks]
+        if refs:
+            ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
             return ready
-        time.sleep(timeout)  # elastic, every replica lost: wait for capacity to return
+        # Elastic with every replica lost, or a restarting replica to ask again: wait.
+        time.sleep(timeout)
         return []
 
     def collect(self, ready: list[ray.ObjectRef]) -> list[dict[str, Any]]:
@@ -166,8 +184,14 @@ class ReplicaScheduler:
             for i, actor in self.pool.poll(self.replicas):
                 self.replicas[i] = actor
                 self._queue(i)
+        self._ask_again()
         finished = []
         for ref in ready:
+            if ref in self.seeks:
+                self._sought(ref)
+                continue
+            if ref not in self.pending:
+                continue  # a call to a replica replaced meanwhile, or a seek given up on
             i = self.pending.pop(ref)
             try:
                 stats = ray.get(ref)
@@ -181,7 +205,7 @@ class ReplicaScheduler:
                 # that died between calls fails none: this call is the first sign of it.
                 if self._count_death(i):
                     log.warning("replica %d was restarted between calls; seeking it back", i)
-                self._resume(i)
+                self._seek(i)  # before the next call below, which the actor runs after it
             else:
                 self.down.discard(i)
             # Aim each call at CALL_SECONDS of work.
@@ -219,18 +243,33 @@ class ReplicaScheduler:
         life. In an elastic job a lost replica's slot is the pool's concern, not a restart."""
         if self.pool is not None:
             return
-        asked = {self.replicas[i].ready.remote(): i for i in self.replicas if i not in self.down}
-        answered, _ = ray.wait(list(asked), num_returns=len(asked), timeout=timeout)
-        for ref in answered:
-            i = asked[ref]
+        deadline = time.monotonic() + timeout
+        for i in [i for i in self.replicas if i not in self.down]:
             try:
-                restarted = bool(ray.get(ref).get("restarted"))
+                restarted = bool(self._ask(i, deadline, "ready").get("restarted"))
+            except GetTimeoutError:
+                continue
             except RayActorError:
                 restarted = True  # it died and Ray had no restart left for it
             if restarted:
                 self._count_death(i)
                 log.warning("replica %d was restarted after its last call; seeking it back", i)
-                self._resume(i, replace=False)
+                position = self.positions.get(i) or {"epoch": 0, "offset": 0}
+                # Out of restarts, it is not replaced: the job is over.
+                with contextlib.suppress(RayActorError, GetTimeoutError):
+                    self._resumed(i, self._ask(i, deadline, "seek", position))
+
+    def _ask(self, i: int, deadline: float, method: str, *args: Any) -> Any:
+        """Call `method` of replica `i` and wait for it, asking again while Ray restarts the
+        replica (its calls fail at once until the new life is up)."""
+        while True:
+            call = getattr(self.replicas[i], method).remote(*args)
+            try:
+                return ray.get(call, timeout=max(0.0, deadline - time.monotonic()))
+            except ActorUnavailableError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(RETRY_S)
 
     def close(self) -> None:
         """Stop every replica, and those still starting."""
@@ -261,37 +300,81 @@ class ReplicaScheduler:
             # Its other queued call fails too, or runs on the restarted actor and reports
             # `restarted`; either way it is sought then, once.
             return
-        self._resume(i)
-        if not self.stopping:
-            self._queue(i)
+        self._seek(i)
 
     def _lost(self, i: int) -> None:
         """Elastic: a replica died (usually with its node); free its slot, refill it later."""
         self.faults["replicas_lost"] += 1
         self.down.discard(i)  # the slot's next replica is a new one
-        for ref in [r for r, slot in self.pending.items() if slot == i]:
-            del self.pending[ref]
+        self.recovering.pop(i, None)
+        for calls in (self.pending, self.seeks):
+            for ref in [r for r, slot in calls.items() if slot == i]:
+                del calls[ref]
         actor = self.replicas.pop(i, None)
         if actor is not None:
             ray.kill(actor, no_restart=True)
         assert self.pool is not None
         self.pool.lost(i)
 
-    def _resume(self, i: int, replace: bool = True) -> None:
-        """Seek replica `i` to its recorded data position; replace it when out of restarts
-        (unless `replace` is False: the job is over and the replica would train no more)."""
+    def _seek(self, i: int) -> None:
+        """Start seeking replica `i` back to its recorded data position; its calls resume once
+        the seek is in (`_sought`). A seek already under way is not started twice."""
+        if i in self.recovering:
+            return
+        now = time.monotonic()
+        self.recovering[i] = (now, now + RPC_TIMEOUT_S)
+        self._send_seek(i)
+
+    def _send_seek(self, i: int) -> None:
+        position = self.positions.get(i) or {"epoch": 0, "offset": 0}
+        self.seeks[self.replicas[i].seek.remote(position)] = i
+
+    def _ask_again(self) -> None:
+        """Seek again the replicas whose last seek found them restarting, once it is time;
+        replace those not back within `RPC_TIMEOUT_S` (a seek that never answers included)."""
+        now = time.monotonic()
+        in_flight = set(self.seeks.values())
+        for i, (again, give_up) in list(self.recovering.items()):
+            if now >= give_up:
+                for ref in [r for r, slot in self.seeks.items() if slot == i]:
+                    del self.seeks[ref]
+                self._replace(i, f"not back within {RPC_TIMEOUT_S:g} s")
+                self._recovered(i)
+            elif i not in in_flight and now >= again:
+                self._send_seek(i)
+
+    def _sought(self, ref: ray.ObjectRef) -> None:
+        """A seek is in: queue the replica's calls, ask again while Ray restarts it, or replace
+        it at its data position when Ray has no restart left."""
+        i = self.seeks.pop(ref)
+        if i not in self.recovering:  # its slot was freed meanwhile (elastic)
+            return
         try:
-            resumed = ray.get(
-                self.replicas[i].seek.remote(self.positions.get(i) or {"epoch": 0, "offset": 0}),
-                timeout=RPC_TIMEOUT_S,
-            )
-        except (RayActorError, GetTimeoutError):
-            if not replace:
-                return
-            # Out of restarts: replace it with a fresh actor at the same data position.
-            self.faults["replica_replaced"] += 1
-            self.replicas[i] = self._new(i)
-            resumed = self.positions.get(i)
+            resumed = ray.get(ref)
+        except ActorUnavailableError:
+            self.recovering[i] = (time.monotonic() + RETRY_S, self.recovering[i][1])
+            return
+        except RayActorError:
+            self._replace(i, "no restart left")
+        else:
+            self._resumed(i, resumed)
+        self._recovered(i)
+
+    def _recovered(self, i: int) -> None:
+        del self.recovering[i]
+        if not self.stopping:
+            self._queue(i)
+
+    def _replace(self, i: int, why: str) -> None:
+        """A fresh actor at the same data position."""
+        log.warning("replica %d: %s; replacing it", i, why)
+        self.faults["replica_replaced"] += 1
+        for ref in [r for r, slot in self.pending.items() if slot == i]:
+            del self.pending[ref]  # calls to the dead actor, failed or about to
+        self.replicas[i] = self._new(i)
+        self._resumed(i, self.positions.get(i))
+
+    def _resumed(self, i: int, resumed: dict | None) -> None:
         # Recorded now, not only by its next call: a run that reaches its budget while the
         # replica is down makes no further call to it.
         if i in self.replica_stats:
