@@ -254,10 +254,9 @@ class ReplicaScheduler:
             if restarted:
                 self._count_death(i)
                 log.warning("replica %d was restarted after its last call; seeking it back", i)
-                position = self.positions.get(i) or {"epoch": 0, "offset": 0}
                 # Out of restarts, it is not replaced: the job is over.
                 with contextlib.suppress(RayActorError, GetTimeoutError):
-                    self._resumed(i, self._ask(i, deadline, "seek", position))
+                    self._resumed(i, self._ask(i, deadline, "seek", self._position(i)))
 
     def _ask(self, i: int, deadline: float, method: str, *args: Any) -> Any:
         """Call `method` of replica `i` and wait for it, asking again while Ray restarts the
@@ -307,9 +306,7 @@ class ReplicaScheduler:
         self.faults["replicas_lost"] += 1
         self.down.discard(i)  # the slot's next replica is a new one
         self.recovering.pop(i, None)
-        for calls in (self.pending, self.seeks):
-            for ref in [r for r, slot in calls.items() if slot == i]:
-                del calls[ref]
+        self._drop_calls(i, self.pending, self.seeks)
         actor = self.replicas.pop(i, None)
         if actor is not None:
             ray.kill(actor, no_restart=True)
@@ -326,18 +323,29 @@ class ReplicaScheduler:
         self._send_seek(i)
 
     def _send_seek(self, i: int) -> None:
-        position = self.positions.get(i) or {"epoch": 0, "offset": 0}
-        self.seeks[self.replicas[i].seek.remote(position)] = i
+        self.seeks[self.replicas[i].seek.remote(self._position(i))] = i
+
+    def _position(self, i: int) -> dict:
+        """Where replica `i` is to continue: the position it last reported, else its start."""
+        return self.positions.get(i) or {"epoch": 0, "offset": 0}
+
+    @staticmethod
+    def _drop_calls(i: int, *calls: dict[ray.ObjectRef, int]) -> None:
+        """Forget the calls to slot `i` in each of `calls` (pending or seeks)."""
+        for refs in calls:
+            for ref in [r for r, slot in refs.items() if slot == i]:
+                del refs[ref]
 
     def _ask_again(self) -> None:
         """Seek again the replicas whose last seek found them restarting, once it is time;
         replace those not back within `RPC_TIMEOUT_S` (a seek that never answers included)."""
+        if not self.recovering:
+            return
         now = time.monotonic()
         in_flight = set(self.seeks.values())
         for i, (again, give_up) in list(self.recovering.items()):
             if now >= give_up:
-                for ref in [r for r, slot in self.seeks.items() if slot == i]:
-                    del self.seeks[ref]
+                self._drop_calls(i, self.seeks)
                 self._replace(i, f"not back within {RPC_TIMEOUT_S:g} s")
                 self._recovered(i)
             elif i not in in_flight and now >= again:
@@ -369,8 +377,7 @@ class ReplicaScheduler:
         """A fresh actor at the same data position."""
         log.warning("replica %d: %s; replacing it", i, why)
         self.faults["replica_replaced"] += 1
-        for ref in [r for r, slot in self.pending.items() if slot == i]:
-            del self.pending[ref]  # calls to the dead actor, failed or about to
+        self._drop_calls(i, self.pending)  # calls to the dead actor, failed or about to
         self.replicas[i] = self._new(i)
         self._resumed(i, self.positions.get(i))
 
