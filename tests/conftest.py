@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 from quadrants import write_quadrant_set
 from worker_crashes import (  # noqa: F401  (hooks: pytest finds them by name)
+    pytest_configure,
+    pytest_handlecrashitem,
     pytest_sessionstart,
     pytest_testnodedown,
+    pytest_unconfigure,
     pytest_xdist_make_scheduler,
 )
 

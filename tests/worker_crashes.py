@@ -15,14 +15,25 @@ Two things here, both hooks that `conftest.py` takes in:
   again, and can leave a replacement holding a single test it will not start until it is sent
   another. Here only unfinished files go back, without the test that crashed (already reported
   failed), and a worker is always left with two tests or told to stop.
-- `pytest_testnodedown`: when a worker dies, the controller prints the kernel's count of
-  processes killed for memory (against the count at the start), the memory left, the largest
-  processes, and the error lines of the Ray driver log of any driver that died with it.
+- `pytest_testnodedown`: when a worker dies, the controller says how it ended (the signal
+  that killed it, or its exit status), the Python stacks it dumped if it crashed in native code
+  (each worker's faulthandler writes to a file of its own, which the controller reads), the
+  kernel's count of processes killed for memory (against the count at the start), the memory
+  left, the largest processes, and the error lines of the Ray driver log of any driver that died
+  with it. The same account goes into the crashed test's failure report
+  (`pytest_handlecrashitem`), so that it stands beside the failure in CI's summary rather than
+  somewhere above it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import faulthandler
+import os
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +44,10 @@ from xdist.scheduler import LoadFileScheduling
 #: Where Ray keeps the sessions that a job (or a test) starts without a temp dir of its own.
 _RAY_TMP = Path("/tmp/ray")
 _OOM_AT_START: list[int] = []
+#: Each worker's account of its death, by gateway id, for its crashed test's report.
+_DEATHS: dict[str, list[str]] = {}
+#: A worker's faulthandler file, held open for the life of the worker.
+_FAULT_FILE: list[Any] = []
 
 
 class LoadFileAfterCrash(LoadFileScheduling):
@@ -106,6 +121,7 @@ def _largest_processes(count: int = 6) -> list[str]:
             cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except (OSError, StopIteration):
             continue
+        cmd = " ".join(cmd.split())  # `python -c` code spans lines
         rows.append((rss_kib, f"{rss_kib // 1024:>6} MiB  pid {entry.name:>7}  {cmd[:110]}"))
     return [row for _, row in sorted(rows, reverse=True)[:count]]
 
@@ -125,9 +141,59 @@ def _dead_driver_logs(roots: list[Path], within_s: float = 120) -> list[Path]:
     return [log for _, log in sorted(found)[-2:]]
 
 
+def _fault_log(controller_pid: int, worker_id: str) -> Path:
+    """Where worker `worker_id` of the controller `controller_pid` dumps its stacks on a crash."""
+    return Path(tempfile.gettempdir()) / f"pytest-faults-{controller_pid}-{worker_id}.log"
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     if not hasattr(session.config, "workerinput"):  # the controller (or a run without workers)
         _OOM_AT_START[:] = [_oom_kills()]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """In a worker, send faulthandler's dumps (SIGSEGV, SIGABRT, SIGBUS, SIGFPE, SIGILL) to a file
+    the controller reads when the worker dies: on stderr they land among the other workers'
+    output, far from the failure they explain. After pytest's own faulthandler set-up, which
+    this replaces."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is None:
+        return
+    path = _fault_log(os.getppid(), workerinput["workerid"])
+    _FAULT_FILE[:] = [path.open("w")]
+    faulthandler.enable(file=_FAULT_FILE[0], all_threads=True)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _FAULT_FILE:  # a worker that ends normally leaves no file behind
+        faulthandler.enable(file=sys.__stderr__, all_threads=True)  # off the file it closes
+        _FAULT_FILE.pop().close()
+        _fault_log(os.getppid(), config.workerinput["workerid"]).unlink(missing_ok=True)
+
+
+def _how_it_ended(node: Any) -> str:
+    """The dead worker's exit, as its parent (this controller) reaped it."""
+    popen = getattr(getattr(node.gateway, "_io", None), "popen", None)
+    if popen is None:
+        return "exit status unknown"
+    try:
+        code = popen.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        return "still running 10 s after its connection closed"
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exited with status {code}"
+
+
+def _fault_dump(node: Any) -> list[str]:
+    path = _fault_log(os.getpid(), node.gateway.id)
+    with contextlib.suppress(OSError):
+        dump = path.read_text(errors="replace").splitlines()
+        path.unlink()
+        if dump:
+            return ["  its faulthandler dump (first 50 lines):", *("    " + x for x in dump[:50])]
+    return []
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -136,9 +202,11 @@ def pytest_testnodedown(node: Any, error: object | None) -> None:
         return  # finished normally
     before = _OOM_AT_START[0] if _OOM_AT_START else -1
     lines = [
-        f"worker {node.gateway.id} died ({error}): processes killed for memory since the start: "
-        f"{_oom_kills() - before if before >= 0 else 'unknown'}; memory available: "
-        f"{_proc_number('/proc/meminfo', 'MemAvailable:') // 1024} MiB; largest processes:",
+        f"worker {node.gateway.id} died ({error}; {_how_it_ended(node)}): processes killed for "
+        f"memory since the start: {_oom_kills() - before if before >= 0 else 'unknown'}; memory "
+        f"available: {_proc_number('/proc/meminfo', 'MemAvailable:') // 1024} MiB",
+        *_fault_dump(node),
+        "  largest processes:",
         *(f"    {row}" for row in _largest_processes()),
     ]
     roots = [_RAY_TMP]
@@ -155,7 +223,16 @@ def pytest_testnodedown(node: Any, error: object | None) -> None:
         if errors:
             lines.append(f"  errors in the Ray driver log {log} (last 12):")
             lines.extend("    " + line for line in errors[-12:])
+    _DEATHS[node.gateway.id] = lines
     reporter = node.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         for line in lines:
             reporter.write_line(line)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_handlecrashitem(crashitem: str, report: pytest.TestReport, sched: Any) -> None:
+    """The crashed test's failure carries the worker's account of its death."""
+    lines = _DEATHS.pop(report.node.gateway.id, None)  # xdist sets `node` on the report
+    if lines and isinstance(report.longrepr, str):
+        report.longrepr = "\n".join([report.longrepr, *lines])

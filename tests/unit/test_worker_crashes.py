@@ -1,11 +1,14 @@
 """A worker process that dies mid-test ends the run with that test failed, the rest run once,
-and what the machine looked like printed; xdist's own `loadfile` hangs instead."""
+and how it died and what the machine looked like printed; xdist's own `loadfile` hangs
+instead."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -13,7 +16,8 @@ TESTS = Path(__file__).resolve().parents[1]
 _FILES = {
     "conftest.py": (
         "from worker_crashes import (  # noqa: F401\n"
-        "    pytest_sessionstart, pytest_testnodedown, pytest_xdist_make_scheduler,\n"
+        "    pytest_configure, pytest_handlecrashitem, pytest_sessionstart,\n"
+        "    pytest_testnodedown, pytest_unconfigure, pytest_xdist_make_scheduler,\n"
         ")\n"
     ),
     "test_a.py": "def test_a1():\n    pass\n\n\ndef test_a2():\n    pass\n",
@@ -26,9 +30,15 @@ _FILES = {
     "test_c.py": (
         "import time\n\n\ndef test_c1():\n    time.sleep(1)\n\n\ndef test_c2():\n    pass\n"
     ),
+    # The worker crashes in native code: faulthandler dumps the stacks, then the signal kills it.
+    "test_d.py": (
+        "import faulthandler, time\n\n\n"
+        "def test_d1():\n    time.sleep(3)\n    faulthandler._sigsegv()\n\n\n"
+        "def test_d2():\n    pass\n"
+    ),
     **{
         f"test_{x}.py": f"def test_{x}1():\n    pass\n\n\ndef test_{x}2():\n    pass\n"
-        for x in "degh"
+        for x in "egh"
     },
     "test_one.py": "def test_alone():\n    pass\n",  # a file of one test after the crash
 }
@@ -37,22 +47,35 @@ _FILES = {
 def test_a_killed_worker_fails_its_test_and_the_run_still_ends(tmp_path):
     for name, text in _FILES.items():
         (tmp_path / name).write_text(text)
-    env = dict(os.environ, PYTHONPATH=str(TESTS))
-    proc = subprocess.run(
+    # CI=1: pytest prints each summary line whole, as it does on CI.
+    env = dict(os.environ, PYTHONPATH=str(TESTS), CI="1")
+    proc = subprocess.Popen(
         [
             *(sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "2"),
             *("--dist", "loadfile", "-q", "-rf", "-o", "addopts=", "--rootdir", str(tmp_path)),
         ],
         cwd=tmp_path,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=240,  # the hang this guards against would last until this
     )
-    out = proc.stdout + proc.stderr
+    try:
+        out, _ = proc.communicate(timeout=240)  # the hang this guards against lasts until this
+    finally:
+        proc.kill()
     assert proc.returncode == 1, out[-3000:]
-    assert "1 failed, 14 passed" in out, out[-3000:]  # test_b2 ran
-    assert "crashed while running 'test_b.py::test_b1'" in out, out[-3000:]
-    assert out.count("node down: ") == 1, out[-3000:]  # test_b1 was not given to a new worker
+    assert "2 failed, 13 passed" in out, out[-3000:]  # test_b2 and test_d2 ran
+    assert out.count("node down: ") == 2, out[-3000:]  # no crashed test was given to a new worker
+    # Each crashed test's own failure says how its worker died, in the summary line too.
+    summary = out.split("short test summary info", 1)[1]
+    assert "crashed while running 'test_b.py::test_b1'" in summary, out[-3000:]
+    assert re.search(r"'test_b.py::test_b1'\n.*killed by SIGKILL", summary), out[-3000:]
+    assert re.search(r"'test_d.py::test_d1'\n.*killed by SIGSEGV", summary), out[-3000:]
+    # The native crash's Python stack, from the worker's faulthandler file, names the line.
+    assert "Fatal Python error: Segmentation fault" in summary, out[-3000:]
+    assert re.search(r'File ".*test_d.py", line 6 in test_d1', summary), out[-3000:]
     assert "processes killed for memory since the start: " in out, out[-3000:]
     assert "memory available: " in out and "largest processes:" in out, out[-3000:]
+    # The dead workers' dump files were read and removed; the others removed their own.
+    assert not list(Path(tempfile.gettempdir()).glob(f"pytest-faults-{proc.pid}-*"))
