@@ -12,6 +12,9 @@ from quadrants import write_quadrant_set
 from worker_crashes import (  # noqa: F401  (hooks: pytest finds them by name)
     pytest_configure,
     pytest_handlecrashitem,
+    pytest_runtest_call,
+    pytest_runtest_setup,
+    pytest_runtest_teardown,
     pytest_sessionstart,
     pytest_testnodedown,
     pytest_unconfigure,

@@ -165,6 +165,41 @@ def pytest_configure(config: pytest.Config) -> None:
     faulthandler.enable(file=_FAULT_FILE[0], all_threads=True)
 
 
+def _caught_signals() -> int:
+    """This process's mask of signals that have a handler (`SigCgt` in /proc/self/status)."""
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(x for x in status if x.startswith("SigCgt:")).split()[1], 16)
+    return -1
+
+
+def _rearm_faulthandler() -> None:
+    """Put faulthandler's handlers back if something took them away. `ray.shutdown()` does:
+    after a `ray.init()` and shutdown in a process with faulthandler enabled, SIGSEGV, SIGABRT,
+    SIGFPE and SIGILL are left at their defaults (measured with Ray 2.60), so a worker that had
+    run a module on an in-process Ray would crash without a word. Left alone while anything
+    (Ray's own handler, which prints the native stack and then calls the one it found) catches
+    SIGSEGV."""
+    if _FAULT_FILE and not _caught_signals() & (1 << (signal.SIGSEGV - 1)):
+        faulthandler.disable()  # it still counts itself enabled, and `enable` would do nothing
+        faulthandler.enable(file=_FAULT_FILE[0], all_threads=True)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _rearm_faulthandler()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> None:
+    _rearm_faulthandler()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    _rearm_faulthandler()
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _FAULT_FILE:  # a worker that ends normally leaves no file behind
         faulthandler.enable(file=sys.__stderr__, all_threads=True)  # off the file it closes

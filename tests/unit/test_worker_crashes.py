@@ -16,7 +16,8 @@ TESTS = Path(__file__).resolve().parents[1]
 _FILES = {
     "conftest.py": (
         "from worker_crashes import (  # noqa: F401\n"
-        "    pytest_configure, pytest_handlecrashitem, pytest_sessionstart,\n"
+        "    pytest_configure, pytest_handlecrashitem, pytest_runtest_call,\n"
+        "    pytest_runtest_setup, pytest_runtest_teardown, pytest_sessionstart,\n"
         "    pytest_testnodedown, pytest_unconfigure, pytest_xdist_make_scheduler,\n"
         ")\n"
     ),
@@ -30,11 +31,12 @@ _FILES = {
     "test_c.py": (
         "import time\n\n\ndef test_c1():\n    time.sleep(1)\n\n\ndef test_c2():\n    pass\n"
     ),
-    # The worker crashes in native code: faulthandler dumps the stacks, then the signal kills it.
+    # The worker crashes in native code: faulthandler dumps the stacks, then the signal kills
+    # it. The test before takes faulthandler's handler away, as `ray.shutdown()` does.
     "test_d.py": (
-        "import faulthandler, time\n\n\n"
-        "def test_d1():\n    time.sleep(3)\n    faulthandler._sigsegv()\n\n\n"
-        "def test_d2():\n    pass\n"
+        "import ctypes, faulthandler, signal, time\n\n\n"
+        "def test_d1():\n    ctypes.CDLL(None).signal(signal.SIGSEGV, 0)\n\n\n"
+        "def test_d2():\n    time.sleep(3)\n    faulthandler._sigsegv()\n"
     ),
     **{
         f"test_{x}.py": f"def test_{x}1():\n    pass\n\n\ndef test_{x}2():\n    pass\n"
@@ -65,16 +67,16 @@ def test_a_killed_worker_fails_its_test_and_the_run_still_ends(tmp_path):
     finally:
         proc.kill()
     assert proc.returncode == 1, out[-3000:]
-    assert "2 failed, 13 passed" in out, out[-3000:]  # test_b2 and test_d2 ran
+    assert "2 failed, 13 passed" in out, out[-3000:]  # test_b2 ran
     assert out.count("node down: ") == 2, out[-3000:]  # no crashed test was given to a new worker
     # Each crashed test's own failure says how its worker died, in the summary line too.
     summary = out.split("short test summary info", 1)[1]
     assert "crashed while running 'test_b.py::test_b1'" in summary, out[-3000:]
     assert re.search(r"'test_b.py::test_b1'\n.*killed by SIGKILL", summary), out[-3000:]
-    assert re.search(r"'test_d.py::test_d1'\n.*killed by SIGSEGV", summary), out[-3000:]
+    assert re.search(r"'test_d.py::test_d2'\n.*killed by SIGSEGV", summary), out[-3000:]
     # The native crash's Python stack, from the worker's faulthandler file, names the line.
     assert "Fatal Python error: Segmentation fault" in summary, out[-3000:]
-    assert re.search(r'File ".*test_d.py", line 6 in test_d1', summary), out[-3000:]
+    assert re.search(r'File ".*test_d.py", line 10 in test_d2', summary), out[-3000:]
     assert "processes killed for memory since the start: " in out, out[-3000:]
     assert "memory available: " in out and "largest processes:" in out, out[-3000:]
     # The dead workers' dump files were read and removed; the others removed their own.
