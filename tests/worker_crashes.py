@@ -5,7 +5,7 @@ A test worker is a Ray driver, an MLflow client and a torch process at once; whe
 died in, and say what the machine looked like, so that CI shows a failure with a cause rather
 than a timeout with none.
 
-Two things here, both hooks that `conftest.py` takes in:
+Three things here, all hooks that `conftest.py` takes in:
 
 - `LoadFileAfterCrash`, the `--dist loadfile` scheduler with the crash path mended. pytest-xdist
   3.8's version puts every file the dead worker was ever given back in the queue, finished ones
@@ -23,6 +23,8 @@ Two things here, both hooks that `conftest.py` takes in:
   with it. The same account goes into the crashed test's failure report
   (`pytest_handlecrashitem`), so that it stands beside the failure in CI's summary rather than
   somewhere above it.
+- In each worker, faulthandler writes to that file, and is put back before each test phase
+  when something (Ray's shutdown) has left SIGSEGV without a handler.
 """
 
 from __future__ import annotations
@@ -217,7 +219,9 @@ def _how_it_ended(node: Any) -> str:
     except subprocess.TimeoutExpired:
         return "still running 10 s after its connection closed"
     if code < 0:
-        return f"killed by {signal.Signals(-code).name}"
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+        return f"killed by signal {-code}"
     return f"exited with status {code}"
 
 
