@@ -59,6 +59,9 @@ def _ps(cfg: JobConfig, budget: int, eval_s: float, straggler: float) -> dict[st
                 "max_examples": budget,
                 "max_seconds": 0.0,
                 "eval_interval_s": eval_s,
+                # Scored once training ends, so the PS's clock, like DDP's and the local loop's,
+                # leaves out the time its evaluations take.
+                "eval_scoring": "after",
                 "progress": False,
             }
         },

@@ -24,6 +24,7 @@ from distinception.config.ps import (
 INTERPOLATIONS = ("bilinear", "area", "nearest", "bicubic", "random")
 VARIANTS = ("faithful", "bn")
 SHUFFLES = ("rows", "blocks")
+EVAL_SCORINGS = ("live", "after")
 #: `model.arch` names: this project's GoogLeNet, `torchvision:NAME`, or `package.module:function`.
 GOOGLENET = "googlenet"
 TORCHVISION = "torchvision"
@@ -242,6 +243,13 @@ class RunConfig:
     max_examples: int = 0
     max_seconds: float = 0.0
     eval_interval_s: float = 30.0
+    #: When the evaluations asked for every `eval_interval_s` are scored. "live": at once,
+    #: beside training, so their metrics reach MLflow as the job runs; on cores the replicas
+    #: also use, that scoring takes from their time. "after": the weights are held (two copies
+    #: of the model per evaluation) and scored once training ends, at the examples and seconds
+    #: they were held at, so scoring stays off the training clock, as the benchmarks' sync DDP
+    #: and local loop stop their clocks to score. For benchmarks and short runs.
+    eval_scoring: str = "live"
     checkpoint_dir: str = ""
     checkpoint_interval_s: float = 60.0
     seed: int = 0
@@ -279,6 +287,7 @@ class RunConfig:
         )
         _check(self.init_seed >= -1, "init_seed", self.init_seed, "an integer >= -1 (-1 = seed)")
         _check(self.eval_interval_s > 0, "eval_interval_s", self.eval_interval_s, "a number > 0")
+        _choice("eval_scoring", self.eval_scoring, EVAL_SCORINGS)
         _check(
             self.checkpoint_interval_s > 0,
             "checkpoint_interval_s",

@@ -198,6 +198,8 @@ class AveragerLoop:
         if (resume or self.restarts) and checkpoint_uri and ckpt.exists(checkpoint_uri):
             self.core.load_state_dict(ckpt.load_state(checkpoint_uri))
         self.lock = threading.Lock()
+        #: Snapshots held to score after training (`run.eval_scoring: after`), by request key.
+        self.held: dict[int, Snapshot] = {}
         self.running = False
         self.thread: threading.Thread | None = None
         self.errors = 0
@@ -245,6 +247,19 @@ class AveragerLoop:
         with self.lock:
             snapshot = self.core.snapshot()
         return snapshot.evaluate(self._val, self._bn) | {"sampler_errors": self.errors}
+
+    def hold(self, key: int) -> int:
+        """Keep the weights as they are now under `key`, to score after training
+        (`score_held`): copying them takes milliseconds, scoring them seconds."""
+        with self.lock:
+            self.held[key] = self.core.snapshot()
+        return key
+
+    def score_held(self) -> dict[int, dict[str, Any]]:
+        """Score every held snapshot, and let them go. A restarted averager has lost what its
+        earlier life held; the keys it lacks are the caller's to count."""
+        held, self.held = self.held, {}
+        return {key: snap.evaluate(self._val, self._bn) for key, snap in sorted(held.items())}
 
     def inference_state(self) -> dict[str, torch.Tensor]:
         with self.lock:

@@ -262,7 +262,8 @@ class Coordinator:
                 replicas.stop()  # let the calls in flight finish, submit no more
         progress.close()
         seconds = self.elapsed_before + (time.perf_counter() - t_start)
-        evaluator.drain()
+        for point in evaluator.drain():
+            self._report(*point)
         return self._finish(seconds, checkpointer)
 
     def _clocked_parts(self, started: float) -> tuple[Evaluator, Checkpointer, StatsCollector]:
@@ -275,6 +276,7 @@ class Coordinator:
             started=started,
             examples=self.examples,
             seconds=self.elapsed_before,
+            after=cfg.run.eval_scoring == "after",
         )
         checkpointer = Checkpointer(
             cfg,

@@ -295,3 +295,29 @@ def test_a_straggler_replica_reads_a_fraction_of_what_the_others_read(ray_local,
     }
     assert set(rows) == {0, 1} and result.examples >= 1600
     assert rows[0] < 0.6 * rows[1], rows
+
+
+def test_evaluations_scored_after_training_keep_their_moments(ray_local, easy_data):
+    """`run.eval_scoring: after` (the convergence benchmark's): each evaluation holds the
+    weights of its moment, and all are scored once training has ended, each reported at the
+    examples and seconds it was asked for; so none is reported while replicas train."""
+    cfg = tiny_cfg(
+        easy_data,
+        "",
+        run={"max_examples": 3000, "eval_interval_s": 0.5, "eval_scoring": "after"},
+    )
+    result = train(cfg, track=False)
+    kinds = ["eval" if "raw_top1_error" in h else "stats" for h in result.history]
+    points = [h for h in result.history if "raw_top1_error" in h]
+    assert len(points) >= 2, result.history
+    # Reported after every statistic of the training loop: scored once training had ended.
+    assert "stats" in kinds and kinds.index("eval") > len(kinds) - 1 - kinds[::-1].index("stats")
+    examples = [h["examples"] for h in points]
+    seconds = [h["seconds"] for h in points]
+    assert examples == sorted(examples) and examples[-1] <= result.examples
+    assert seconds == sorted(seconds) and seconds[-1] < result.seconds
+    assert all(0 <= h["polyak_top1_error"] <= 1 for h in points)
+    assert result.faults.get("eval_failed", 0) == 0
+    # Held weights of different moments: the first is scored worse than the end (chance 0.75;
+    # the quadrant set is learned within these examples).
+    assert points[0]["raw_top1_error"] > result.final["raw_top1_error"], points

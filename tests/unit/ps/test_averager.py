@@ -146,3 +146,30 @@ def test_sampling_goes_on_while_an_evaluation_is_scored():
         loop.stop()
     assert len(during) == 2 and min(during) >= 5  # raw and Polyak each scored while sampling
     assert res["version"] < loop.core.version  # the scores are of the snapshot's version
+
+
+def test_held_weights_are_scored_after_training_at_the_versions_they_were_held_at():
+    """`run.eval_scoring: after`: holding copies the weights of the moment; scoring them later
+    gives the scores of those versions, not of the weights at the end, and lets them go."""
+    cfg = _cfg(polyak="ema", ema_decay=0.5, interval_s=0.01)
+    shards = _CountingShards(AveragerCore(cfg.model, cfg.averager, 4).layout.total)
+    loop = AveragerLoop(cfg, "", 4, lambda count: shards, "", resume=False)
+    loop._val = _batches
+    loop._bn = lambda: (v[:, 0] for v, _ in _batches())
+    held: dict[int, int] = {}
+    loop.start()
+    try:
+        for key in (0, 1):
+            target = loop.core.version + 3
+            while loop.core.version < target:
+                time.sleep(0.01)
+            assert loop.hold(key) == key
+            held[key] = loop.held[key].version
+    finally:
+        loop.stop()
+    scored = loop.score_held()
+    assert sorted(scored) == [0, 1] and loop.held == {}
+    assert [scored[k]["version"] for k in (0, 1)] == [held[0], held[1]]
+    assert held[0] < held[1] < loop.core.version
+    for res in scored.values():
+        assert 0 <= res["raw_top1_error"] <= 1 and 0 <= res["polyak_top1_error"] <= 1
