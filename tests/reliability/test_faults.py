@@ -540,6 +540,49 @@ class _FlakyPeer:
         return 7 * self._call("save")
 
 
+@ray.remote(num_cpus=0.1)
+class _HoldingAverager:
+    """An averager under `run.eval_scoring: after` that can be restarted between holds: a new
+    life has lost the weights its earlier life held."""
+
+    def __init__(self) -> None:
+        self.held: list[int] = []
+
+    def hold(self, key: int) -> int:
+        self.held.append(key)
+        return key
+
+    def restart(self) -> None:
+        self.held = []
+
+    def score_held(self) -> dict:
+        held, self.held = self.held, []
+        return {k: {"raw_top1_error": 0.5 / (k + 1), "polyak_samples": k} for k in held}
+
+
+def test_evaluations_held_by_a_restarted_averager_are_counted_lost(ray_local):
+    """Scoring after training: the weights held before the averager restarted are gone. Each
+    lost evaluation is counted and not reported; the others are, each at its request."""
+    from collections import Counter
+
+    from distinception.ps.control.evaluation import Evaluator
+
+    faults: Counter[str] = Counter()
+    averager = _HoldingAverager.remote()
+    evaluator = Evaluator(averager, faults, 1.0, started=0.0, examples=0, seconds=0.0, after=True)
+    assert evaluator.tick(1.0, 100, 0.9, stopping=False) is None  # held, not scored
+    ray.get(averager.restart.remote())
+    for now, examples in ((2.0, 200), (3.0, 300)):
+        assert evaluator.tick(now, examples, now - 0.1, stopping=False) is None
+    assert evaluator.tick(4.0, 400, 3.9, stopping=True) is None  # none asked for while stopping
+    points = evaluator.drain()
+    assert [(m, e, s) for m, e, s in points] == [
+        ({"raw_top1_error": 0.5 / 2}, 200, 1.9),
+        ({"raw_top1_error": 0.5 / 3}, 300, 2.9),
+    ]
+    assert faults["eval_failed"] == 1
+
+
 def test_failed_evaluations_and_checkpoints_are_counted_and_skipped(ray_local, tmp_path):
     """The averager's evaluate and a shard's save fail once each: each is counted, nothing is
     reported or written for it, and the next one on the clock goes through."""
