@@ -91,8 +91,13 @@ class Evaluator:
         if not self.held:
             return []
         held, self.held = self.held, []
+        # Every hold done before the scoring starts (the averager runs calls on several
+        # threads, so order of sending is not order of running); a hold that failed leaves its
+        # key out of the answer, and is counted there.
+        for ref, _, _ in held:
+            with contextlib.suppress(RayError):
+                ray.get(ref, timeout=RPC_TIMEOUT_S)
         try:
-            ray.get([ref for ref, _, _ in held], timeout=RPC_TIMEOUT_S)
             # Scoring takes seconds each: a deadline per held evaluation.
             scored = ray.get(self.averager.score_held.remote(), timeout=RPC_TIMEOUT_S * len(held))
         except RayError as err:
