@@ -95,13 +95,13 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> LoadFileAfte
     return LoadFileAfterCrash(config, log)
 
 
-def _proc_number(path: str, key: str) -> int:
-    """The number after `key` in a /proc table such as /proc/vmstat or /proc/meminfo; -1 if
-    absent."""
-    with contextlib.suppress(OSError):
+def _proc_number(path: str, key: str, base: int = 10) -> int:
+    """The number after `key` in a /proc table such as /proc/vmstat, /proc/meminfo or
+    /proc/self/status (signal masks there are hex: `base` 16); -1 if absent."""
+    with contextlib.suppress(OSError, ValueError):
         for line in Path(path).read_text().splitlines():
             if line.split(maxsplit=1)[:1] == [key]:
-                return int(line.split()[1])
+                return int(line.split()[1], base)
     return -1
 
 
@@ -167,14 +167,6 @@ def pytest_configure(config: pytest.Config) -> None:
     faulthandler.enable(file=_FAULT_FILE[0], all_threads=True)
 
 
-def _caught_signals() -> int:
-    """This process's mask of signals that have a handler (`SigCgt` in /proc/self/status)."""
-    with contextlib.suppress(OSError, StopIteration, ValueError):
-        status = Path("/proc/self/status").read_text().splitlines()
-        return int(next(x for x in status if x.startswith("SigCgt:")).split()[1], 16)
-    return -1
-
-
 def _rearm_faulthandler() -> None:
     """Put faulthandler's handlers back if something took them away. `ray.shutdown()` does:
     after a `ray.init()` and shutdown in a process with faulthandler enabled, SIGSEGV, SIGABRT,
@@ -182,7 +174,8 @@ def _rearm_faulthandler() -> None:
     run a module on an in-process Ray would crash without a word. Left alone while anything
     (Ray's own handler, which prints the native stack and then calls the one it found) catches
     SIGSEGV."""
-    if _FAULT_FILE and not _caught_signals() & (1 << (signal.SIGSEGV - 1)):
+    caught = _proc_number("/proc/self/status", "SigCgt:", base=16)  # signals with a handler
+    if _FAULT_FILE and not caught & (1 << (signal.SIGSEGV - 1)):
         faulthandler.disable()  # it still counts itself enabled, and `enable` would do nothing
         faulthandler.enable(file=_FAULT_FILE[0], all_threads=True)
 

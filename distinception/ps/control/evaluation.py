@@ -79,7 +79,7 @@ class Evaluator:
             self.faults["eval_failed"] += 1
             log.warning("evaluation failed: %s", err)
             return None
-        return {k: float(v) for k, v in res.items() if k.endswith("_error")}, examples, seconds
+        return _errors(res), examples, seconds
 
     def drain(self) -> list[Point]:
         """Wait (bounded) for the evaluation still in flight before the job finishes; the job
@@ -109,6 +109,10 @@ class Evaluator:
             if key not in scored:  # held by an earlier life of a restarted averager
                 self.faults["eval_failed"] += 1
                 continue
-            metrics = {k: float(v) for k, v in scored[key].items() if k.endswith("_error")}
-            points.append((metrics, examples, seconds))
+            points.append((_errors(scored[key]), examples, seconds))
         return points
+
+
+def _errors(res: dict[str, Any]) -> dict[str, float]:
+    """The error rates of an averager's evaluation: what is reported as metrics."""
+    return {k: float(v) for k, v in res.items() if k.endswith("_error")}
