@@ -21,6 +21,9 @@ from worker_crashes import (  # noqa: F401  (hooks: pytest finds them by name)
     pytest_xdist_make_scheduler,
 )
 
+#: No worker starts a Ray that dies with a thread (see stray_ray.py).
+pytest_plugins = ("stray_ray",)
+
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
