@@ -143,6 +143,31 @@ def _dead_driver_logs(roots: list[Path], within_s: float = 120) -> list[Path]:
     return [log for _, log in sorted(found)[-2:]]
 
 
+def _driver_log_account(log: Path) -> list[str]:
+    """What a dead driver's Ray log says: its error and fatal lines, and whether its Ray was
+    started from a thread other than the process's main one (a Ray that dies with that thread:
+    see stray_ray.py)."""
+    # Ray's log lines read `[date time LEVEL pid tid] file:line: message`.
+    heads = [
+        (line.split("] ", 1)[0].lstrip("[").split(" "), line)
+        for line in log.read_text(errors="replace").splitlines()
+        if line.startswith("[")
+    ]
+    lines = []
+    for head, line in heads:
+        if "Constructing CoreWorkerProcess" in line and len(head) == 5 and head[3] != head[4]:
+            lines.append(
+                f"  its Ray was started from thread {head[4]}, not from the main thread of "
+                f"process {head[3]}: Ray's GCS dies with the thread that started it"
+            )
+            break
+    errors = [line for head, line in heads if head[2:3] in (["E"], ["F"], ["C"])]
+    if errors:
+        lines.append(f"  errors in the Ray driver log {log} (last 12):")
+        lines.extend("    " + line for line in errors[-12:])
+    return lines
+
+
 def _fault_log(controller_pid: int, worker_id: str) -> Path:
     """Where worker `worker_id` of the controller `controller_pid` dumps its stacks on a crash."""
     return Path(tempfile.gettempdir()) / f"pytest-faults-{controller_pid}-{worker_id}.log"
@@ -246,15 +271,7 @@ def pytest_testnodedown(node: Any, error: object | None) -> None:
     if factory is not None:
         roots.append(factory.getbasetemp())
     for log in _dead_driver_logs(roots):
-        # Ray's log lines read `[time LEVEL pid tid] file:line: message`; errors and fatals only.
-        errors = [
-            line
-            for line in log.read_text(errors="replace").splitlines()
-            if line.split("] ", 1)[0].split(" ")[2:3] in (["E"], ["F"], ["C"])
-        ]
-        if errors:
-            lines.append(f"  errors in the Ray driver log {log} (last 12):")
-            lines.extend("    " + line for line in errors[-12:])
+        lines.extend(_driver_log_account(log))
     _DEATHS[node.gateway.id] = lines
     reporter = node.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:

@@ -81,3 +81,27 @@ def test_a_killed_worker_fails_its_test_and_the_run_still_ends(tmp_path):
     assert "memory available: " in out and "largest processes:" in out, out[-3000:]
     # The dead workers' dump files were read and removed; the others removed their own.
     assert not list(Path(tempfile.gettempdir()).glob(f"pytest-faults-{proc.pid}-*"))
+
+
+def test_a_dead_drivers_log_says_its_ray_was_started_off_the_main_thread(tmp_path):
+    from worker_crashes import _driver_log_account
+
+    def log(tid: int) -> Path:
+        path = tmp_path / f"python-core-driver-01_{tid}.log"
+        path.write_text(
+            f"[2026-12-06 22:48:11,628 I 28229 {tid}] core_worker_process.cc:872: Constructing "
+            "CoreWorkerProcess. pid: 28229\n"
+            "Global stats: 63 total (1 active)\n"
+            "[2026-12-06 22:49:13,361 W 28229 21686] retryable_grpc_client.cc:85: GCS has been "
+            "unavailable for more than 60 seconds\n"
+            "[2026-12-06 22:49:13,361 E 28229 21686] rpc_client.h:204: Failed to connect to GCS "
+            "within 60 seconds. The program will terminate.\n"
+        )
+        return path
+
+    off = _driver_log_account(log(21226))
+    assert "started from thread 21226, not from the main thread of process 28229" in off[0]
+    assert off[1].startswith("  errors in the Ray driver log") and len(off) == 3
+    assert "Failed to connect to GCS" in off[2] and "GCS has been unavailable" not in off[2]
+    on = _driver_log_account(log(28229))  # started from the main thread: errors only
+    assert len(on) == 2 and on[0].startswith("  errors in") and on[1] == off[2]
