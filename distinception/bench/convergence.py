@@ -7,9 +7,9 @@ each see the same number of training examples of the generated set, with the sam
 optimizer and schedule, on several seeds. DDP runs twice: with the replicas' batch per worker,
 and with it split across the workers, so that an update averages as many examples as a PS
 update does (this separates asynchrony from update size). Errors are scored the same way for all
-(center crop on the validation split, BatchNorm statistics recomputed); the clocks of DDP and the
-local loop stop while they are scored, the PS is scored by its averager on the side, as in a
-real run.
+(center crop on the validation split, BatchNorm statistics recomputed), and no system's clock
+counts its scoring: DDP and the local loop stop theirs, and the PS's averager holds the weights
+it is asked for and scores them after training (`run.eval_scoring: after`).
 """
 
 from __future__ import annotations
@@ -138,6 +138,77 @@ def to_target(curve: list[tuple[float, int, float]], target: float) -> tuple[flo
         if err <= target:
             return seconds, examples
     return None
+
+
+def versus(
+    runs: list[list[tuple[float, int, float]]],
+    ref: list[list[tuple[float, int, float]]],
+    target: float,
+) -> tuple[list[float | None], int, int]:
+    """Each seed's seconds to `target` over the reference's on the same seed (None where either
+    run missed it), the seeds where this system got there first (the reference missing it
+    counts), and the seeds where either got there.
+
+    A ratio of the mean times leaves out the seeds a system never reached the target in, so a
+    reference that misses in one seed looks faster than it is; seed by seed, that seed counts
+    against it, and the spread of the ratios says how far one run of each can be trusted."""
+    ratios: list[float | None] = []
+    first = either = 0
+    for run, other in zip(runs, ref, strict=False):
+        mine, theirs = to_target(run, target), to_target(other, target)
+        ratios.append(mine[0] / theirs[0] if mine and theirs and theirs[0] > 0 else None)
+        either += bool(mine or theirs)
+        first += bool(mine and (theirs is None or mine[0] < theirs[0]))
+    return ratios, first, either
+
+
+def versus_table(
+    curves: dict[str, list[list[tuple[float, int, float]]]], target: float
+) -> list[str]:
+    """The seed-by-seed comparison of seconds to target against sync DDP (the local loop when
+    DDP did not run); nothing when neither ran."""
+    ref = DDP if DDP in curves else LOCAL if LOCAL in curves else None
+    if ref is None:
+        return []
+
+    def seconds(run: list[tuple[float, int, float]]) -> str:
+        hit = to_target(run, target)
+        return f"{hit[0]:.0f}" if hit else "-"
+
+    rows = []
+    for name, runs in curves.items():
+        times = " / ".join(seconds(run) for run in runs)
+        if name == ref:
+            rows.append([name, times, "", "", ""])
+            continue
+        ratios, first, either = versus(runs, curves[ref], target)
+        paired = [r for r in ratios if r is not None]
+        rows.append(
+            [
+                name,
+                times,
+                " / ".join("-" if r is None else f"{r:.2f}" for r in ratios),
+                f"{statistics.mean(paired):.2f} ± {interval95(paired):.2f}" if paired else "-",
+                f"{first}/{either}",
+            ]
+        )
+    return [
+        "",
+        f"Seconds to {100 * target:.1f}% error, seed by seed (- where a run did not reach it), "
+        f"each seed's time over {ref}'s on the same seed, and the seeds where a system reached it "
+        f"first ({ref} missing it counts) out of those where either did:",
+        "",
+        *markdown_table(
+            [
+                "system",
+                "seconds to target, per seed",
+                f"/ {ref}, per seed",
+                f"/ {ref}, mean ± 95% CI",
+                "first",
+            ],
+            rows,
+        ),
+    ]
 
 
 def _summary(
@@ -400,6 +471,8 @@ def run_convergence(
             ],
             rows,
         ),
+        "",
+        *versus_table(curves, target),
         "",
         f"![error vs seconds]({os.path.basename(png_t)}) "
         f"![error vs examples]({os.path.basename(png_n)})",

@@ -33,6 +33,8 @@ def test_convergence_writes_tables_and_plots(tmp_path):
     assert PREV_POLYAK not in conv["curves"] and PREV_RAW not in conv["curves"]
     table = (tmp_path / "convergence.md").read_text()
     assert "± " in table and "examples / seconds to target" in table
+    assert "each seed's time over sync DDP's on the same seed" in table
+    assert "| local |" in table.split("over sync DDP's")[1]
     assert 0 < conv["target"] <= 0.95
     assert "--set optim.lr=0.01" in table and "lr 0.01," in table
     assert f"{DDP_SPLIT} 16 (2 x 8)" in table  # the tiny recipe's batch of 16, split
