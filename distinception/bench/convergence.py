@@ -336,7 +336,9 @@ def run_convergence(
 
     The table gives the final error as mean ± the 95% interval over seeds, and the examples and
     seconds each system took to reach `target` error (default: 1.5 x the local loop's mean final
-    error, or 0.5 without a local loop), averaged over the seeds that reached it."""
+    error, or 0.5 without a local loop), averaged over the seeds that reached it; a second
+    table sets each seed's seconds to `target` against sync DDP's (or the local loop's) on the
+    same seed (`versus_table`)."""
     from distinception.bench.ddp import run_ddp
 
     systems = parse_systems(systems)
